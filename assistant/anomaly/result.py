@@ -1,0 +1,80 @@
+"""AnomalyResult: the expert's typed output for one image (anomalib field names)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from assistant.constants import position_word, size_word
+
+
+@dataclass
+class Box:
+    x0: int  # left, pixels of the image the map was computed for
+    y0: int  # top
+    x1: int  # right (exclusive)
+    y1: int  # bottom (exclusive)
+    score: float  # max of the anomaly map inside the box
+    area_fraction: float  # mask pixels of this component / image pixels
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.y0 + self.y1) / 2.0, (self.x0 + self.x1) / 2.0
+
+    def to_dict(self) -> dict:
+        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1,
+                "score": float(self.score), "area_fraction": float(self.area_fraction)}
+
+
+@dataclass
+class AnomalyResult:
+    anomaly_map: np.ndarray  # (H, W) float32 anomaly score per pixel
+    pred_score: float  # image-level anomaly score (same scale as threshold)
+    pred_label: bool  # True = anomalous (pred_score > threshold)
+    pred_mask: np.ndarray  # (H, W) bool predicted defect pixels
+    boxes: list[Box] = field(default_factory=list)  # connected components of pred_mask, largest first
+    threshold: float = 0.0  # calibrated image-score threshold used for pred_label
+    pixel_threshold: float = 0.0  # map threshold used for pred_mask
+    extras: dict = field(default_factory=dict)  # per-path scores, timings, shots used, ...
+
+    @property
+    def area_fraction(self) -> float:
+        return float(self.pred_mask.mean()) if self.pred_mask.size else 0.0
+
+    @property
+    def position(self) -> str | None:
+        """3x3 grid word of the predicted mask centroid (None when the mask is empty)."""
+        if not self.pred_mask.any():
+            return None
+        ys, xs = np.nonzero(self.pred_mask)
+        h, w = self.pred_mask.shape
+        return position_word(ys.mean() / h, xs.mean() / w)
+
+    @property
+    def size(self) -> str | None:
+        return size_word(self.area_fraction) if self.pred_mask.any() else None
+
+    @property
+    def severity(self) -> str:
+        """Words for how far the score sits above/below the threshold."""
+        t = max(abs(self.threshold), 1e-8)
+        r = self.pred_score / t
+        if not self.pred_label:
+            return "normal"
+        return "slightly suspicious" if r < 1.15 else "moderately suspicious" if r < 1.5 else "highly suspicious"
+
+    def to_dict(self) -> dict:
+        return {
+            "pred_score": float(self.pred_score),
+            "pred_label": bool(self.pred_label),
+            "verdict": "anomalous" if self.pred_label else "normal",
+            "threshold": float(self.threshold),
+            "pixel_threshold": float(self.pixel_threshold),
+            "area_fraction": self.area_fraction,
+            "position": self.position,
+            "size": self.size,
+            "severity": self.severity,
+            "boxes": [b.to_dict() for b in self.boxes],
+            "map_shape": list(self.anomaly_map.shape),
+            "extras": {k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, dict))},
+        }

@@ -1,0 +1,65 @@
+"""`python -m assistant <command>` / `inspection-assistant <command>`.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; modules
+are imported lazily so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),
+    "detect": ("assistant.detect", "anomaly map, mask, boxes and verdict for one image (+ references)"),
+    "chat": ("assistant.chat_cli", "multi-turn chat about an image in the terminal"),
+    "evaluate": ("assistant.evaluation.cli", "evaluate on MVTec/VisA folders, JSONL or MMAD questions"),
+    "serve": ("assistant.serve", "launch the Gradio app"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspection-assistant", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == module or module.startswith(e.name + ".")):
+                p.set_defaults(_missing=module)
+                continue
+            raise
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def add_config_arguments(p: argparse.ArgumentParser, default: str = "offline-small") -> None:
+    """Shared --config / --set flags."""
+    p.add_argument("--config", default=default, help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                   help="override any config field, e.g. --set expert.knn_k=3 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    if getattr(args, "_missing", None):
+        print(f"command '{args.command}' is not available in this build ({args._missing} missing)", file=sys.stderr)
+        return 2
+    from assistant.config import ConfigError
+    from assistant.imaging import ImageError
+
+    try:
+        return int(args._run(args) or 0)
+    except (ConfigError, ImageError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

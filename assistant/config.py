@@ -1,0 +1,221 @@
+"""Dataclass configs and YAML presets.
+
+Every field has a one-line comment. Unknown keys are an error that names the key and lists the valid
+ones; `--set a.b=value` overrides any field (value parsed as YAML: numbers, bools, lists).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and what was expected."""
+
+
+@dataclass
+class VisionConfig:
+    name: str = "efficientnet-lite0"  # efficientnet-lite0|1|2, openclip:<model>/<pretrained>
+    image_size: int = 256  # square input side in pixels (images are resized to it)
+    levels: list[int] = field(default_factory=lambda: [1, 2])  # feature levels to return (0 = finest)
+    weights: str | None = None  # local weights file overriding the packaged/tagged ones
+    openclip_model_cfg: dict | None = None  # custom open_clip model config (tiny test models)
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
+
+
+@dataclass
+class ExpertConfig:
+    few_shot: bool = True  # kNN to reference-normal patches when references are given
+    zero_shot: bool = True  # text prompts (CLIP) or learned prototypes (other towers)
+    knn_k: int = 1  # neighbours averaged for the patch distance
+    augment_references: bool = True  # add rotations/flips of references to the memory bank
+    max_bank: int = 16384  # per-level bank size above which greedy coreset subsampling runs
+    coreset_ratio: float = 0.25  # fraction kept by coreset subsampling when the bank is large
+    neighbourhood: int = 3  # patch-feature neighbourhood aggregation window (1 = off)
+    smoothing_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, pixels
+    score_topk: float = 0.01  # image score = mean of the top fraction of map pixels
+    object_name: str = "object"  # object word used in zero-shot text prompts
+    zero_shot_weight: float = 0.5  # weight of the zero-shot map when fused with few-shot
+    checkpoint: str | None = None  # directory with trained expert heads (safetensors + config.json)
+    calibration_synth: int = 8  # anomalies synthesized on references for threshold calibration
+    mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask
+    min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
+
+
+@dataclass
+class LMConfig:
+    name: str = "smollm2-135m-instruct"  # HF id, local dir, smollm2-135m-instruct, or tiny
+    cache_dir: str | None = None  # where de-quantised weights are cached (default: user cache dir)
+    dtype: str = "float32"  # float32|bfloat16|float16
+    load_in_4bit: bool = False  # bitsandbytes 4-bit (CUDA only)
+    tiny_cfg: dict | None = None  # LlamaConfig kwargs for tiny random test models
+    max_new_tokens: int = 64  # default generation length
+    temperature: float = 0.0  # 0 = greedy decoding
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True  # wrap the LM with peft LoRA
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator
+    dropout: float = 0.05  # LoRA dropout
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # LM modules
+
+
+@dataclass
+class LVLMConfig:
+    projector_hidden: int = 0  # projector MLP hidden size (0 = LM hidden size)
+    n_prompts: int = 9  # prompt-learner tokens from the anomaly map (plus as many base prompts)
+    n_look_twice: int = 4  # suspicious query tokens from the look-twice selector
+    second_look: bool = True  # re-encode a zoomed crop of the most suspicious region
+    pool_tokens: int = 4  # image tokens per side after pooling the patch grid (4 -> 16 tokens)
+    checkpoint: str | None = None  # directory with adapters + heads
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0  # random seed
+    lr: float = 1e-3  # learning rate of heads
+    lora_lr: float = 2e-4  # learning rate of LoRA adapters
+    batch_size: int = 8  # samples per step
+    grad_accum: int = 1  # gradient accumulation steps
+    steps: int = 500  # optimizer steps
+    max_len: int = 160  # max tokens per training sequence
+    eval_every: int = 100  # held-out evaluation period (steps)
+    save_every: int = 100  # checkpoint period (steps)
+    out_dir: str = "runs/train"  # output directory
+    focal_gamma: float = 2.0  # focal loss gamma (expert training)
+    dice_weight: float = 1.0  # dice loss weight (expert training)
+    expert_loss_weight: float = 0.0  # optional expert loss during LVLM training
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # bind address
+    port: int = 7860  # port
+    concurrency_limit: int = 2  # concurrent requests per event
+    max_pixels: int = 40_000_000  # images above this pixel count are rejected (decompression bombs)
+    max_upload_mb: float = 50.0  # upload size limit
+
+
+@dataclass
+class Config:
+    vision: VisionConfig = field(default_factory=VisionConfig)  # vision tower
+    expert: ExpertConfig = field(default_factory=ExpertConfig)  # anomaly expert
+    lm: LMConfig = field(default_factory=LMConfig)  # language model
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # LoRA adapters
+    lvlm: LVLMConfig = field(default_factory=LVLMConfig)  # LLaVA-style composition
+    train: TrainConfig = field(default_factory=TrainConfig)  # training
+    serve: ServeConfig = field(default_factory=ServeConfig)  # app / API
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Coerce/validate a YAML value against a field type; raise ConfigError naming the key."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin is None and tp in (int, float, str, bool):
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        if not isinstance(value, tp):
+            raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], key)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'root'}': expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(valid)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _check_type(value, tp, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data or {}, "")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """Accept a file path or a preset name (offline-small, tiny, clip-llava)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "config.json").is_file():
+        return p / "config.json"
+    preset = CONFIG_DIR / f"{path}.yaml"
+    if preset.is_file():
+        return preset
+    presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config '{path}' not found: expected a YAML file, a checkpoint dir, or a preset ({', '.join(presets)})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML/JSON config (or preset name) and apply `a.b=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if "config" in data and isinstance(data["config"], dict) and set(data) - set(Config.__dataclass_fields__):
+            data = data["config"]  # checkpoint config.json wraps the run config
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return config_from_dict(data)
+
+
+def apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}': expected the form section.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

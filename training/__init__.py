@@ -1,0 +1,1 @@
+"""Training code (expert heads, LVLM adapters). Imports the library; the library never imports this."""
