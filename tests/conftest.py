@@ -29,3 +29,7 @@ socket.socket.connect = _guarded_connect
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Tiny random LM + sentencepiece tokenizer fixtures (session-scoped), see tests/tiny.py.
+from tests.tiny import tiny_lm, tiny_lm_dir, tiny_tokenizer, tiny_tokenizer_dir  # noqa: E402,F401
