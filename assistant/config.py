@@ -77,6 +77,7 @@ class LVLMConfig:
     n_look_twice: int = 4  # suspicious query tokens from the look-twice selector
     second_look: bool = True  # re-encode a zoomed crop of the most suspicious region
     pool_tokens: int = 4  # image tokens per side after pooling the patch grid (4 -> 16 tokens)
+    projector_levels: list[int] | None = None  # indices into vision.levels fed to the projector (None = all)
     checkpoint: str | None = None  # directory with adapters + heads
 
 
