@@ -20,8 +20,8 @@ import pytest
 from assistant.constants import POSITION_WORDS, SIZE_WORDS
 
 # Same fields as configs/tiny.yaml lm.tiny_cfg: hidden 32, 2 layers.
-TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512)
+TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "max_position_embeddings": 512}
 TINY_VOCAB = 1000  # sentencepiece BPE vocab size upper bound (256 byte-fallback pieces + merges)
 CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]  # ChatML markers, single pieces
 # ChatML template (the SmolLM2 format), without a default system prompt.

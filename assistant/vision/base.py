@@ -15,6 +15,10 @@ from torch import nn
 from assistant.imaging import to_tensor
 
 
+class WeightsNotFoundError(FileNotFoundError):
+    """Model weights are missing; the message names the model, every place looked and how to provide them."""
+
+
 @dataclass
 class VisionOutput:
     patch_tokens: list[torch.Tensor]  # L tensors of (B, N, C_l), N = h * w

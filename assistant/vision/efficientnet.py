@@ -12,16 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from assistant.vision.base import VisionOutput, VisionTower
+from assistant.vision.base import VisionOutput, VisionTower, WeightsNotFoundError
 
 STRIDES = (4, 8, 16, 32)
 # TF-ported Lite weights expect inputs in [-1, 1] (mean 0.5, std 0.5), checked on ImageNet images.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Model weights are missing; the message names the model, where it looked and how to provide them."""
 
 
 def packaged_weights(variant: str) -> Path:
