@@ -1,0 +1,227 @@
+"""ChatSession: one conversation about one query image with 0..k reference normal images.
+
+    session = ChatSession(assistant, "part.png", references=["good.png"])
+    for chunk in session.ask("Is there any anomaly?"):   # streamed text
+        print(chunk, end="")
+    session.result                                        # AnomalyResult behind the answer
+    session.ask("Where?")                                 # follow-up: no image is encoded again
+
+Features are cached per session: the query and every reference are encoded once by the vision tower;
+adding or removing a reference re-fits the expert from the cached reference features and re-predicts from
+the cached query features. The sensitivity control moves the calibrated thresholds (`apply_sensitivity`)
+and re-labels from the stored score and map; nothing is re-encoded. Sessions are plain objects holding
+their own data; nothing module-level holds user data (the Assistant holds only weights).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from assistant.anomaly.result import AnomalyResult, Box
+from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from assistant.vision.base import VisionOutput
+
+SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresholds, -1 doubles them
+
+
+class ChatError(ValueError):
+    """A chat request that cannot be served (no image yet, empty question, bad reference index)."""
+
+
+def image_fingerprint(img: Image.Image) -> str:
+    """Short content hash of an RGB image (lets API clients check which image a result belongs to)."""
+    return hashlib.sha1(img.tobytes() + repr(img.size).encode()).hexdigest()[:16]
+
+
+def boxes_from_mask(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0) -> list[Box]:
+    """Connected components of a (H, W) bool mask as Boxes, largest first; components below `min_area`
+    (fraction of the image) are dropped."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    total = float(mask.size) or 1.0
+    boxes = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area / total < min_area:
+            continue
+        score = float(amap[labels == i].max())
+        boxes.append(Box(x, y, x + w, y + h, score, area / total))
+    return sorted(boxes, key=lambda b: -b.area_fraction)
+
+
+def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: float = 0.0) -> AnomalyResult:
+    """Re-label a result with thresholds moved relative to the calibrated ones (no re-encode).
+
+    sensitivity s in [-1, 1]: both thresholds are multiplied by 2**-s (s = +1 halves them: more defects
+    flagged; s = -1 doubles them: stricter). Thresholds that are not positive are shifted instead, by s
+    times the map's standard deviation. s = 0 returns `result` itself. The mask is empty when the verdict
+    is normal, so the picture never disagrees with the verdict.
+    """
+    s = float(np.clip(sensitivity, *SENSITIVITY_RANGE))
+    if s == 0.0:
+        return result
+
+    def move(t: float) -> float:
+        return t * 2.0 ** -s if t > 0 else t - s * float(result.anomaly_map.std())
+
+    threshold, pixel_threshold = move(result.threshold), move(result.pixel_threshold)
+    label = bool(result.pred_score > threshold)
+    mask = (result.anomaly_map > pixel_threshold) if label else np.zeros_like(result.pred_mask, dtype=bool)
+    boxes = boxes_from_mask(mask, result.anomaly_map, min_box_area) if label else []
+    extras = dict(result.extras, sensitivity=s, calibrated_threshold=float(result.threshold),
+                  calibrated_pixel_threshold=float(result.pixel_threshold))
+    return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=threshold,
+                               pixel_threshold=pixel_threshold, extras=extras)
+
+
+def _cat_outputs(outs: Sequence[VisionOutput]) -> VisionOutput | None:
+    """Concatenate per-image VisionOutputs along the batch dimension."""
+    if not outs:
+        return None
+    levels = [torch.cat([o.patch_tokens[i] for o in outs], dim=0) for i in range(len(outs[0].patch_tokens))]
+    return VisionOutput(levels, torch.cat([o.global_token for o in outs], dim=0), outs[0].grid)  # (k, N, C_l)
+
+
+class ChatSession:
+    """A multi-turn conversation about one query image, with cached features (see module docstring)."""
+
+    def __init__(self, assistant, query: ImageInput | None = None, references: Sequence[ImageInput] = (),
+                 sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.assistant = assistant  # shared weights only
+        self.max_pixels = max_pixels
+        self.history: list[tuple[str, str]] = []  # (question, answer) turns
+        self.sensitivity = float(sensitivity)
+        self.query: Image.Image | None = None
+        self.references: list[Image.Image] = []
+        self._query_out: VisionOutput | None = None  # (1, N, C_l) per level
+        self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
+        self._evidence = None  # the Assistant's Evidence for the current images
+        self._lock = threading.RLock()  # one turn or update at a time per session
+        for ref in references:
+            self.add_reference(ref, refresh=False)
+        if query is not None:
+            self.set_query(query)
+
+    # images -----------------------------------------------------------------------------------------
+    def _encode(self, img: Image.Image) -> VisionOutput:
+        return self.assistant.tower.encode([img])
+
+    def set_query(self, image: ImageInput) -> AnomalyResult:
+        """Load and encode a new query image; starts a new conversation (history cleared)."""
+        img = load_image(image, self.max_pixels)
+        with self._lock:
+            self.query, self._query_out = img, self._encode(img)
+            self.history = []
+            return self._refresh()
+
+    def add_reference(self, image: ImageInput, refresh: bool = True) -> AnomalyResult | None:
+        """Load, encode (once) and add a reference normal image; re-fits the expert."""
+        img = load_image(image, self.max_pixels)
+        with self._lock:
+            self.references.append(img)
+            self._ref_outs.append(self._encode(img))
+            return self._refresh() if refresh else None
+
+    def remove_reference(self, index: int) -> AnomalyResult | None:
+        """Remove reference `index` (0-based); re-fits the expert from the remaining cached features."""
+        with self._lock:
+            if not -len(self.references) <= index < len(self.references):
+                raise ChatError(f"reference index {index} out of range: the session has {len(self.references)} references")
+            del self.references[index]
+            del self._ref_outs[index]
+            return self._refresh()
+
+    def set_references(self, images: Sequence[ImageInput]) -> AnomalyResult | None:
+        """Replace all references (images already in the session keep their cached features)."""
+        loaded = [load_image(im, self.max_pixels) for im in images]
+        with self._lock:
+            cache = {image_fingerprint(im): out for im, out in zip(self.references, self._ref_outs)}
+            outs = [cache.get(image_fingerprint(im)) or self._encode(im) for im in loaded]
+            self.references, self._ref_outs = loaded, outs
+            return self._refresh()
+
+    def _refresh(self) -> AnomalyResult | None:
+        """Expert on cached features -> new evidence (called after any image change)."""
+        if self.query is None:
+            self._evidence = None
+            return None
+        self._evidence = self.assistant.evidence_from_features(
+            self.query, self._query_out, self.references, _cat_outputs(self._ref_outs))
+        return self.result
+
+    # evidence ---------------------------------------------------------------------------------------
+    @property
+    def has_image(self) -> bool:
+        return self._evidence is not None
+
+    @property
+    def raw_result(self) -> AnomalyResult:
+        """The expert's result at the calibrated thresholds."""
+        if self._evidence is None:
+            raise ChatError("no image in this session yet: upload a query image first")
+        return self._evidence.result
+
+    @property
+    def result(self) -> AnomalyResult:
+        """The result at the session's sensitivity (what the answers and pictures show)."""
+        min_area = getattr(getattr(self.assistant, "cfg", None), "expert", None)
+        return apply_sensitivity(self.raw_result, self.sensitivity, getattr(min_area, "min_box_area", 0.0))
+
+    @property
+    def evidence(self):
+        """The Assistant's Evidence with the sensitivity-adjusted result."""
+        ev = self._evidence
+        if ev is None:
+            raise ChatError("no image in this session yet: upload a query image first")
+        return ev if self.sensitivity == 0.0 else dataclasses.replace(ev, result=self.result)
+
+    def set_sensitivity(self, sensitivity: float) -> AnomalyResult | None:
+        """Move the thresholds relative to the calibrated ones; re-labels without re-encoding."""
+        lo, hi = SENSITIVITY_RANGE
+        if not lo <= float(sensitivity) <= hi:
+            raise ChatError(f"sensitivity must be within [{lo}, {hi}], got {sensitivity}")
+        self.sensitivity = float(sensitivity)
+        return self.result if self.has_image else None
+
+    def summary(self) -> dict:
+        """Result JSON plus which images it belongs to."""
+        d = self.result.to_dict()
+        d["query"] = {"width": self.query.size[0], "height": self.query.size[1], "sha1": image_fingerprint(self.query)}
+        d["references"] = len(self.references)
+        d["sensitivity"] = self.sensitivity
+        return d
+
+    # conversation -----------------------------------------------------------------------------------
+    def ask(self, text: str) -> Iterator[str]:
+        """Stream the answer to `text`; the turn joins the history when the stream ends (or is closed)."""
+        question = (text or "").strip()
+        if not question:
+            raise ChatError("empty question: type a question about the image")
+        evidence = self.evidence  # raises ChatError when there is no image
+        return self._stream(evidence, question)
+
+    def _stream(self, evidence, question: str) -> Iterator[str]:
+        parts: list[str] = []
+        with self._lock:
+            try:
+                for chunk in self.assistant.stream_answer(evidence, question, history=list(self.history)):
+                    parts.append(chunk)
+                    yield chunk
+            finally:
+                self.history.append((question, "".join(parts).strip()))
+
+    def answer(self, text: str) -> str:
+        """The whole answer at once."""
+        return "".join(self.ask(text)).strip()
+
+    def reset(self) -> None:
+        """Forget images, features and history."""
+        with self._lock:
+            self.query = self._query_out = self._evidence = None
+            self.references, self._ref_outs, self.history = [], [], []

@@ -1,0 +1,132 @@
+"""`python -m assistant chat --image Q [--reference R ...] [--question TEXT ...] [--overlay PATH]`
+
+Interactive multi-turn chat about one image in the terminal, answers streamed token by token. With
+`--question` (repeatable) it answers those questions in order and exits (non-interactive). Commands at the
+prompt: `:ref PATH` adds a reference, `:unref N` removes reference N (1-based), `:sens S` sets the
+sensitivity, `:result` prints the result JSON, `:quit` (or Ctrl+D) ends.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from assistant.imaging import ImageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from assistant.cli import add_config_arguments
+
+    add_config_arguments(p, default="checkpoints/offline-small")
+    p.add_argument("--image", required=True, help="query image (photo of the part)")
+    p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
+    p.add_argument("--question", action="append", default=[], metavar="TEXT",
+                   help="ask this and exit (repeatable: follow-ups in order); omit for an interactive prompt")
+    p.add_argument("--overlay", default=None, metavar="PATH", help="write the heat-map overlay (PNG) here")
+    p.add_argument("--mask", default=None, metavar="PATH", help="write the predicted mask (PNG) here")
+    p.add_argument("--sensitivity", type=float, default=0.0, help="threshold shift in [-1, 1] (0 = calibrated)")
+    p.add_argument("--device", default=None, help="cpu|cuda|... (default: from the config)")
+
+
+def _verdict_line(session) -> str:
+    r = session.result
+    where = f", {r.size} at the {r.position}" if r.pred_label and r.position else ""
+    return (f"[{'ANOMALOUS' if r.pred_label else 'NORMAL'}{where}] score {r.pred_score:.4g}, "
+            f"threshold {r.threshold:.4g}, {len(session.references)} reference(s)")
+
+
+def _write_pictures(session, args) -> None:
+    from assistant.overlay import render_mask, render_overlay
+
+    if args.overlay:
+        Path(args.overlay).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_overlay(session.query, session.result)).save(args.overlay)
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    if args.mask:
+        Path(args.mask).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_mask(session.result)).save(args.mask)
+        print(f"mask written to {args.mask}", file=sys.stderr)
+
+
+def _turn(session, question: str, out=sys.stdout) -> float:
+    """Stream one answer to `out`; returns seconds to the first chunk."""
+    t0 = time.perf_counter()
+    first = None
+    for chunk in session.ask(question):
+        if first is None:
+            first = time.perf_counter() - t0
+        out.write(chunk)
+        out.flush()
+    out.write("\n")
+    return first if first is not None else time.perf_counter() - t0
+
+
+def _command(session, line: str) -> bool:
+    """Handle a `:command`; returns False to quit."""
+    from assistant.chat import ChatError
+
+    cmd, _, arg = line[1:].partition(" ")
+    try:
+        if cmd in ("quit", "q", "exit"):
+            return False
+        if cmd == "ref":
+            session.add_reference(arg.strip())
+        elif cmd == "unref":
+            session.remove_reference(int(arg) - 1)
+        elif cmd == "sens":
+            session.set_sensitivity(float(arg))
+        elif cmd == "result":
+            print(json.dumps(session.summary(), indent=1))
+            return True
+        else:
+            print("commands: :ref PATH, :unref N, :sens S, :result, :quit")
+            return True
+        print(_verdict_line(session))
+    except (ChatError, ImageError, ValueError) as e:
+        print(f"error: {e}")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from assistant.chat import ChatSession
+    from assistant.config import REPO_ROOT
+    from assistant.model import Assistant
+
+    config = args.config
+    if not Path(config).exists() and (REPO_ROOT / config).exists():
+        config = str(REPO_ROOT / config)
+    t0 = time.perf_counter()
+    assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
+    session = ChatSession(assistant, args.image, args.reference, sensitivity=args.sensitivity,
+                          max_pixels=assistant.cfg.serve.max_pixels)
+    print(f"loaded in {time.perf_counter() - t0:.1f} s. {_verdict_line(session)}", file=sys.stderr)
+    _write_pictures(session, args)
+    if args.question:
+        for q in args.question:
+            print(f"> {q}")
+            _turn(session, q)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Ask about the image (:ref PATH adds a reference, :quit ends).", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line.startswith(":"):
+            if not _command(session, line):
+                break
+            _write_pictures(session, args)
+            continue
+        try:
+            _turn(session, line)
+        except KeyboardInterrupt:
+            print("\n(interrupted)")
+    return 0

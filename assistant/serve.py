@@ -1,0 +1,62 @@
+"""`python -m assistant serve`: launch the Gradio app (app.py) on 127.0.0.1 and print its URL."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from assistant.config import REPO_ROOT
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from assistant.cli import add_config_arguments
+
+    add_config_arguments(p, default="checkpoints/offline-small")
+    p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 7860; next free one if taken)")
+    p.add_argument("--device", default=None, help="cpu|cuda|... (default: from the config)")
+
+
+def _import_app():
+    """app.py lives at the repository root (next to the package)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app
+
+    return app
+
+
+def run(args: argparse.Namespace) -> int:
+    from assistant.model import Assistant
+
+    app = _import_app()
+    t0 = time.perf_counter()
+    config = args.config
+    if not Path(config).exists() and (REPO_ROOT / config).exists():
+        config = str(REPO_ROOT / config)
+    assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
+    print(f"loaded {config} in {time.perf_counter() - t0:.1f} s", flush=True)
+    cfg = assistant.cfg
+    if args.host:
+        cfg.serve.host = args.host
+    if args.port:
+        cfg.serve.port = args.port
+    example_dir = Path(tempfile.mkdtemp(prefix="inspection-examples-"))
+    demo = app.build_demo(assistant, example_dir)
+    _, url, _ = app.launch(demo, cfg, example_dir, prevent_thread_lock=True, quiet=True)
+    print(f"Inspection assistant running at {url}  (Ctrl+C to stop)", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from assistant.cli import main as cli_main
+
+    return cli_main(["serve", *(argv or sys.argv[1:])])
