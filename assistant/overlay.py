@@ -82,12 +82,12 @@ def render_overlay(image: Image.Image | np.ndarray, result: AnomalyResult, alpha
         cv2.drawContours(out, contours, -1, CONTOUR_COLOUR, thick)
     sy, sx = h / mh, w / mw
     for i, b in enumerate(result.boxes):
-        p0 = (int(round(b.x0 * sx)), int(round(b.y0 * sy)))
-        p1 = (max(p0[0] + 1, int(round(b.x1 * sx)) - 1), max(p0[1] + 1, int(round(b.y1 * sy)) - 1))
+        p0 = (round(b.x0 * sx), round(b.y0 * sy))
+        p1 = (max(p0[0] + 1, round(b.x1 * sx) - 1), max(p0[1] + 1, round(b.y1 * sy) - 1))
         cv2.rectangle(out, p0, p1, BOX_COLOUR, thick + 1)
         label = f"#{i + 1}"
         scale = max(0.35, min(h, w) / 600)
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        (_, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         ty = p0[1] - 3 if p0[1] - th - 4 >= 0 else min(h - 1, p1[1] + th + 3)
         cv2.putText(out, label, (p0[0], ty), cv2.FONT_HERSHEY_SIMPLEX, scale, BOX_COLOUR, max(1, thick), cv2.LINE_AA)
     return out
