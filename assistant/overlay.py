@@ -3,8 +3,9 @@
 The one place that draws an AnomalyResult (app, `chat --overlay`, `detect` -> overlay.png/mask.png all
 call these two functions):
 
-    render_overlay(image, result) -> (H, W, 3) uint8 RGB   # JET heat-map blended over the image,
-                                                           # mask contour in white, boxes in red
+    render_overlay(image, result, caption=False) -> (H, W, 3) uint8 RGB
+        # JET heat-map blended over the image, mask contour in white, numbered boxes in red;
+        # caption=True also writes "ANOMALOUS 1.23 / thr 1.00" in the corner (for standalone files)
     render_mask(result, size=None) -> (H, W) uint8 0/255   # predicted defect pixels
 
 The colour scale is anchored at the result's pixel threshold (threshold = middle of the scale), so a
@@ -61,7 +62,8 @@ def render_mask(result: AnomalyResult, size: tuple[int, int] | None = None) -> n
     return mask
 
 
-def render_overlay(image: Image.Image | np.ndarray, result: AnomalyResult, alpha: float = HEAT_ALPHA) -> np.ndarray:
+def render_overlay(image: Image.Image | np.ndarray, result: AnomalyResult, alpha: float = HEAT_ALPHA,
+                   caption: bool = False) -> np.ndarray:
     """Heat-map over the image with the mask outline and boxes; (H, W, 3) uint8 RGB at the image's size.
 
     The map/mask/boxes may be computed at another resolution (e.g. the tower's input size); they are
@@ -90,4 +92,11 @@ def render_overlay(image: Image.Image | np.ndarray, result: AnomalyResult, alpha
         (_, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         ty = p0[1] - 3 if p0[1] - th - 4 >= 0 else min(h - 1, p1[1] + th + 3)
         cv2.putText(out, label, (p0[0], ty), cv2.FONT_HERSHEY_SIMPLEX, scale, BOX_COLOUR, max(1, thick), cv2.LINE_AA)
+    if caption:
+        text = f"{'ANOMALOUS' if result.pred_label else 'NORMAL'} {result.pred_score:.2f} / thr {result.threshold:.2f}"
+        scale = max(0.4, min(h, w) / 600)
+        org = (8, int(24 * scale) + 4)
+        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 80, 80) if result.pred_label else (80, 255, 80), thick, cv2.LINE_AA)
     return out
