@@ -1,0 +1,475 @@
+"""Anomaly expert: multi-level patch tokens -> anomaly map, score, verdict, mask, boxes.
+
+Paths, fused into one map:
+- few-shot: per-level memory bank of reference-normal patch features (neighbourhood-averaged, references
+  augmented with the 8 rotations/flips, greedy coreset when large); nearest-neighbour distance per query
+  patch, divided by the level's normal distance scale so levels are comparable;
+- zero-shot, CLIP towers: prompt ensemble of normal/abnormal state phrases x templates, per-level linear
+  adapters mapping patch tokens into the text space (AnomalyGPT style);
+- zero-shot, towers without text (EfficientNet): learned normal/abnormal prototypes shifted by the image's
+  own global feature (Anomaly-OV's look-back idea), trained on synthesized anomalies (training/expert.py).
+The verdict threshold is never set by hand: `fit_references` calibrates it from the references' own
+scores (leave-one-out, or geometrically jittered views when k = 1) and from anomalies it synthesizes on
+the references; with k = 0 it uses the threshold stored with the trained heads.
+
+The module holds only weights; everything per session lives in `ReferenceState`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from torch import nn
+
+from assistant.anomaly.result import AnomalyResult, Box
+from assistant.config import ExpertConfig
+from assistant.vision.base import VisionOutput
+
+WEIGHTS_NAME = "expert.safetensors"
+CONFIG_NAME = "expert_config.json"
+
+# Prompt ensemble for CLIP towers (WinCLIP/AnomalyGPT style state phrases x templates).
+NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                 "{} without damage"]
+ABNORMAL_STATES = ["damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage",
+                   "{} with a scratch", "{} with a crack", "{} with a hole"]
+TEMPLATES = ["a photo of a {}.", "a cropped photo of the {}.", "a close-up photo of a {}.", "a bright photo of a {}.",
+             "a dark photo of the {}.", "a photo of the {} for visual inspection.",
+             "a photo of a {} for anomaly detection.", "a blurry photo of the {}."]
+
+
+class ExpertCheckpointError(ValueError):
+    """A trained-expert checkpoint is missing or does not match the tower; the message says why."""
+
+
+@dataclass
+class ReferenceState:
+    """Per-session data from the reference normals (never stored in the module)."""
+
+    banks: list[torch.Tensor]  # per level (M_l, C_l) reference-normal patch features; (0, C_l) when k = 0
+    scales: list[float]  # per-level normal nearest-neighbour distance used to normalise level maps
+    threshold: float  # calibrated image-score threshold (pred_score > threshold -> anomalous)
+    pixel_threshold: float  # calibrated map threshold for pred_mask
+    n_shots: int  # number of reference images used
+    calibration: dict = field(default_factory=dict)  # how the thresholds were found (scores, method)
+
+    @property
+    def few_shot(self) -> bool:
+        return self.n_shots > 0 and all(b.shape[0] > 0 for b in self.banks)
+
+
+# ----------------------------------------------------------------------------------------------- heads
+class PrototypeHead(nn.Module):
+    """Zero-shot head for towers without text: normal/abnormal prototypes conditioned on the global feature.
+
+    Patch features of every level are projected to `dim`, summed and compared (cosine) with two
+    prototypes = learned base + an offset computed from the image's global feature; the logit is
+    (cos_abnormal - cos_normal) / temperature. A second input is the patch's deviation from the image
+    mean (a cheap self-reference), which makes the head sensitive to local outliers on any part.
+    """
+
+    def __init__(self, level_dims: list[int], global_dim: int, dim: int = 64):
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Linear(2 * c, dim) for c in level_dims)  # [token, token - image mean]
+        self.mix = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
+        self.base = nn.Parameter(torch.randn(2, dim) * 0.1)  # (normal, abnormal) prototypes
+        self.cond = nn.Sequential(nn.Linear(global_dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim))
+        nn.init.zeros_(self.cond[-1].weight)
+        nn.init.zeros_(self.cond[-1].bias)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(0.07)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor) -> torch.Tensor:
+        """tokens: L x (B, N, C_l) -> anomaly logits (B, N)."""
+        z = 0
+        for proj, t in zip(self.proj, tokens):
+            t = F.layer_norm(t, t.shape[-1:])
+            z = z + proj(torch.cat([t, t - t.mean(dim=1, keepdim=True)], dim=-1))  # (B, N, D)
+        z = F.normalize(z + self.mix(z), dim=-1)
+        protos = self.base.unsqueeze(0) + self.cond(global_token).view(-1, 2, self.base.shape[-1])  # (B, 2, D)
+        cos = torch.einsum("bnd,bkd->bnk", z, F.normalize(protos, dim=-1))  # (B, N, 2)
+        return (cos[..., 1] - cos[..., 0]) / self.log_temp.exp() + self.bias
+
+
+class TextHead(nn.Module):
+    """Zero-shot head for CLIP towers: per-level linear adapters into the text space + prompt ensemble."""
+
+    def __init__(self, level_dims: list[int], text_features: torch.Tensor):
+        super().__init__()
+        dim = text_features.shape[-1]
+        self.adapters = nn.ModuleList(nn.Linear(c, dim, bias=False) for c in level_dims)
+        self.register_buffer("text_features", F.normalize(text_features, dim=-1), persistent=False)  # (2, D)
+        self.logit_scale = 100.0
+
+    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: L x (B, N, C_l) -> anomaly logits (B, N) (log-odds of abnormal vs normal, mean of levels)."""
+        logits = []
+        for adapter, t in zip(self.adapters, tokens):
+            z = F.normalize(adapter(t), dim=-1)  # (B, N, D)
+            sim = self.logit_scale * z @ self.text_features.t()  # (B, N, 2)
+            logits.append(sim[..., 1] - sim[..., 0])
+        return torch.stack(logits).mean(0)
+
+
+def prompt_text_features(text_encoder, object_name: str) -> torch.Tensor:
+    """(2, D) mean normalised text embedding of the normal and the abnormal prompt ensembles."""
+    feats = []
+    for states in (NORMAL_STATES, ABNORMAL_STATES):
+        prompts = [tpl.format(s.format(object_name)) for s in states for tpl in TEMPLATES]
+        with torch.no_grad():
+            e = F.normalize(torch.as_tensor(text_encoder(prompts)).float(), dim=-1)  # (T, D)
+        feats.append(F.normalize(e.mean(0), dim=-1))
+    return torch.stack(feats)
+
+
+# ------------------------------------------------------------------------------------------ utilities
+def aggregate(tokens: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
+    """Neighbourhood-average patch features: (B, N, C) -> (B, N, C) (PatchCore's local aggregation)."""
+    if window <= 1:
+        return tokens
+    b, n, c = tokens.shape
+    x = tokens.transpose(1, 2).reshape(b, c, *grid)
+    x = F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+    return x.flatten(2).transpose(1, 2)
+
+
+def nn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distance of each query row to its k nearest bank rows (mean of k): (Q, C), (M, C) -> (Q,)."""
+    out = []
+    b2 = (bank * bank).sum(1)  # (M,)
+    for i in range(0, query.shape[0], chunk):
+        q = query[i:i + chunk]
+        d2 = (q * q).sum(1, keepdim=True) + b2.unsqueeze(0) - 2.0 * q @ bank.t()  # (q, M)
+        d2 = d2.topk(k, dim=1, largest=False).values if k > 1 else d2.min(dim=1, keepdim=True).values
+        out.append(d2.clamp_min(0).sqrt().mean(1))
+    return torch.cat(out)
+
+
+def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
+    """Indices of n rows chosen by greedy k-center on a random projection (PatchCore's coreset)."""
+    if n >= x.shape[0]:
+        return torch.arange(x.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    z = x
+    if x.shape[1] > proj_dim:
+        z = x @ (torch.randn(x.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim)).to(x)
+    idx = [int(torch.randint(x.shape[0], (1,), generator=g))]
+    dmin = ((z - z[idx[0]]) ** 2).sum(1)
+    for _ in range(n - 1):
+        i = int(dmin.argmax())
+        idx.append(i)
+        dmin = torch.minimum(dmin, ((z - z[i]) ** 2).sum(1))
+    return torch.tensor(idx)
+
+
+def dihedral_views(img: Image.Image) -> list[Image.Image]:
+    """The 8 rotations/flips of an image (identity first)."""
+    views = []
+    for flip in (False, True):
+        base = ImageOps.mirror(img) if flip else img
+        for rot in (0, 90, 180, 270):
+            views.append(base.rotate(rot, expand=True) if rot else base)
+    return views
+
+
+def jitter_view(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A plausible new normal shot: small rotation, shift, scale and brightness change (reflect-padded)."""
+    w, h = img.size
+    arr = np.asarray(img)
+    angle = rng.uniform(-20, 20)
+    scale = rng.uniform(0.93, 1.07)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[:, 2] += (rng.uniform(-0.04, 0.04) * w, rng.uniform(-0.04, 0.04) * h)
+    out = cv2.warpAffine(arr, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    out = np.clip(out.astype(np.float32) * rng.uniform(0.92, 1.08), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def synthesize_anomaly(img: Image.Image, rng: random.Random) -> tuple[Image.Image, np.ndarray]:
+    """A simple defect on a normal image for calibration: cut-paste patch, scratch or stain. -> (image, mask)."""
+    w, h = img.size
+    arr = np.asarray(img).copy()
+    mask = np.zeros((h, w), np.uint8)
+    kind = rng.choice(["cutpaste", "scratch", "stain"])
+    # place defects where the image has structure (the part, not a flat background) when possible
+    gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    fg = np.abs(gray - np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))) > 20
+    ys, xs = np.nonzero(fg) if fg.mean() > 0.05 else np.nonzero(np.ones_like(fg))
+    j = rng.randrange(len(ys))
+    cy, cx = int(ys[j]), int(xs[j])
+    side = int(min(w, h) * rng.uniform(0.06, 0.16))
+    if kind == "cutpaste":
+        sy, sx = rng.randrange(0, h - side), rng.randrange(0, w - side)
+        patch = arr[sy:sy + side, sx:sx + side].copy()
+        patch = np.rot90(patch, rng.randrange(4)).copy()
+        patch = np.clip(patch.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30), 0, 255).astype(np.uint8)
+        y0, x0 = max(0, min(h - side, cy - side // 2)), max(0, min(w - side, cx - side // 2))
+        m = np.zeros((side, side), np.uint8)
+        cv2.ellipse(m, (side // 2, side // 2), (side // 2 - 1, max(2, int(side / 2 * rng.uniform(0.5, 1)) - 1)),
+                    rng.uniform(0, 180), 0, 360, 1, -1)
+        region = arr[y0:y0 + side, x0:x0 + side]
+        region[m > 0] = patch[m > 0]
+        mask[y0:y0 + side, x0:x0 + side] = m
+    elif kind == "scratch":
+        pts = [(cx, cy)]
+        for _ in range(rng.randint(2, 4)):
+            px, py = pts[-1]
+            a = rng.uniform(0, 2 * math.pi)
+            pts.append((int(px + math.cos(a) * side), int(py + math.sin(a) * side)))
+        thick = max(2, int(min(w, h) * rng.uniform(0.008, 0.02)))
+        color = tuple(int(c) for c in (rng.choice([rng.uniform(0, 60), rng.uniform(190, 255)]),) * 3)
+        cv2.polylines(arr, [np.array(pts, np.int32)], False, color, thick)
+        cv2.polylines(mask, [np.array(pts, np.int32)], False, 1, thick)
+    else:
+        axes = (max(2, side // 2), max(2, int(side / 2 * rng.uniform(0.4, 1))))
+        cv2.ellipse(mask, (cx, cy), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+        shift = np.array([rng.uniform(-70, 70) for _ in range(3)], np.float32)
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, side / 10))[..., None]
+        arr = np.clip(arr.astype(np.float32) * (1 - 0.4 * soft) + soft * (shift + 40 * (rng.random() < 0.5)), 0,
+                      255).astype(np.uint8)
+    return Image.fromarray(arr), mask > 0
+
+
+# ------------------------------------------------------------------------------------------ the expert
+class AnomalyExpert(nn.Module):
+    def __init__(self, cfg: ExpertConfig, level_dims: list[int], global_dim: int, text_encoder=None):
+        super().__init__()
+        self.cfg = cfg
+        self.level_dims = list(level_dims)
+        self.global_dim = int(global_dim)
+        self.head: nn.Module | None = None
+        if cfg.zero_shot:
+            if text_encoder is not None:
+                self.head = TextHead(self.level_dims, prompt_text_features(text_encoder, cfg.object_name))
+            else:
+                self.head = PrototypeHead(self.level_dims, self.global_dim)
+        self.trained = False  # True once heads were loaded/trained; untrained heads are not used for maps
+        self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
+        self.meta: dict = {}  # training manifest loaded with the checkpoint
+
+    # -------------------------------------------------------------- checkpoint
+    def save_pretrained(self, out_dir: str | Path, meta: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME))
+        cfg = {"expert": asdict(self.cfg), "level_dims": self.level_dims, "global_dim": self.global_dim,
+               "head": type(self.head).__name__ if self.head is not None else None,
+               "zero_shot_threshold": self.zero_shot_threshold, "meta": meta or self.meta}
+        (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path | None, cfg: ExpertConfig, tower) -> "AnomalyExpert":
+        """Build for `tower` and load trained heads from ckpt_dir (when it holds expert weights)."""
+        text_encoder = getattr(tower, "encode_text", None)
+        expert = cls(cfg, tower.level_dims, tower.global_dim, text_encoder=text_encoder)
+        if ckpt_dir is None:
+            return expert
+        path = Path(ckpt_dir)
+        if not (path / WEIGHTS_NAME).is_file():
+            raise ExpertCheckpointError(f"expert checkpoint {path}: expected {WEIGHTS_NAME} and {CONFIG_NAME} there")
+        meta = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
+        if meta.get("level_dims") and meta["level_dims"] != expert.level_dims:
+            raise ExpertCheckpointError(
+                f"expert checkpoint {path} was trained for level dims {meta['level_dims']}, but the tower "
+                f"gives {expert.level_dims} (check vision.name / vision.levels)")
+        if meta.get("head") and expert.head is not None and meta["head"] != type(expert.head).__name__:
+            raise ExpertCheckpointError(f"expert checkpoint {path} holds a {meta['head']}, the tower needs a "
+                                        f"{type(expert.head).__name__}")
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / WEIGHTS_NAME))
+        missing, unexpected = expert.load_state_dict(state, strict=False)
+        if unexpected or (expert.head is not None and missing):
+            raise ExpertCheckpointError(f"expert checkpoint {path} does not match: missing {missing[:4]}, "
+                                        f"unexpected {unexpected[:4]}")
+        expert.trained = expert.head is not None
+        expert.zero_shot_threshold = float(meta.get("zero_shot_threshold", 0.5))
+        expert.meta = meta.get("meta", {})
+        return expert.to(tower.device)
+
+    # -------------------------------------------------------------- maps
+    def patch_features(self, out: VisionOutput) -> list[torch.Tensor]:
+        """L x (B, N, C_l) neighbourhood-aggregated patch features used by the kNN path."""
+        return [aggregate(t.float(), out.grid, self.cfg.neighbourhood) for t in out.patch_tokens]
+
+    def few_shot_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
+        """(B, L, h, w) per-level nearest-neighbour distance divided by the level's normal scale."""
+        feats = self.patch_features(out)
+        b = feats[0].shape[0]
+        maps = []
+        for f, bank, s in zip(feats, state.banks, state.scales):
+            d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k)
+            maps.append(d.view(b, *out.grid) / s)
+        return torch.stack(maps, 1)
+
+    def zero_shot_map(self, out: VisionOutput) -> torch.Tensor | None:
+        """(B, h, w) anomaly probability from the trained zero-shot head, or None."""
+        if self.head is None or not self.trained:
+            return None
+        tokens = [t.float() for t in out.patch_tokens]
+        return torch.sigmoid(self.head(tokens, out.global_token.float())).view(-1, *out.grid)
+
+    def raw_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
+        """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
+        zs = self.zero_shot_map(out) if self.cfg.zero_shot else None
+        if state.few_shot and self.cfg.few_shot:
+            fs = self.few_shot_maps(out, state).mean(1)  # (B, h, w), ~1 on normal patches
+            if zs is not None and self.cfg.zero_shot_weight > 0:
+                fs = fs * (1.0 + self.cfg.zero_shot_weight * (zs - 0.5))
+            return fs
+        if zs is None:
+            raise RuntimeError("no reference images and no trained zero-shot head: give at least one reference "
+                               "normal image or set expert.checkpoint to a trained expert")
+        return zs
+
+    def upsample(self, maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(B, h, w) -> (B, H, W) float32, bilinear + Gaussian smoothing."""
+        up = F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        up = up.cpu().numpy().astype(np.float32)
+        sigma = self.cfg.smoothing_sigma * max(size) / 256.0
+        if sigma > 0:
+            up = np.stack([cv2.GaussianBlur(m, (0, 0), sigma) for m in up])
+        return up
+
+    def image_score(self, amap: np.ndarray) -> float:
+        """Mean of the top `score_topk` fraction of map pixels (max when the fraction is 0)."""
+        flat = amap.reshape(-1)
+        k = max(1, int(round(self.cfg.score_topk * flat.size)))
+        return float(np.partition(flat, flat.size - k)[-k:].mean())
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(self, query_out: VisionOutput, state: ReferenceState, image_size: tuple[int, int]) -> list[AnomalyResult]:
+        """One AnomalyResult per query image; maps have size image_size (H, W)."""
+        if len(query_out.patch_tokens) != len(self.level_dims):
+            raise ValueError(f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}")
+        maps = self.upsample(self.raw_maps(query_out, state), tuple(image_size))
+        results = []
+        for amap in maps:
+            score = self.image_score(amap)
+            label = score > state.threshold
+            mask = (amap > state.pixel_threshold) if label else np.zeros(amap.shape, bool)
+            results.append(AnomalyResult(anomaly_map=amap, pred_score=score, pred_label=bool(label), pred_mask=mask,
+                                         boxes=self.boxes(amap, mask), threshold=state.threshold,
+                                         pixel_threshold=state.pixel_threshold,
+                                         extras={"shots": state.n_shots,
+                                                 "path": "few-shot" if state.few_shot else "zero-shot"}))
+        return results
+
+    def boxes(self, amap: np.ndarray, mask: np.ndarray) -> list[Box]:
+        """Connected components of the mask (8-connectivity), largest first, tiny ones dropped."""
+        if not mask.any():
+            return []
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        total = mask.size
+        out = []
+        for i in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            if area / total < self.cfg.min_box_area:
+                continue
+            out.append(Box(x, y, x + w, y + h, float(amap[lab == i].max()), area / total))
+        return sorted(out, key=lambda b: -b.area_fraction)
+
+    # -------------------------------------------------------------- references + calibration
+    @torch.no_grad()
+    def fit_references(self, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
+                       seed: int = 0) -> ReferenceState:
+        """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state."""
+        k = len(ref_images)
+        if k == 0 or not self.cfg.few_shot:
+            zero = ReferenceState(banks=[torch.zeros(0, c) for c in self.level_dims], scales=[1.0] * len(self.level_dims),
+                                  threshold=self.zero_shot_threshold, pixel_threshold=self.zero_shot_threshold,
+                                  n_shots=0, calibration={"method": "zero-shot threshold from training"})
+            if self.head is None or not self.trained:
+                raise RuntimeError("zero-shot needs trained expert heads (expert.checkpoint); none are loaded. "
+                                   "Give at least one reference normal image.")
+            return zero
+        rng = random.Random(seed)
+        size = tower.image_size
+        refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
+        views = [dihedral_views(r) if self.cfg.augment_references else [r] for r in refs]  # k x V images
+        encoded = [self.patch_features(tower.encode(v)) for v in views]  # k x L x (V, N, C)
+        L = len(self.level_dims)
+        banks = [torch.cat([e[lv].reshape(-1, e[lv].shape[-1]) for e in encoded]) for lv in range(L)]
+        banks = [self._coreset(b, seed) for b in banks]
+        state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k)
+        # pseudo-normal queries: leave-one-out references (k >= 2) or jittered views of the reference (k = 1)
+        normal_imgs = [jitter_view(r, rng) for r in refs for _ in range(max(1, 4 // k))]
+        normal_feats = self.patch_features(tower.encode(normal_imgs))  # L x (P, N, C)
+        loo = []
+        if k >= 2:
+            for i in range(k):
+                others = [torch.cat([encoded[j][lv].reshape(-1, encoded[j][lv].shape[-1]) for j in range(k) if j != i])
+                          for lv in range(L)]
+                loo.append([nn_distance(encoded[i][lv][0], others[lv], self.cfg.knn_k) for lv in range(L)])
+        # level scales: median normal nearest-neighbour distance per level
+        for lv in range(L):
+            d = [nn_distance(normal_feats[lv].reshape(-1, normal_feats[lv].shape[-1]), banks[lv], self.cfg.knn_k)]
+            d += [x[lv] for x in loo]
+            state.scales[lv] = float(torch.cat(d).median().clamp_min(1e-6))
+        self._calibrate(tower, state, refs, normal_imgs, rng)
+        return state
+
+    def _coreset(self, bank: torch.Tensor, seed: int) -> torch.Tensor:
+        if bank.shape[0] <= self.cfg.max_bank:
+            return bank
+        n = max(self.cfg.max_bank // 4, int(bank.shape[0] * self.cfg.coreset_ratio))
+        return bank[greedy_coreset(bank, min(n, self.cfg.max_bank), seed)]
+
+    def _calibrate(self, tower, state: ReferenceState, refs: list[Image.Image], normal_imgs: list[Image.Image],
+                   rng: random.Random) -> None:
+        """Image threshold between pseudo-normal and synthesized-anomaly scores; pixel threshold by F1 on synth masks."""
+        size = (tower.image_size, tower.image_size)
+        n_synth = max(2, self.cfg.calibration_synth)
+        synth = [synthesize_anomaly(jitter_view(refs[i % len(refs)], rng), rng) for i in range(n_synth)]
+        imgs = normal_imgs + [s[0] for s in synth]
+        maps = self.upsample(self.raw_maps(tower.encode(imgs), state), size)
+        scores = np.array([self.image_score(m) for m in maps])
+        normal, anomal = scores[:len(normal_imgs)], scores[len(normal_imgs):]
+        hi_normal = float(normal.max())
+        lo_anom = float(np.median(anomal))
+        # geometric midpoint between the worst pseudo-normal and the typical synthesized anomaly, never
+        # below the worst pseudo-normal (few-shot maps are ~1 on normal patches, so ratios are meaningful)
+        thr = math.sqrt(max(hi_normal, 1e-6) * max(lo_anom, hi_normal, 1e-6))
+        state.threshold = float(thr)
+        # pixel threshold: best F1 on synthesized masks, not below the normal views' pixel maxima median
+        gt = np.concatenate([s[1].reshape(-1) for s in synth])
+        pm = maps[len(normal_imgs):].reshape(-1)
+        cand = np.quantile(pm, np.linspace(0.5, 0.999, 60))
+        f1 = [_f1(pm > c, gt) for c in cand]
+        pix = float(cand[int(np.argmax(f1))])
+        state.pixel_threshold = max(pix, float(np.median([m.max() for m in maps[:len(normal_imgs)]])))
+        state.calibration = {"method": "pseudo-normal jitter/leave-one-out + synthesized anomalies",
+                             "normal_scores": [round(float(x), 4) for x in normal],
+                             "synth_scores": [round(float(x), 4) for x in anomal]}
+
+
+def _f1(pred: np.ndarray, gt: np.ndarray) -> float:
+    tp = float(np.logical_and(pred, gt).sum())
+    return 2 * tp / max(float(pred.sum() + gt.sum()), 1.0)
+
+
+def build_expert(cfg, tower) -> AnomalyExpert:
+    """The expert for a full Config and its tower, with the trained heads of cfg.expert.checkpoint when present."""
+    ckpt = cfg.expert.checkpoint
+    if ckpt:
+        p = Path(ckpt)
+        if not p.is_absolute() and not p.exists():
+            from assistant.config import REPO_ROOT
+
+            p = REPO_ROOT / ckpt
+        if (p / WEIGHTS_NAME).is_file():
+            return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
+    return AnomalyExpert.from_pretrained(None, cfg.expert, tower).to(tower.device)

@@ -1,0 +1,73 @@
+"""`python -m assistant evaluate --data DIR [DIR ...] --config C --shots K --seeds 0,1,2 --out OUT`.
+
+Expert-level evaluation on MVTec-layout folders: image/pixel metrics per category and their mean,
+written to OUT/report.json, OUT/report.md and OUT/roc.png. Other modes (answer-level VQA, MMAD/JSONL
+question files) register extra arguments through `EXTRA_MODES` and share the loading code here.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from assistant.cli import add_config_arguments
+
+# name -> (module, help): other evaluation modes plug in here with add_arguments(parser) / run(args, cfg)
+EXTRA_MODES: dict[str, tuple[str, str]] = {}
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds: expected at least one seed")
+    return seeds
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", metavar="DIR", help="MVTec-layout category folder(s) or folder(s) of categories")
+    add_config_arguments(p)
+    p.add_argument("--shots", type=int, default=1, help="reference normals per seed drawn from train/good (0 = zero-shot)")
+    p.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated reference-sampling seeds")
+    p.add_argument("--out", required=True, help="output folder for report.json, report.md, roc.png")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics (faster)")
+    p.add_argument("--mode", default="expert", choices=["expert", *EXTRA_MODES],
+                   help="expert = anomaly maps and verdicts; other modes are added by later modules")
+
+
+def load_expert(cfg):
+    """(tower, expert) for a config: tower from cfg.vision, expert heads from cfg.expert.checkpoint."""
+    from assistant.anomaly.expert import build_expert
+    from assistant.vision.base import build_vision_tower
+
+    tower = build_vision_tower(cfg.vision)
+    return tower, build_expert(cfg, tower).eval()
+
+
+def run(args) -> int:
+    from assistant.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.mode != "expert":
+        import importlib
+
+        return int(importlib.import_module(EXTRA_MODES[args.mode][0]).run(args, cfg) or 0)
+    if not args.data:
+        raise FileNotFoundError("evaluate --mode expert: expected --data DIR [DIR ...] (MVTec-layout folders)")
+    if args.shots < 0:
+        raise ValueError(f"--shots: expected k >= 0, got {args.shots}")
+    from assistant.evaluation.datasets import discover
+    from assistant.evaluation.report import write_reports
+    from assistant.evaluation.runner import evaluate
+
+    cats = discover(args.data)
+    tower, expert = load_expert(cfg)
+    t0 = time.perf_counter()
+    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
+    report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict())
+    print((Path(args.out) / "report.md").read_text())
+    print(f"{len(cats)} categories in {time.perf_counter() - t0:.1f} s -> {args.out}/report.json")
+    return 0 if report["categories"] else 1

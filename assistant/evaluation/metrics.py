@@ -1,0 +1,105 @@
+"""Detection and localization metrics (scikit-learn where it has them).
+
+Image level: AUROC, AP, F1-max; balanced accuracy, overkill (normals rejected) and miss (anomalies
+passed) at a given decision. Pixel level: AUROC, F1-max, AUPRO (per-region overlap averaged over
+ground-truth connected components, integrated over pixel FPR in [0, limit] and divided by limit).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+METRIC_KEYS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max",
+               "balanced_accuracy", "overkill", "miss"]
+
+
+def _both_classes(labels: np.ndarray) -> bool:
+    return labels.size > 0 and labels.min() != labels.max()
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Best F1 over all thresholds."""
+    p, r, _ = precision_recall_curve(labels, scores)
+    f = 2 * p * r / np.maximum(p + r, 1e-12)
+    return float(f.max())
+
+
+def image_metrics(labels, scores, preds=None) -> dict:
+    """labels 0/1, scores higher = more anomalous, preds 0/1 at the calibrated threshold."""
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=np.float64)
+    out: dict = {}
+    if _both_classes(y):
+        out["image_auroc"] = float(roc_auc_score(y, s))
+        out["image_ap"] = float(average_precision_score(y, s))
+        out["image_f1_max"] = f1_max(y, s)
+    if preds is not None:
+        p = np.asarray(preds, dtype=int)
+        n0, n1 = (y == 0).sum(), (y == 1).sum()
+        overkill = float(((p == 1) & (y == 0)).sum() / n0) if n0 else None
+        miss = float(((p == 0) & (y == 1)).sum() / n1) if n1 else None
+        if overkill is not None:
+            out["overkill"] = overkill
+        if miss is not None:
+            out["miss"] = miss
+        if overkill is not None and miss is not None:
+            out["balanced_accuracy"] = 1.0 - (overkill + miss) / 2.0
+    return out
+
+
+def _regions(mask: np.ndarray) -> list[np.ndarray]:
+    """Boolean masks of the 8-connected components of a binary mask."""
+    n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return [lab == i for i in range(1, n)]
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, max_thresholds: int = 2000) -> float:
+    """Area under the per-region-overlap curve up to `fpr_limit` pixel FPR, normalised to [0, 1].
+
+    masks (B, H, W) bool, maps (B, H, W) float. For each threshold t: FPR = fraction of normal pixels with
+    map >= t; PRO = mean over all ground-truth components of the fraction of the component with map >= t.
+    The curve is cut at fpr_limit (linear interpolation) and integrated with the trapezoid rule.
+    """
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    if masks.shape != maps.shape:
+        raise ValueError(f"aupro: masks {masks.shape} and maps {maps.shape} must have the same shape")
+    regions = [maps[i][r] for i in range(len(masks)) for r in _regions(masks[i])]
+    normal = np.sort(maps[~masks])
+    if not regions or normal.size == 0:
+        return float("nan")
+    thresholds = np.unique(maps)
+    if thresholds.size > max_thresholds:
+        thresholds = np.unique(np.quantile(maps, np.linspace(0, 1, max_thresholds)))
+    thresholds = thresholds[::-1]  # high -> low: FPR increases
+    fpr = 1.0 - np.searchsorted(normal, thresholds, side="left") / normal.size
+    pro = np.mean([1.0 - np.searchsorted(np.sort(r), thresholds, side="left") / r.size for r in regions], axis=0)
+    fpr = np.concatenate([[0.0], fpr])
+    pro = np.concatenate([[0.0], pro])
+    keep = fpr <= fpr_limit
+    x, y = fpr[keep], pro[keep]
+    if x[-1] < fpr_limit:
+        j = int(np.argmax(fpr > fpr_limit)) if (fpr > fpr_limit).any() else None
+        if j is not None:
+            x0, x1, y0, y1 = fpr[j - 1], fpr[j], pro[j - 1], pro[j]
+            y_end = y0 + (y1 - y0) * (fpr_limit - x0) / max(x1 - x0, 1e-12)
+        else:
+            y_end = y[-1]
+        x, y = np.append(x, fpr_limit), np.append(y, y_end)
+    return float(np.trapezoid(y, x) / fpr_limit) if hasattr(np, "trapezoid") else float(np.trapz(y, x) / fpr_limit)
+
+
+def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> dict:
+    """Pixel AUROC, F1-max and AUPRO over a stack of (B, H, W) masks and maps."""
+    y = np.asarray(masks).astype(bool).reshape(-1)
+    s = np.asarray(maps, dtype=np.float32).reshape(-1)
+    if not _both_classes(y.astype(np.uint8)):
+        return {}
+    return {"pixel_auroc": float(roc_auc_score(y, s)), "pixel_f1_max": f1_max(y, s),
+            "pixel_aupro": aupro(masks, maps, fpr_limit)}
+
+
+def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
+    return fpr, tpr

@@ -1,0 +1,127 @@
+"""Expert evaluation runner: k-shot reference sampling over seeds, one encode per test image.
+
+For each category the test images are encoded once (their features do not depend on the seed); for each
+seed, k references are drawn with `sample_references` (random.Random(seed).sample(sorted(files), k)), the
+expert fits them (bank + calibrated threshold) and predicts every test item. Items that carry their own
+references (other dataset formats) are grouped by reference set and fitted per group.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from assistant.evaluation.datasets import EvalCategory, EvalItem, sample_references
+from assistant.evaluation.metrics import METRIC_KEYS, image_metrics, pixel_metrics
+from assistant.imaging import load_image, load_mask
+from assistant.vision.base import VisionOutput
+
+
+@dataclass
+class SeedRun:
+    seed: int  # reference-sampling seed
+    references: list[str]  # reference paths used (empty for zero-shot or per-item references)
+    labels: np.ndarray  # (n,) ground-truth 0/1
+    scores: np.ndarray  # (n,) image scores
+    preds: np.ndarray  # (n,) 0/1 at the calibrated threshold
+    thresholds: list[float]  # calibrated threshold(s) used
+    metrics: dict  # metric -> value
+    seconds_per_image: float  # predict time per image (encode excluded)
+
+
+@dataclass
+class CategoryResult:
+    name: str
+    n_normal: int
+    n_anomalous: int
+    runs: list[SeedRun] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """{metric: mean over seeds, ..., "std": {metric: std}, "n_normal", "n_anomalous"}."""
+        out: dict = {}
+        std: dict = {}
+        for key in METRIC_KEYS:
+            vals = [r.metrics[key] for r in self.runs if r.metrics.get(key) is not None]
+            if vals:
+                out[key] = float(np.mean(vals))
+                std[key] = float(np.std(vals))
+        out["std"] = std
+        out["n_normal"] = self.n_normal
+        out["n_anomalous"] = self.n_anomalous
+        return out
+
+
+def _cat_outputs(outs: list[VisionOutput]) -> VisionOutput:
+    return VisionOutput([torch.cat([o.patch_tokens[i] for o in outs]) for i in range(len(outs[0].patch_tokens))],
+                        torch.cat([o.global_token for o in outs]), outs[0].grid)
+
+
+def _slice(out: VisionOutput, idx: list[int]) -> VisionOutput:
+    return VisionOutput([t[idx] for t in out.patch_tokens], out.global_token[idx], out.grid)
+
+
+def encode_items(tower, items: list[EvalItem], batch_size: int = 16, desc: str = "") -> VisionOutput:
+    """Encode all item images in batches (features kept on CPU)."""
+    outs = []
+    for i in tqdm(range(0, len(items), batch_size), desc=f"encode {desc}", leave=False, unit="batch"):
+        imgs = [load_image(it.image) for it in items[i:i + batch_size]]
+        o = tower.encode(imgs)
+        outs.append(VisionOutput([t.cpu() for t in o.patch_tokens], o.global_token.cpu(), o.grid))
+    return _cat_outputs(outs)
+
+
+def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
+    """(n, size, size) bool ground-truth masks (all-zero for normals)."""
+    out = np.zeros((len(items), size, size), bool)
+    for i, it in enumerate(items):
+        if it.mask:
+            out[i] = load_mask(it.mask, size=(size, size))
+    return out
+
+
+def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Iterable[int], batch_size: int = 16,
+                      pixel: bool = True) -> CategoryResult:
+    """Evaluate one category for every seed; maps are compared with masks at the tower's image size."""
+    size = tower.image_size
+    items = cat.items
+    feats = encode_items(tower, items, batch_size, cat.name)
+    masks = load_masks(items, size) if (pixel and cat.has_masks) else None
+    labels = np.array([it.label for it in items])
+    res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
+    for seed in tqdm(list(seeds), desc=cat.name, unit="seed"):
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
+            groups.setdefault(refs, []).append(i)
+        scores = np.zeros(len(items))
+        preds = np.zeros(len(items), int)
+        maps = np.zeros((len(items), size, size), np.float32) if masks is not None else None
+        thresholds = []
+        t_pred = 0.0
+        for refs, idx in groups.items():
+            state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
+            thresholds.append(state.threshold)
+            for j in range(0, len(idx), batch_size):
+                part = idx[j:j + batch_size]
+                t0 = time.perf_counter()
+                results = expert.predict(_slice(feats, part), state, (size, size))
+                t_pred += time.perf_counter() - t0
+                for i, r in zip(part, results):
+                    scores[i], preds[i] = r.pred_score, int(r.pred_label)
+                    if maps is not None:
+                        maps[i] = r.anomaly_map
+        metrics = image_metrics(labels, scores, preds)
+        if maps is not None:
+            metrics.update(pixel_metrics(masks, maps))
+        res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
+                                thresholds, metrics, t_pred / max(len(items), 1)))
+    return res
+
+
+def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,
+             pixel: bool = True) -> list[CategoryResult]:
+    return [evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel) for c in categories]
