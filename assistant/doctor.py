@@ -127,7 +127,7 @@ def run(args) -> int:
                             (_lm_row, cfg.lm.name, (args.prompt, args.max_new_tokens))):
         try:
             rows.append(fn(cfg, *extra))
-        except Exception as e:  # doctor reports every failure in its row and carries on
+        except Exception as e:  # noqa: BLE001 -- doctor reports every failure in its row and carries on
             failed = True
             rows.append(Row("vision" if fn is _vision_row else "lm", name, result=f"FAILED: {type(e).__name__}: {e}"))
     print()
