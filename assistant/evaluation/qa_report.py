@@ -1,0 +1,213 @@
+"""Reports for answer-level runs: report.json, report.md, report.csv, roc.png, qualitative.png.
+
+report.json follows the expert report's schema ({"shots", "seeds", "config", "categories": {NAME:
+{metric: mean over seeds, "std": {...}, "n_normal", "n_anomalous"}}, "mean": {...}}), with answer
+metrics per category and, for MMAD-style typed questions,
+"mmad": {"per_type": {TYPE: accuracy}, "average": accuracy, "table": {CATEGORY: {TYPE: accuracy}}}.
+Every number is a fraction in [0, 1] and depends only on the answer records, so a resumed or merged
+run gives the same report as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from assistant.evaluation.mmad import DETECTION, MMAD_TYPES, mmad_scores
+
+
+def _snake(t: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", t.lower()).strip("_")
+
+
+def _images(recs: list[dict]) -> list[dict]:
+    """One record per image (the first question's), for image-level metrics."""
+    seen, out = set(), []
+    for r in recs:
+        if r["image"] not in seen:
+            seen.add(r["image"])
+            out.append(r)
+    return out
+
+
+def category_metrics(recs: list[dict]) -> dict[str, float]:
+    """Answer and expert metrics of one category and seed (fractions; absent when undefined)."""
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+
+    m: dict[str, float] = {}
+    graded = [r["correct"] for r in recs if r.get("correct") is not None]
+    if graded:
+        m["answer_accuracy"] = float(np.mean(graded))
+    m["unparsed_rate"] = float(np.mean([r.get("parsed") is None for r in recs]))
+    det = [r for r in recs if r["qtype"] == DETECTION and r.get("correct") is not None]
+    if det:
+        accs = [float(np.mean(s)) if s else 0.0 for s in
+                ([r["correct"] for r in det if r.get("label") == 0], [r["correct"] for r in det if r.get("label") == 1])]
+        m["answer_balanced_accuracy"] = (accs[0] + accs[1]) / 2.0
+        cons = [r["parsed"] == r["expert_choice"] for r in det if r.get("expert_choice")]
+        if cons:
+            m["consistency"] = float(np.mean(cons))
+        base = [r for r in det if r.get("baseline_correct") is not None]
+        if base:
+            bacc = [float(np.mean(s)) if s else 0.0 for s in
+                    ([r["baseline_correct"] for r in base if r.get("label") == 0],
+                     [r["baseline_correct"] for r in base if r.get("label") == 1])]
+            m["baseline_answer_balanced_accuracy"] = (bacc[0] + bacc[1]) / 2.0
+    imgs = [r for r in _images(recs) if r.get("label") is not None]
+    labels = np.array([r["label"] for r in imgs])
+    if len(imgs) and len(np.unique(labels)) == 2:
+        scores = np.array([r["pred_score"] for r in imgs])
+        m["image_auroc"] = float(roc_auc_score(labels, scores))
+        m["image_ap"] = float(average_precision_score(labels, scores))
+        m["balanced_accuracy"] = float(balanced_accuracy_score(labels, [int(r["pred_label"]) for r in imgs]))
+        if all("baseline_score" in r for r in imgs):
+            m["baseline_image_auroc"] = float(roc_auc_score(labels, [r["baseline_score"] for r in imgs]))
+    typed = [r for r in recs if r["qtype"] in MMAD_TYPES and r.get("correct") is not None]
+    if typed:
+        row = mmad_scores(typed).table[recs[0]["category"]]
+        for t, v in row.items():
+            m[f"mmad_{_snake(t)}"] = v
+    return m
+
+
+def build_report(records: list[dict], meta: dict) -> dict:
+    """report.json content from all answer records of a run (any order)."""
+    if not records:
+        raise ValueError("no answers to report on")
+    records = sorted(records, key=lambda r: r["key"])
+    seeds = sorted({r["seed"] for r in records})
+    cats = sorted({r["category"] for r in records})
+    categories: dict[str, dict] = {}
+    for c in cats:
+        per_seed = [category_metrics([r for r in records if r["category"] == c and r["seed"] == s]) for s in seeds]
+        per_seed = [p for p in per_seed if p]
+        names = sorted({k for p in per_seed for k in p})
+        entry: dict = {k: float(np.mean([p[k] for p in per_seed if k in p])) for k in names}
+        entry["std"] = {k: float(np.std([p[k] for p in per_seed if k in p])) for k in names}
+        imgs = _images([r for r in records if r["category"] == c and r["seed"] == seeds[0]])
+        entry["n_normal"] = sum(r.get("label") == 0 for r in imgs)
+        entry["n_anomalous"] = sum(r.get("label") == 1 for r in imgs)
+        entry["n_questions"] = sum(r["category"] == c and r["seed"] == seeds[0] for r in records)
+        categories[c] = entry
+    metric_names = sorted({k for e in categories.values() for k, v in e.items() if isinstance(v, float)})
+    mean = {k: float(np.mean([e[k] for e in categories.values() if k in e])) for k in metric_names}
+    report = {**meta, "seeds": seeds, "categories": categories, "mean": mean,
+              "n_questions": sum(r["seed"] == seeds[0] for r in records),
+              "n_unparsed": sum(r.get("parsed") is None for r in records)}
+    typed = [r for r in records if r["qtype"] in MMAD_TYPES and r.get("correct") is not None]
+    if typed:
+        per_seed = [mmad_scores([r for r in typed if r["seed"] == s]) for s in seeds]
+        types = list(per_seed[0].per_type)
+        mm = {
+            "per_type": {t: float(np.mean([p.per_type[t] for p in per_seed])) for t in types},
+            "average": float(np.mean([p.average for p in per_seed])),
+            "table": {g: {t: float(np.mean([p.table[g][t] for p in per_seed])) for t in row}
+                      for g, row in per_seed[0].table.items()},
+            "counts": per_seed[0].counts,
+        }
+        if len(seeds) > 1:
+            mm["std"] = {t: float(np.std([p.per_type[t] for p in per_seed])) for t in types}
+            mm["average_std"] = float(np.std([p.average for p in per_seed]))
+        report["mmad"] = mm
+    return report
+
+
+def _fmt(v) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
+
+
+def write_report(report: dict, out: str | Path) -> dict[str, Path]:
+    """report.json, report.md (tables in %, mean ± std over seeds) and report.csv (one row per category)."""
+    out = Path(out)
+    paths = {"json": out / "report.json", "md": out / "report.md", "csv": out / "report.csv"}
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    cats = report["categories"]
+    cols = sorted({k for e in cats.values() for k, v in e.items() if isinstance(v, float)})
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["category", "n_normal", "n_anomalous", "n_questions"] + cols + [f"{c}_std" for c in cols])
+        for name, e in cats.items():
+            w.writerow([name, e["n_normal"], e["n_anomalous"], e["n_questions"]]
+                       + [f"{e[c]:.6f}" if c in e else "" for c in cols]
+                       + [f"{e['std'][c]:.6f}" if c in e["std"] else "" for c in cols])
+        w.writerow(["mean", "", "", ""] + [f"{report['mean'][c]:.6f}" if c in report["mean"] else "" for c in cols])
+    lines = [f"# Answer-level evaluation ({report.get('mode', 'questions')})", "",
+             f"source `{report.get('source', '')}`, config `{report.get('config', '')}`, shots {report.get('shots')}, "
+             f"seeds {report['seeds']}, {report['n_questions']} questions per seed, "
+             f"{report['n_unparsed']} unparsed answers. Figures in %, mean ± std over seeds.", ""]
+    if "mmad" in report:
+        mm = report["mmad"]
+        types = list(mm["per_type"])
+        lines += ["## MMAD accuracy: category × question type", "",
+                  "| category | " + " | ".join(types) + " | Average |",
+                  "|---" * (len(types) + 2) + "|"]
+        for g, row in mm["table"].items():
+            lines.append(f"| {g} | " + " | ".join(_fmt(row[t]) if t in row else "–" for t in types)
+                         + f" | {_fmt(row['Average'])} |")
+        lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types) + f" | **{_fmt(mm['average'])}** |")
+        lines.append("")
+    show = [c for c in ("answer_accuracy", "answer_balanced_accuracy", "consistency", "image_auroc", "image_ap",
+                        "balanced_accuracy", "baseline_answer_balanced_accuracy", "baseline_image_auroc") if c in cols]
+    lines += ["## Per category", "", "| category | normal | anomalous | questions | " + " | ".join(show) + " |",
+              "|---" * (len(show) + 4) + "|"]
+    for name, e in cats.items():
+        cells = [(_fmt(e[c]) + (f" ± {100 * e['std'][c]:.1f}" if len(report["seeds"]) > 1 else "")) if c in e else "–"
+                 for c in show]
+        lines.append(f"| {name} | {e['n_normal']} | {e['n_anomalous']} | {e['n_questions']} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | | | | " + " | ".join(_fmt(report["mean"][c]) if c in report["mean"] else "–" for c in show) + " |")
+    paths["md"].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_cases: int = 4) -> list[Path]:
+    """roc.png (expert score per image, per category, + baseline) and qualitative.png (best and worst images)."""
+    from assistant.evaluation.plots import Case, plot_roc, qualitative_grid
+
+    out = Path(out)
+    root = Path(data_root) if data_root else None
+    written = []
+    seed0 = min(r["seed"] for r in records)
+    recs = sorted((r for r in records if r["seed"] == seed0), key=lambda r: r["key"])
+    imgs = [r for r in _images(recs) if r.get("label") is not None]
+    curves = {}
+    for c in sorted({r["category"] for r in imgs}):
+        sub = [r for r in imgs if r["category"] == c]
+        curves[c] = ([r["label"] for r in sub], [r["pred_score"] for r in sub])
+        if all("baseline_score" in r for r in sub):
+            curves[f"{c} (knn baseline)"] = ([r["label"] for r in sub], [r["baseline_score"] for r in sub])
+    p = plot_roc(curves, out / "roc.png")
+    if p:
+        written.append(p)
+    by_image: dict[str, list[dict]] = {}
+    for r in recs:
+        by_image.setdefault(r["image"], []).append(r)
+    scored = []
+    for img, rs in by_image.items():
+        graded = [r["correct"] for r in rs if r.get("correct") is not None]
+        if not graded:
+            continue
+        r0 = rs[0]
+        agree = r0.get("label") is None or int(r0["pred_label"]) == r0["label"]
+        scored.append((float(np.mean(graded)), agree, img, rs))
+    if not scored:
+        return written
+    scored.sort(key=lambda x: (x[0], x[1], x[2]))
+    worst = scored[:n_cases]
+    best = [s for s in scored[::-1] if s not in worst][:n_cases]
+    cases = []
+    for tag, group in (("best", best), ("worst", worst)):
+        for frac, _, img, rs in group:
+            r0 = rs[0]
+            mp = out / "maps" / r0["map"] if r0.get("map") else None
+            amap = np.load(mp).astype(np.float32) if mp is not None and mp.exists() else None
+            qa = "\n".join(f"[{r['qtype']}] {r['question']} -> {str(r['response'])[:80]!r} "
+                           f"({'ok' if r['correct'] else 'wrong'}, gold {r['gold']})" for r in rs[:4])
+            text = f"{frac * 100:.0f}% correct, expert score {r0['pred_score']:.3g} (thr {r0['threshold']:.3g})\n{qa}"
+            resolve = (lambda p: str(root / p) if root and p and not Path(p).is_absolute() else p)
+            cases.append(Case(image=resolve(img), mask=resolve(r0.get("mask")), anomaly_map=amap,
+                              threshold=float(r0["threshold"]), text=text, title=f"{tag}: {img}"))
+    written.append(qualitative_grid(cases, out / "qualitative.png"))
+    return written

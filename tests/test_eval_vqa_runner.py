@@ -1,0 +1,140 @@
+"""Answer-level runner: end to end on a generated MMAD set with a fake answerer; resume after a crash,
+shards + merge, and metric values against scikit-learn and hand-computed cases."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+from qa_fixtures import FakeAnswerer, make_mmad
+
+from assistant.evaluation import qa_cli
+from assistant.evaluation.qa_report import category_metrics
+from assistant.evaluation.store import StoreError
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    qa_cli.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+@pytest.fixture(scope="module")
+def mmad(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mmad")
+    return root, make_mmad(root)
+
+
+def _run(mmad, out, *extra, answerer=None):
+    root, path = mmad
+    args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(out), "--config", "fake", *extra)
+    return qa_cli.run(args, answerer=answerer or FakeAnswerer())
+
+
+@pytest.fixture(scope="module")
+def full_run(mmad, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert _run(mmad, out) == 0
+    return out
+
+
+def _keys(path):
+    return [json.loads(x)["key"] for x in path.read_text().splitlines()]
+
+
+def test_end_to_end_report(full_run):
+    out = full_run
+    for name in ("answers.jsonl", "report.json", "report.md", "report.csv", "roc.png", "qualitative.png", "run.json"):
+        assert (out / name).exists(), name
+    recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 * (3 * 2 + 3 * 3) and len(set(_keys(out / "answers.jsonl"))) == len(recs)
+    rep = json.loads((out / "report.json").read_text())
+    mm = rep["mmad"]
+    assert set(mm["per_type"]) == {"Anomaly Detection", "Defect Localization", "Object Classification"}
+    # recompute the balanced detection accuracy of one category by hand from the records
+    det = [r for r in recs if r["category"] == "DS/bottle" and r["qtype"] == "Anomaly Detection"]
+    normal = np.mean([r["parsed"] == r["gold"] for r in det if r["label"] == 0])
+    anomalous = np.mean([r["parsed"] == r["gold"] for r in det if r["label"] == 1])
+    assert mm["table"]["DS/bottle"]["Anomaly Detection"] == pytest.approx((normal + anomalous) / 2)
+    assert mm["average"] == pytest.approx(np.mean(list(mm["per_type"].values())))
+    cat = rep["categories"]["DS/bottle"]
+    assert cat["n_normal"] == 3 and cat["n_anomalous"] == 3 and cat["n_questions"] == 15
+    assert cat["mmad_anomaly_detection"] == pytest.approx(mm["table"]["DS/bottle"]["Anomaly Detection"])
+    assert 0.0 < cat["answer_accuracy"] < 1.0  # the fake answerer is wrong on purpose sometimes
+    md = (out / "report.md").read_text()
+    assert "| DS/bottle |" in md and "Anomaly Detection" in md
+    csv_rows = (out / "report.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("category,") and csv_rows[-1].startswith("mean,") and len(csv_rows) == 4
+
+
+def test_resume_after_crash_equals_uninterrupted(mmad, full_run, tmp_path):
+    class Crash(FakeAnswerer):
+        def answer(self, evidence, question):
+            if self.answered == 11:
+                raise KeyboardInterrupt  # killed in the middle of an image's questions
+            return super().answer(evidence, question)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(mmad, tmp_path, answerer=Crash())
+    assert len(_keys(tmp_path / "answers.jsonl")) == 11
+    with open(tmp_path / "answers.jsonl", "a") as f:
+        f.write('{"key": "s0/DS/screw/test/good/000.png#0", "respo')  # torn write of a killed process
+    again = FakeAnswerer()
+    assert _run(mmad, tmp_path, answerer=again) == 0
+    assert again.answered == 30 - 11
+    assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
+    assert (tmp_path / "report.json").read_text() == (full_run / "report.json").read_text()
+    # a finished run restarted answers nothing new
+    idle = FakeAnswerer()
+    _run(mmad, tmp_path, answerer=idle)
+    assert idle.answered == 0 and idle.analyzed == 0
+
+
+def test_two_shards_merged_equal_one_run(mmad, full_run, tmp_path):
+    a, b = FakeAnswerer(), FakeAnswerer()
+    _run(mmad, tmp_path, "--num-chunks", "2", "--chunk-idx", "0", answerer=a)
+    with pytest.raises(StoreError, match=r"missing chunk\(s\) \[1\]"):
+        qa_cli.run(_args("--merge", "--out", str(tmp_path)))
+    _run(mmad, tmp_path, "--num-chunks", "2", "--chunk-idx", "1", answerer=b)
+    assert a.analyzed + b.analyzed == 12 and a.answered + b.answered == 30 and min(a.answered, b.answered) > 0
+    assert qa_cli.run(_args("--merge", "--out", str(tmp_path))) == 0
+    assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
+    assert (tmp_path / "report.json").read_text() == (full_run / "report.json").read_text()
+
+
+def test_out_folder_of_another_run_is_refused(mmad, full_run):
+    with pytest.raises(ValueError, match="different run.*shots: 1 vs 2"):
+        _run(mmad, full_run, "--shots", "2")
+
+
+def test_seeds_with_shuffled_options_give_mean_and_std(mmad, tmp_path):
+    _run(mmad, tmp_path, "--seeds", "0,1", "--shuffle-options", "--no-plots")
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["seeds"] == [0, 1] and "std" in rep["mmad"]
+    recs = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(recs) == 60 and {r["seed"] for r in recs} == {0, 1}
+    for r in recs:  # shuffling keeps the gold option text
+        assert r["options"][r["gold"]] in ("Yes.", "No.", "Top left.") or r["qtype"] == "Object Classification"
+    assert set(rep["categories"]["DS/bottle"]["std"]) >= {"answer_accuracy", "image_auroc"}
+
+
+def test_category_metrics_against_sklearn_and_hand():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels, scores = [0, 0, 1, 1, 0], [0.1, 0.4, 0.35, 0.8, 0.2]
+    recs = []
+    for i, (lab, sc) in enumerate(zip(labels, scores)):
+        recs.append({"key": f"i{i}#0", "image": f"i{i}", "category": "c", "qtype": "Anomaly Detection", "label": lab,
+                     "pred_score": sc, "pred_label": sc > 0.3, "gold": "A" if lab else "B",
+                     "parsed": "A" if lab or i == 0 else "B", "expert_choice": "A" if sc > 0.3 else "B",
+                     "correct": (lab == 1) or i != 0})
+        recs.append({"key": f"i{i}#1", "image": f"i{i}", "category": "c", "qtype": "Object Classification",
+                     "label": lab, "pred_score": sc, "pred_label": sc > 0.3, "gold": "A", "parsed": None, "correct": False})
+    m = category_metrics(recs)
+    assert m["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert m["image_auroc"] == pytest.approx(5 / 6)  # 5 of the 6 (anomalous, normal) pairs ordered right
+    assert m["image_ap"] == pytest.approx(average_precision_score(labels, scores))
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1.0) / 2)  # 0.4 > 0.3 is one false alarm
+    assert m["answer_balanced_accuracy"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert m["answer_accuracy"] == pytest.approx(4 / 10)
+    assert m["unparsed_rate"] == pytest.approx(0.5)
+    assert m["consistency"] == pytest.approx(np.mean([p == e for p, e in zip("ABAAB", "BAAAB")]))
