@@ -19,7 +19,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inspection-assistant", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="inspection-assistant",
+        description="Conversational visual-inspection assistant: anomaly maps, masks, verdicts and answers.",
+        epilog="Run `inspection-assistant COMMAND --help` for a command's options.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

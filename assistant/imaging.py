@@ -10,13 +10,15 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+if TYPE_CHECKING:
+    import torch
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -120,8 +122,8 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels")
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF must not lose the image
-        pass
+    except Exception as e:  # noqa: BLE001 -- broken EXIF must not lose the image
+        warnings.warn(f"{name}: EXIF orientation ignored ({e})", stacklevel=2)
     return _to_rgb(img, name)
 
 
@@ -154,6 +156,8 @@ def resize(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
 
 def to_tensor(images: list[Image.Image], size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """List of RGB images -> normalised float tensor (B, 3, size, size)."""
+    import torch  # imported here so `--help` and image checks do not pay for torch
+
     arrs = [np.asarray(resize(im, size), dtype=np.float32) / 255.0 for im in images]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
