@@ -1,0 +1,207 @@
+"""Build a synthetic anomaly dataset: OUT/images, OUT/masks, OUT/references, OUT/manifest.jsonl,
+OUT/conversations.json, OUT/build.json.
+
+Sample i depends only on (seed, i), so builds are deterministic (same seed -> same bytes, any number of
+workers) and resumable: finished samples are appended to manifest.jsonl one line at a time (after their
+image files are written); a restarted build skips the ids already there and never duplicates one.
+
+Manifest line (paths relative to OUT):
+  id, image, mask (null for normal), label 0/1, source, category, noun, is_object, method, defect_type,
+  bbox [x0, y0, x1, y1] (exclusive ends), area_fraction, n_components, position (3x3 grid word of the
+  mask centroid), size (tiny/small/medium/large), severity (minor/moderate/severe), contrast, params,
+  description, references (the normal reference pool of the same category).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from data_synth.conversations import make_conversation
+from data_synth.sources import Category, NormalSource
+from data_synth.synth import METHODS, SynthConfig, SynthError, synthesize
+from data_synth.text import describe
+
+cv2.setNumThreads(1)
+SHOTS = (0, 1, 1, 2, 4)  # k drawn for each conversation (capped by the reference pool)
+
+
+@dataclass
+class BuildSettings:
+    seed: int = 0  # base seed; sample i uses default_rng([seed, i])
+    size: int = 256  # square side of every written image
+    methods: tuple = tuple(METHODS)  # synthesis methods drawn uniformly for anomalous samples
+    anomaly_ratio: float = 0.5  # fraction of anomalous samples (0.5 = normal:anomalous 1:1)
+    n_refs: int = 4  # reference normals written per category (pool for k-shot and the expert)
+    sources: tuple = ()  # source names (recorded so a resume with other sources is refused)
+
+
+def check_settings(n: int, s: BuildSettings) -> None:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+        raise SynthError(f"--n: expected a positive number of samples, got {n!r}")
+    bad = [m for m in s.methods if m not in METHODS]
+    if bad or not s.methods:
+        raise SynthError(f"--methods: unknown method(s) {bad or '(none given)'}; expected some of {', '.join(METHODS)}")
+    if s.size < 32:
+        raise SynthError(f"--size: expected at least 32 pixels, got {s.size}")
+    if not 0.0 <= s.anomaly_ratio <= 1.0:
+        raise SynthError(f"--anomaly-ratio: expected a fraction in [0, 1], got {s.anomaly_ratio}")
+    if s.n_refs < 0:
+        raise SynthError(f"--refs: expected >= 0 references per category, got {s.n_refs}")
+
+
+def _safe(key: str) -> str:
+    return key.replace("/", "__").replace(" ", "_")
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    img = arr[..., ::-1] if arr.ndim == 3 else arr
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise SynthError(f"{path}: PNG encoding failed")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+_STATE: dict = {}
+
+
+def _init(sources, cats, settings, cfg, out, pools):
+    cv2.setNumThreads(1)
+    _STATE.update(sources=sources, cats=cats, settings=settings, cfg=cfg, out=Path(out), pools=pools)
+
+
+def make_sample(i: int) -> dict:
+    """Render, corrupt (or not), write and describe sample i; returns its manifest record."""
+    st = _STATE
+    s: BuildSettings = st["settings"]
+    rng = np.random.default_rng([s.seed, i])
+    label = int(rng.random() < s.anomaly_ratio)
+    ci = int(rng.integers(len(st["cats"])))
+    si, cat = st["cats"][ci]
+    src: NormalSource = st["sources"][si]
+    img = src.sample(cat, rng, s.size)
+    sid = f"{i:07d}"
+    rec = {"id": sid, "image": f"images/{sid}.png", "mask": None, "label": label, "source": src.name,
+           "category": cat.key, "noun": cat.noun, "is_object": cat.is_object, "method": None, "defect_type": None,
+           "bbox": None, "area_fraction": 0.0, "n_components": 0, "position": None, "size": None,
+           "severity": None, "contrast": 0.0, "params": None}
+    if label:
+        method = s.methods[int(rng.integers(len(s.methods)))]
+        other = src.sample(cat, rng, s.size) if method == "nsa" else None
+        res = synthesize(img, method, rng, other=other, is_object=cat.is_object, cfg=st["cfg"])
+        m = res.meta
+        rec.update(mask=f"masks/{sid}.png", method=m["method"], defect_type=m["defect_type"], bbox=m["bbox"],
+                   area_fraction=m["area_fraction"], n_components=m["n_components"], position=m["position"],
+                   size=m["size"], severity=m["severity"], contrast=m["contrast"], is_object=m["is_object"],
+                   params=m["params"])
+        _write_png(st["out"] / rec["mask"], res.mask.astype(np.uint8) * 255)
+        img = res.image
+    _write_png(st["out"] / rec["image"], img)
+    rec["description"] = describe(rec, cat.noun, np.random.default_rng([s.seed, i, 1]))
+    rec["references"] = st["pools"][cat.key]
+    return rec
+
+
+def conversation_for(rec: dict, seed: int) -> dict:
+    """The LLaVA conversation of a manifest record (deterministic in (seed, id))."""
+    rng = np.random.default_rng([seed, int(rec["id"]), 2])
+    pool = rec["references"]
+    k = min(int(SHOTS[int(rng.integers(len(SHOTS)))]), len(pool))
+    refs = [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))] if k else []
+    return make_conversation(rec, rec["noun"], refs, rng)
+
+
+def _read_manifest(path: Path) -> dict[int, str]:
+    """id -> line of every complete record; a torn last line (killed build) is dropped."""
+    done: dict[int, str] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            done[int(rec["id"])] = line
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildSettings | None = None,
+          cfg: SynthConfig | None = None, workers: int = 1, progress: bool = True) -> dict:
+    """Write (or complete) the dataset in `out`; returns a summary dict."""
+    s = settings or BuildSettings()
+    s.methods = tuple(s.methods)
+    s.sources = tuple(sorted(src.name for src in sources)) if not s.sources else tuple(s.sources)
+    check_settings(n, s)
+    cfg = cfg or SynthConfig()
+    out = Path(out)
+    for d in ("images", "masks", "references"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    cats: list[tuple[int, Category]] = [(si, c) for si, src in enumerate(sources) for c in src.categories()]
+    info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()},
+            "synth": asdict(cfg), "categories": [c.key for _, c in cats]}
+    info_path = out / "build.json"
+    if info_path.exists():
+        old = json.loads(info_path.read_text())
+        if old != info:
+            raise SynthError(f"{out}: already holds a build with other settings ({old['settings']}); "
+                             "use a new --out folder to build with different settings")
+    else:
+        info_path.write_text(json.dumps(info, indent=1) + "\n")
+    # reference pools: n_refs normals per category, deterministic in (seed, category index, j)
+    pools: dict[str, list[str]] = {}
+    for ci, (si, cat) in enumerate(cats):
+        pools[cat.key] = []
+        for j in range(s.n_refs):
+            rel = f"references/{_safe(cat.key)}/{j:02d}.png"
+            pools[cat.key].append(rel)
+            p = out / rel
+            if not p.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                _write_png(p, sources[si].sample(cat, np.random.default_rng([s.seed, 1_000_003, ci, j]), s.size))
+    man = out / "manifest.jsonl"
+    done = _read_manifest(man)
+    man.write_text("".join(done[i] + "\n" for i in sorted(done)))  # drop a torn tail before appending
+    todo = [i for i in range(n) if i not in done]
+    args = (sources, cats, s, cfg, out, pools)
+    bar = tqdm(total=n, initial=n - len(todo), desc="synth", unit="img", disable=not progress)
+    with open(man, "a") as fh:
+        if workers > 1 and len(todo) > 1:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers, initializer=_init, initargs=args) as pool:
+                for rec in pool.imap(make_sample, todo, chunksize=4):
+                    line = json.dumps(rec)
+                    fh.write(line + "\n")
+                    fh.flush()
+                    done[int(rec["id"])] = line
+                    bar.update(1)
+        else:
+            _init(*args)
+            for i in todo:
+                rec = make_sample(i)
+                line = json.dumps(rec)
+                fh.write(line + "\n")
+                fh.flush()
+                done[i] = line
+                bar.update(1)
+    bar.close()
+    # final files: manifest in id order (only ids < n), then the conversations
+    keep = [done[i] for i in sorted(done) if i < n]
+    tmp = man.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, man)
+    recs = [json.loads(line) for line in keep]
+    convs = [conversation_for(r, s.seed) for r in recs]
+    tmp = out / "conversations.tmp"
+    tmp.write_text(json.dumps(convs, indent=1) + "\n")
+    os.replace(tmp, out / "conversations.json")
+    n_anom = sum(r["label"] for r in recs)
+    return {"out": str(out), "samples": len(recs), "anomalous": n_anom, "normal": len(recs) - n_anom,
+            "new": len(todo), "categories": len(cats), "references": sum(len(v) for v in pools.values())}

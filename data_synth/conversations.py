@@ -1,0 +1,117 @@
+"""Multi-turn LLaVA-format conversations: detect -> locate -> size/type -> compare -> follow-up.
+
+Questions vary widely; answers keep a short, fixed shape a small LM can learn:
+  anomalous: "Yes, there is an anomaly: a <type> <in the top left> of the image."
+  normal:    "No, the object looks normal. ..."
+Location answers contain exactly one 3x3 grid word; sizes and percentages come from the mask.
+The first human turn starts with the IMAGE_TOKEN line; reference normals are listed in "references".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from assistant.constants import IMAGE_TOKEN
+from data_synth.text import article, describe, percent, pick, position_phrase
+
+DETECT_Q = [
+    "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",
+    "Is this {noun} defective?", "Check this {noun} for defects.", "Does the image show any anomaly?",
+    "Is this part OK?", "Inspect this image. Are there any defects?", "Is there a defect on the {noun}?",
+    "Does this {noun} look normal?", "Any anomalies here?", "Please inspect the {noun}. Is it defective?",
+]
+DETECT_REF_Q = [
+    "Compared with the reference, is anything wrong with this {noun}?",
+    "Here is a normal reference. Is the query {noun} anomalous?",
+    "Using the reference as a good example, is there any defect?",
+]
+LOCATE_Q = ["Where is it?", "Where is the defect located?", "Which part of the image is affected?",
+            "Can you point out where the anomaly is?", "Where exactly?", "Where on the image is the problem?"]
+SIZE_Q = ["How big is it?", "What kind of defect is it and how large is it?", "How large is the defect?",
+          "What type of defect is this?", "Describe its size and type.", "What is it, and how big?"]
+COMPARE_REF_Q = ["Compare it with the {ref}.", "How does it differ from the {ref}?",
+                 "What is different from the normal sample?", "Compare the query with the {ref}."]
+COMPARE_ZERO_Q = ["How does it differ from a normal {noun}?", "What would a normal {noun} look like?",
+                  "Compare it with what a good {noun} should look like."]
+SHIP_Q = ["Is it safe to ship?", "Should this part pass inspection?", "Can this {noun} be accepted?",
+          "Would you reject this part?"]
+COUNT_Q = ["How many defects are there?", "How many defective regions do you see?",
+           "How many separate anomalies are visible?"]
+DESCRIBE_Q = ["Describe the defect.", "What does it look like?", "Can you describe what you see?"]
+SEVERITY_Q = ["How severe is it?", "How serious is the problem?"]
+
+
+def _ref_word(k: int) -> str:
+    return "reference" if k == 1 else "references"
+
+
+def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
+    t, pos = m["defect_type"], position_phrase(m["position"])
+    size, pct, sev, n = m["size"], percent(m["area_fraction"]), m["severity"], m["n_components"]
+    turns = [("detect", f"Yes, there is an anomaly: {article(t)} {t} {pos} of the image.")]
+    if rng.random() < 0.9:
+        turns.append(("locate", pick(rng, [f"It is {pos} of the image.", f"The {t} is {pos} of the image."])))
+    if rng.random() < 0.8:
+        turns.append(("size", f"It is {article(size)} {size} {t}, covering about {pct} of the image."))
+    if k > 0 and rng.random() < 0.8:
+        has = "has" if k == 1 else "have"
+        turns.append(("compare", f"Compared with the {_ref_word(k)}, this {noun} has {article(t)} {t} {pos} of the "
+                                 f"image; the {_ref_word(k)} {has} none, and the rest matches."))
+    elif k == 0 and rng.random() < 0.4:
+        turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
+    extra = {
+        "ship": f"No, it should be rejected: it has {article(sev)} {sev} {t}.",
+        "count": "There is one defective region." if n == 1 else f"There are {n} defective regions.",
+        "describe": describe(m, noun, rng),
+        "severity": f"It is {article(sev)} {sev} defect: {size}, about {pct} of the image.",
+    }
+    for key in rng.permutation(list(extra))[: int(rng.integers(1, 3))]:
+        turns.append((str(key), extra[str(key)]))
+    return turns
+
+
+def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
+    turns = [("detect", pick(rng, [f"No, the object looks normal. The {noun} shows no defects.",
+                                   "No, the object looks normal.",
+                                   f"No, the object looks normal: no scratches, cracks, stains or missing parts on the {noun}."]))]
+    if rng.random() < 0.35:
+        turns.append(("locate", f"There is no defect to locate; the {noun} looks normal everywhere."))
+    if rng.random() < 0.3:
+        turns.append(("size", "There is no defect, so there is nothing to measure."))
+    if k > 0 and rng.random() < 0.7:
+        turns.append(("compare", f"It matches the {_ref_word(k)}: no differences in shape, color or texture."))
+    elif k == 0 and rng.random() < 0.3:
+        turns.append(("compare", f"It looks like a normal {noun}: no scratches, cracks, stains or missing parts."))
+    extra = {
+        "ship": "Yes, it looks normal and can be shipped.",
+        "count": "There are no defects.",
+        "describe": f"There is no defect to describe; the {noun} looks normal.",
+        "severity": "There is no defect, so there is no severity to report.",
+    }
+    for key in rng.permutation(list(extra))[: int(rng.integers(1, 3))]:
+        turns.append((str(key), extra[str(key)]))
+    return turns
+
+
+QUESTIONS = {"locate": LOCATE_Q, "size": SIZE_Q, "ship": SHIP_Q, "count": COUNT_Q, "describe": DESCRIBE_Q,
+             "severity": SEVERITY_Q}
+
+
+def make_conversation(record: dict, noun: str, references: list[str], rng: np.random.Generator) -> dict:
+    """LLaVA record {"id", "image", "references", "conversations": [{"from", "value"}, ...]} for one sample.
+    `record` is the manifest line (label, defect_type, position, size, area_fraction, severity, ...)."""
+    k = len(references)
+    turns = (_anomalous_turns if record["label"] == 1 else _normal_turns)(record, noun, k, rng)
+    msgs = []
+    for i, (kind, answer) in enumerate(turns):
+        if kind == "detect":
+            pool = DETECT_Q + (DETECT_REF_Q if k > 0 else [])
+        elif kind == "compare":
+            pool = COMPARE_REF_Q if k > 0 else COMPARE_ZERO_Q
+        else:
+            pool = QUESTIONS[kind]
+        q = pick(rng, pool).format(noun=noun, ref=_ref_word(k))
+        if i == 0:
+            q = f"{IMAGE_TOKEN}\n{q}"
+        msgs.append({"from": "human", "value": q})
+        msgs.append({"from": "gpt", "value": answer})
+    return {"id": record["id"], "image": record["image"], "references": list(references), "conversations": msgs}
