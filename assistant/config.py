@@ -130,6 +130,13 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if origin is None and tp in (int, float, str, bool):
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. --set expert.object_name=2024
         if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
         if not isinstance(value, tp):
