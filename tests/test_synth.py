@@ -1,0 +1,204 @@
+"""data_synth: determinism, faithful masks, truthful texts, formats, resume and bad inputs (tiny, CPU)."""
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from assistant.constants import position_word
+from assistant.imaging import ImageError
+from data_synth import METHODS, SynthConfig, SynthError, foreground_mask, synthesize
+from data_synth.__main__ import main as cli_main
+from data_synth.build import BuildSettings, build
+from data_synth.sources import KINDS, FolderSource, GimpSource, ProceduralSource, read_pat, write_pat
+
+GRID_RE = re.compile(r"\b(top left|top right|bottom left|bottom right|top|bottom|left|right|center)\b")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def images():
+    src = ProceduralSource(products_per_kind=1)
+    cats = {c.key.split("/")[1].rsplit("-", 1)[0]: c for c in src.categories()}
+    gen = np.random.default_rng(0)
+    return {k: (src.sample(c, gen, SIZE), src.sample(c, gen, SIZE), c.is_object) for k, c in cats.items()}
+
+
+def test_procedural_kinds_render_and_objects_are_found(images):
+    assert set(images) == set(KINDS)
+    for kind, (img, _, is_obj) in images.items():
+        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
+        assert img.std() > 3, kind  # not a blank canvas
+        fg, auto = foreground_mask(img)
+        assert auto == is_obj, f"{kind}: foreground detection says object={auto}"
+        if is_obj:
+            assert 0.03 < fg.mean() < 0.85
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_synthesize_is_deterministic_faithful_and_local(images, method):
+    cfg = SynthConfig()
+    for kind in ("gear", "woven", "screw"):
+        img, other, is_obj = images[kind]
+        a = synthesize(img, method, np.random.default_rng(3), other=other, is_object=is_obj)
+        b = synthesize(img, method, np.random.default_rng(3), other=other, is_object=is_obj)
+        assert a.image.tobytes() == b.image.tobytes() and a.mask.tobytes() == b.mask.tobytes()
+        assert a.mask.dtype == bool and a.mask.shape == img.shape[:2] and a.mask.any()
+        assert cfg.min_area <= a.mask.mean() <= cfg.max_area, (kind, a.meta)
+        # pixels farther than the feather (<= 3 px) from the mask are untouched
+        near = cv2.dilate(a.mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        assert np.array_equal(a.image[~near], img[~near]), (kind, method)
+        # the defect is visible inside the mask
+        assert np.abs(a.image.astype(int) - img.astype(int)).max(axis=2)[a.mask].mean() > 5
+        ys, xs = np.nonzero(a.mask)
+        assert a.meta["position"] == position_word(ys.mean() / SIZE, xs.mean() / SIZE)
+        assert a.meta["area_fraction"] == pytest.approx(a.mask.mean(), abs=1e-6)
+        if is_obj and method not in ("warp",):  # defects land on the part (a bent part may move off it)
+            fg, _ = foreground_mask(img)
+            fg = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            assert (a.mask & fg).sum() >= 0.9 * a.mask.sum(), (kind, method)
+
+
+def test_synthesize_bad_inputs(images):
+    img = images["gear"][0]
+    with pytest.raises(SynthError, match="unknown synthesis method 'bogus'"):
+        synthesize(img, "bogus", np.random.default_rng(0))
+    with pytest.raises(SynthError, match=r"\(H, W, 3\) uint8"):
+        synthesize(img.astype(np.float32), "nsa", np.random.default_rng(0))
+    with pytest.raises(SynthError, match="Generator"):
+        synthesize(img, "nsa", 0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    s = BuildSettings(seed=0, size=SIZE, n_refs=2)
+    summary = build([ProceduralSource(products_per_kind=1)], out, 24, s, progress=False)
+    return out, summary
+
+
+def test_build_formats_and_truthful_texts(built):
+    out, summary = built
+    assert summary["samples"] == 24 and 0 < summary["anomalous"] < 24
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    convs = json.loads((out / "conversations.json").read_text())
+    assert [r["id"] for r in recs] == [c["id"] for c in convs] == sorted({r["id"] for r in recs})
+    for r, c in zip(recs, convs):
+        for key in ("id", "image", "mask", "label", "source", "method", "defect_type", "bbox", "area_fraction",
+                    "n_components", "position", "size", "severity", "description", "references"):
+            assert key in r
+        assert (out / r["image"]).exists() and all((out / p).exists() for p in r["references"])
+        assert set(c["references"]) <= set(r["references"])
+        turns = c["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) >= 4
+        assert turns[0]["value"].startswith("<image>\n")
+        answers = [t["value"] for t in turns[1::2]]
+        if r["label"] == 0:
+            assert r["mask"] is None and answers[0].startswith("No, the object looks normal")
+            continue
+        assert answers[0].startswith("Yes, there is an anomaly")
+        mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_GRAYSCALE) > 0
+        ys, xs = np.nonzero(mask)
+        word = position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
+        assert r["position"] == word
+        assert r["area_fraction"] == pytest.approx(mask.mean(), abs=1e-6)
+        x0, y0, x1, y1 = r["bbox"]
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        for text in answers + [r["description"]]:
+            found = set(GRID_RE.findall(text))
+            assert not found or found == {word}, (text, word)
+        assert word in answers[0]
+
+
+def test_build_is_deterministic_and_resumes_without_duplicates(built, tmp_path):
+    out, _ = built
+    s = BuildSettings(seed=0, size=SIZE, n_refs=2)
+    # interrupted build: 10 samples, then a torn line, then resume to 24
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 10, s, progress=False)
+    with open(tmp_path / "manifest.jsonl", "a") as fh:
+        fh.write('{"id": "0000010", "ima')
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False, workers=2)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
+    assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
+    for p in sorted((out / "images").iterdir())[:6]:
+        assert (tmp_path / "images" / p.name).read_bytes() == p.read_bytes()
+    with pytest.raises(SynthError, match="other settings"):
+        build([ProceduralSource(products_per_kind=1)], tmp_path, 4, BuildSettings(seed=1, size=SIZE, n_refs=2),
+              progress=False)
+
+
+def test_build_bad_inputs(tmp_path):
+    src = [ProceduralSource(products_per_kind=1)]
+    for n in (0, -3):
+        with pytest.raises(SynthError, match="positive number of samples"):
+            build(src, tmp_path / "o", n, BuildSettings(size=SIZE), progress=False)
+    with pytest.raises(SynthError, match="unknown method"):
+        build(src, tmp_path / "o", 2, BuildSettings(size=SIZE, methods=("nsa", "laser")), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SynthError, match="found none"):
+        FolderSource([tmp_path / "empty"])
+    with pytest.raises(ImageError, match="not exist"):
+        FolderSource([tmp_path / "missing"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"this is not a png")
+    with pytest.raises(ImageError, match="broken.png"):
+        build([FolderSource([bad])], tmp_path / "o2", 2, BuildSettings(size=SIZE), progress=False)
+    # the CLI turns these into one clear line and exit status 2
+    assert cli_main(["build", "--source", "procedural", "--out", str(tmp_path / "o3"), "--n", "0"]) == 2
+    assert cli_main(["build", "--normal", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"), "--n", "2"]) == 2
+    assert cli_main(["build", "--source", "nope", "--out", str(tmp_path / "o5"), "--n", "2"]) == 2
+
+
+def test_folder_source_builds(tmp_path):
+    d = tmp_path / "hazelnut" / "train" / "good"
+    d.mkdir(parents=True)
+    gen = np.random.default_rng(0)
+    for i in range(3):
+        img = np.full((80, 96, 3), 30, np.uint8)
+        cv2.circle(img, (48, 40), 25, tuple(int(v) for v in gen.integers(120, 255, 3)), -1)
+        cv2.imwrite(str(d / f"{i}.png"), img)
+    src = FolderSource([d])
+    assert src.categories()[0].noun == "hazelnut"
+    summary = build([src], tmp_path / "o", 6, BuildSettings(size=SIZE, n_refs=1), progress=False)
+    assert summary["samples"] == 6
+
+
+def test_gimp_pat_reader_round_trip(tmp_path):
+    gen = np.random.default_rng(0)
+    rgb = gen.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    write_pat(tmp_path / "a.pat", rgb, "Rough Cloth")
+    arr, name = read_pat(tmp_path / "a.pat")
+    assert name == "Rough Cloth" and np.array_equal(arr, rgb)
+    gray = gen.integers(0, 256, (9, 7), dtype=np.uint8)
+    write_pat(tmp_path / "g.pat", gray, "gray")
+    arr, _ = read_pat(tmp_path / "g.pat")
+    assert arr.shape == (9, 7, 3) and np.array_equal(arr[..., 0], gray)
+    rgba = np.dstack([rgb, np.full((12, 20), 255, np.uint8)])
+    write_pat(tmp_path / "c.pat", rgba, "alpha")
+    assert np.array_equal(read_pat(tmp_path / "c.pat")[0], rgb)
+    src = GimpSource([tmp_path])
+    assert len(src.categories()) == 3 and src.categories()[0].noun == "rough cloth pattern"
+    tile = src.sample(src.categories()[0], np.random.default_rng(0), SIZE)
+    assert tile.shape == (SIZE, SIZE, 3)
+    data = (tmp_path / "a.pat").read_bytes()
+    with pytest.raises(ImageError, match="GPAT"):
+        read_pat(data[:20] + b"XXXX" + data[24:])
+    with pytest.raises(ImageError, match="truncated"):
+        read_pat(data[:-10])
+    with pytest.raises(SynthError, match="gimp-data"):
+        GimpSource([tmp_path / "nothing"])
+
+
+def test_preview_and_check(built, tmp_path):
+    from data_synth.check import check
+    from data_synth.preview import preview
+    out, _ = built
+    mosaic = preview(out, "4x3", tile=48)
+    assert mosaic.shape == (3 * (48 + 16), 4 * 48, 3)
+    rep = check(out)
+    assert all(v == 1.0 for v in rep["agreement"].values()), rep
+    assert cli_main(["preview", str(out), "--grid", "2x2", "--tile", "32", "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert cli_main(["preview", str(out), "--grid", "axb"]) == 2
