@@ -88,7 +88,7 @@ def load_mvtec_category(path: str | Path, name: str | None = None) -> EvalCatego
 
 
 def discover(paths: list[str | Path]) -> list[EvalCategory]:
-    """Each path is a category in MVTec layout or a folder of such categories."""
+    """Each path is a category in MVTec layout, a folder of such categories, or a VisA root (split_csv/1cls.csv)."""
     cats: list[EvalCategory] = []
     for p in paths:
         p = Path(p)
@@ -96,6 +96,11 @@ def discover(paths: list[str | Path]) -> list[EvalCategory]:
             raise DatasetError(f"{p}: expected a folder (an MVTec-layout category or a folder of categories)")
         if is_mvtec_category(p):
             cats.append(load_mvtec_category(p))
+            continue
+        from assistant.evaluation.visa import is_visa_root, load_visa  # VisA split_csv/1cls.csv layout
+
+        if is_visa_root(p):
+            cats.extend(load_visa(p))
             continue
         subs = [d for d in sorted(p.iterdir()) if d.is_dir() and is_mvtec_category(d)]
         if not subs:
