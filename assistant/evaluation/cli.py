@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics (faster)")
     p.add_argument("--mode", default="expert", choices=["expert", *EXTRA_MODES],
                    help="expert = anomaly maps and verdicts; other modes are added by later modules")
+    from assistant.evaluation import qa_cli  # --mmad/--jsonl question sets, shards, --merge, --baseline knn
+
+    qa_cli.add_arguments(p)
 
 
 def load_expert(cfg):
@@ -49,7 +52,10 @@ def load_expert(cfg):
 
 def run(args) -> int:
     from assistant.config import load_config
+    from assistant.evaluation import qa_cli
 
+    if qa_cli.wants_questions(args):  # MMAD / JSONL questions: answer-level, resumable, sharded
+        return qa_cli.run(args)
     cfg = load_config(args.config, args.overrides)
     if args.mode != "expert":
         import importlib
@@ -68,6 +74,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
     report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict())
+    if getattr(args, "baseline", None) == "knn":  # plain nearest-neighbour detector beside ours
+        from assistant.evaluation.baselines import add_knn_baseline
+
+        report = add_knn_baseline(args, cfg, cats, tower)
     print((Path(args.out) / "report.md").read_text())
     print(f"{len(cats)} categories in {time.perf_counter() - t0:.1f} s -> {args.out}/report.json")
     return 0 if report["categories"] else 1
