@@ -55,6 +55,10 @@ class VisionTower(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def train(self, mode: bool = True) -> VisionTower:
+        """Towers are frozen feature extractors: always eval (BatchNorm/dropout), even inside a model in .train()."""
+        return super().train(False)
+
     @torch.no_grad()
     def encode(self, images: list[Image.Image] | torch.Tensor) -> VisionOutput:
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)

@@ -62,6 +62,7 @@ class EfficientNetTower(VisionTower):
         else:
             self.source = "random init"
         self.load_time = time.perf_counter() - t0
+        self.eval()  # before the probe: BatchNorm must not update its running stats
         self._dims = self._probe_dims()
         for p in self.parameters():
             p.requires_grad_(False)

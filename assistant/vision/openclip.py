@@ -105,7 +105,7 @@ class OpenCLIPTower(VisionTower):
                     f"--set vision.weights=/path/to/{model_name}.safetensors") from None
             self.source = f"open_clip:{pretrained} ({open_clip.get_pretrained_cfg(model_name, pretrained).get('hf_hub', '')})"
         self.load_time = time.perf_counter() - t0
-        self.model.eval()
+        self.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name, context_length=self.model.context_length)
