@@ -1,0 +1,116 @@
+"""Look-twice selector (Anomaly-OV's LTFM idea, simplified) and the words that state the expert's verdict.
+
+First look: the expert's significance map (anomaly map / threshold, pooled to the token grid) weights the
+visual tokens; the most suspicious tokens are pooled into `n_queries` query tokens that attend over all
+weighted tokens plus the global token with one cross-attention head. Output: n_queries + 1 tokens
+(the queries and the global token). Second look: `suspicious_crop` gives the box of the most suspicious
+region; the LVLM re-encodes that crop and appends its tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class LookTwice(nn.Module):
+    def __init__(self, dim: int, n_queries: int = 4):
+        super().__init__()
+        if n_queries < 1:
+            raise ValueError(f"n_queries: expected >= 1, got {n_queries}")
+        self.dim, self.n_queries = dim, n_queries
+        self.sig_scale = nn.Parameter(torch.tensor(1.0))  # how strongly significance amplifies tokens
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)  # starts as plain pooling of the suspicious tokens
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_queries + 1
+
+    def select(self, significance: torch.Tensor) -> torch.Tensor:
+        """Indices (B, n_queries, g) of the top suspicious tokens, grouped g per query, most suspicious first."""
+        n = significance.shape[1]
+        g = max(1, min(n // self.n_queries, max(1, n // (4 * self.n_queries))))
+        k = g * self.n_queries
+        if k > n:
+            raise ValueError(f"look-twice: {n} tokens cannot feed {self.n_queries} queries")
+        idx = significance.topk(k, dim=1).indices  # (B, k)
+        return idx.view(-1, self.n_queries, g)
+
+    def forward(self, tokens: torch.Tensor, significance: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), significance (B, N) >= 0 (1 = threshold), global_token (B, D) -> (B, n_queries + 1, D)."""
+        if tokens.dim() != 3 or significance.shape != tokens.shape[:2] or global_token.shape != (tokens.shape[0], tokens.shape[2]):
+            raise ValueError(f"look-twice: expected tokens (B, N, D), significance (B, N), global (B, D); got "
+                             f"{tuple(tokens.shape)}, {tuple(significance.shape)}, {tuple(global_token.shape)}")
+        b, _, d = tokens.shape
+        sig = significance.clamp(0, 4).to(tokens.dtype)  # (B, N)
+        weighted = tokens * (1 + self.sig_scale * sig).unsqueeze(-1)  # (B, N, D)
+        idx = self.select(sig)  # (B, Q, g)
+        flat = idx.reshape(b, -1)
+        sel = weighted.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(b, self.n_queries, -1, d)  # (B, Q, g, D)
+        w = sig.gather(1, flat).view(b, self.n_queries, -1).softmax(-1).unsqueeze(-1)  # (B, Q, g, 1)
+        queries = (sel * w).sum(2)  # (B, Q, D)
+        kv = torch.cat([weighted, global_token.unsqueeze(1).to(tokens.dtype)], dim=1)  # (B, N + 1, D)
+        att = (self.q(queries) @ self.k(kv).transpose(1, 2)) / math.sqrt(d)  # (B, Q, N + 1)
+        out = queries + self.o(att.softmax(-1) @ self.v(kv))  # (B, Q, D)
+        return torch.cat([self.norm(out), global_token.unsqueeze(1).to(out.dtype)], dim=1)  # (B, Q + 1, D)
+
+
+SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
+
+
+def percent_text(area_fraction: float) -> str:
+    """'0.4%', '3.2%', '12%' (the wording of the training texts)."""
+    p = area_fraction * 100
+    return "less than 0.1%" if p < 0.1 else f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
+
+
+def evidence_text(anomalous: bool, suspicion: str | None = None, position: str | None = None, size: str | None = None,
+                  area_fraction: float | None = None, regions: int | None = None) -> str:
+    """The expert's verdict in words: one sentence the LM can copy truthful facts from."""
+    if not anomalous:
+        return "Expert evidence: no suspicious features."
+    parts = [f"Expert evidence: {suspicion or 'suspicious'} features"]
+    if position:
+        parts.append(f"location: {position}")
+    if size:
+        parts.append(f"size: {size}" + (f", about {percent_text(area_fraction)} of the image" if area_fraction else ""))
+    if regions:
+        parts.append(f"regions: {regions}")
+    return "; ".join(parts) + "."
+
+
+def result_evidence(result) -> str:
+    """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location."""
+    if not result.pred_label:
+        return evidence_text(False)
+    from assistant.constants import position_word
+
+    pos = result.position
+    if pos is None and result.anomaly_map.size:
+        r, c = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
+        pos = position_word((r + 0.5) / result.anomaly_map.shape[0], (c + 0.5) / result.anomaly_map.shape[1])
+    return evidence_text(True, result.severity, pos, result.size, result.area_fraction if result.size else None,
+                         len(result.boxes) or (1 if result.size else None))
+
+
+def suspicious_crop(anomaly_map: np.ndarray, image_size: tuple[int, int], zoom: float = 2.0) -> tuple[int, int, int, int]:
+    """Box (x0, y0, x1, y1) in pixels of an image of `image_size` (W, H): a 1/zoom-side window centred on the
+    map's maximum (map may have any resolution), shifted to stay inside the image."""
+    w, h = image_size
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    if amap.ndim != 2 or amap.size == 0:
+        raise ValueError(f"anomaly_map: expected a non-empty (H, W) array, got shape {amap.shape}")
+    r, c = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    cy, cx = (r + 0.5) / amap.shape[0] * h, (c + 0.5) / amap.shape[1] * w
+    cw, ch = max(1, round(w / zoom)), max(1, round(h / zoom))
+    x0 = int(min(max(cx - cw / 2, 0.0), w - cw))
+    y0 = int(min(max(cy - ch / 2, 0.0), h - ch))
+    return x0, y0, x0 + cw, y0 + ch

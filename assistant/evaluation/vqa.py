@@ -1,0 +1,202 @@
+"""Answer-level evaluation (`python -m assistant evaluate --mode vqa --data DIR ... --shots K --seeds 0,1,2`).
+
+For every test image (k references drawn per seed as in the expert evaluation) the assistant is asked
+"Is there any anomaly in the image?" and then, as a follow-up, "Where is it?". Answers are parsed into a
+yes/no verdict and a 3x3 position word. Writes OUT/answers.jsonl (one line per question) and adds to every
+category of OUT/report.json (created or merged): answer_accuracy, answer_balanced_accuracy, answer_overkill,
+answer_miss, location_accuracy (answer position == cell of the ground-truth mask centroid, anomalous images
+with masks), consistency (answer verdict == expert pred_label), plus answer_unparsed and expert_balanced_accuracy.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from assistant.constants import POSITION_WORDS, position_word
+
+QUESTION_DETECT = "Is there any anomaly in the image?"
+QUESTION_WHERE = "Where is it?"
+ANSWER_KEYS = ["answer_accuracy", "answer_balanced_accuracy", "answer_overkill", "answer_miss", "location_accuracy",
+               "consistency", "answer_unparsed", "expert_balanced_accuracy"]
+
+_NEG = [r"\bno (?:visible |obvious |apparent )?(?:anomal\w*|defects?|damage|problems?|issues?|flaws?)\b",
+        r"\b(?:looks|appears|seems|is) (?:completely |perfectly )?(?:normal|fine|good|flawless|defect-free|ok)\b",
+        r"\bnot? (?:anomalous|defective|damaged)\b", r"\bfree of (?:defects|anomalies)\b", r"\bnothing wrong\b",
+        r"\bno suspicious\b"]
+_POS = [(r"\b(?:there is|there are|i see|has|shows|contains) (?:an? |some |one |\d+ )?(?:\w+ ){0,3}"
+         r"(?:anomal\w*|defects?|scratch\w*|cracks?|holes?|stains?|dents?|damage|contamination|cuts?)\b"),
+        r"\b(?:is|looks|appears) (?:\w+ )?(?:anomalous|defective|damaged|broken)\b", r"\banomal(?:y|ies|ous)\b",
+        r"\bdefect(?:s|ive)?\b"]
+_POSITIONS = sorted([w for row in POSITION_WORDS for w in row], key=len, reverse=True)
+
+
+def parse_verdict(answer: str) -> bool | None:
+    """True = anomalous, False = normal, None = cannot tell. A leading yes/no decides; else key phrases."""
+    text = " ".join(str(answer).lower().split())
+    m = re.match(r"^\W*(yes|no|yeah|nope|correct)\b", text)
+    if m:
+        return m.group(1) in ("yes", "yeah", "correct")
+    if any(re.search(p, text) for p in _NEG):
+        return False
+    if any(re.search(p, text) for p in _POS):
+        return True
+    return None
+
+
+def parse_position(answer: str) -> str | None:
+    """The first 3x3 grid word in the answer ('top left' ... 'bottom right', 'center'/'centre'/'middle')."""
+    text = " ".join(str(answer).lower().replace("-", " ").split())
+    text = text.replace("centre", "center").replace("middle", "center")
+    best = None
+    for w in _POSITIONS:
+        m = re.search(rf"\b{w}\b", text)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), w)
+    return best[1] if best else None
+
+
+def mask_position(mask: np.ndarray) -> str | None:
+    """Grid word of the ground-truth mask centroid (None for an empty mask)."""
+    if mask is None or not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    return position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
+
+
+def answer_metrics(records: list[dict]) -> dict:
+    """Metrics over detection records {gt_label, answer_label (bool|None), pred_label, gt_position, answer_position}."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    gt = np.array([int(r["gt_label"]) for r in records])
+    ans = np.array([int(bool(r["answer_label"])) for r in records])  # unparsed counts as "normal"
+    exp = np.array([int(r["pred_label"]) for r in records])
+    both = len(set(gt.tolist())) == 2
+    out = {
+        "answer_accuracy": float((ans == gt).mean()) if len(gt) else None,
+        "answer_balanced_accuracy": float(balanced_accuracy_score(gt, ans)) if both else None,
+        "answer_overkill": float(ans[gt == 0].mean()) if (gt == 0).any() else None,
+        "answer_miss": float(1 - ans[gt == 1].mean()) if (gt == 1).any() else None,
+        "consistency": float((ans == exp).mean()) if len(gt) else None,
+        "answer_unparsed": float(np.mean([r["answer_label"] is None for r in records])) if records else None,
+        "expert_balanced_accuracy": float(balanced_accuracy_score(gt, exp)) if both else None,
+    }
+    loc = [r for r in records if r["gt_label"] and r.get("gt_position")]
+    out["location_accuracy"] = (float(np.mean([r.get("answer_position") == r["gt_position"] for r in loc]))
+                                if loc else None)
+    return out
+
+
+def _summarise(runs: list[dict]) -> dict:
+    out, std = {}, {}
+    for k in ANSWER_KEYS:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k], std[k] = float(np.mean(vals)), float(np.std(vals))
+    out["std"] = std
+    return out
+
+
+def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, batch_size: int = 8,
+                 max_new_tokens: int = 32) -> dict:
+    """Run the two questions on every test image of every category and seed; returns {category: summary}."""
+    from tqdm import tqdm
+
+    from assistant.evaluation.datasets import sample_references
+    from assistant.imaging import load_image, load_mask
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    with (out / "answers.jsonl").open("w") as f:
+        for cat in categories:
+            imgs = [load_image(it.image) for it in cat.items]
+            q_outs = [assistant.tower.encode([im]) for im in tqdm(imgs, desc=f"{cat.name}: encode", leave=False)]
+            gt_pos = [mask_position(load_mask(it.mask)) if (it.label and it.mask) else None for it in cat.items]
+            runs = []
+            for seed in seeds:
+                ref_paths = sample_references(cat.train_good, shots, seed)
+                refs = [load_image(p) for p in ref_paths]
+                r_out = assistant.tower.encode(refs) if refs else None
+                state = assistant.expert.fit_references(assistant.tower, refs, r_out, seed=seed)
+                records = []
+                bar = tqdm(total=len(imgs), desc=f"{cat.name} seed {seed}", leave=False)
+                for b in range(0, len(imgs), batch_size):
+                    idx = list(range(b, min(b + batch_size, len(imgs))))
+                    evs = [assistant.evidence_from_features(imgs[i], q_outs[i], refs, r_out, seed=seed, state=state)
+                           for i in idx]
+                    a1 = assistant.answer_batch(evs, [QUESTION_DETECT] * len(idx), max_new_tokens=max_new_tokens)
+                    a2 = assistant.answer_batch(evs, [QUESTION_WHERE] * len(idx), [[(QUESTION_DETECT, a)] for a in a1],
+                                                max_new_tokens=max_new_tokens)
+                    for i, ev, x1, x2 in zip(idx, evs, a1, a2):
+                        it, res = cat.items[i], ev.result
+                        rec = {"category": cat.name, "seed": seed, "image": it.image, "references": ref_paths,
+                               "gt_label": int(it.label), "defect": it.defect, "pred_label": bool(res.pred_label),
+                               "expert_score": float(res.pred_score), "threshold": float(res.threshold),
+                               "expert_position": res.position, "gt_position": gt_pos[i],
+                               "answer_label": parse_verdict(x1), "answer_position": parse_position(x2)}
+                        records.append(rec)
+                        f.write(json.dumps({**rec, "question": QUESTION_DETECT, "answer": x1,
+                                            "parsed_label": rec["answer_label"]}) + "\n")
+                        f.write(json.dumps({**rec, "question": QUESTION_WHERE, "answer": x2,
+                                            "parsed_position": rec["answer_position"]}) + "\n")
+                    f.flush()
+                    bar.update(len(idx))
+                bar.close()
+                runs.append(answer_metrics(records))
+            summaries[cat.name] = {**_summarise(runs), "n_normal": cat.n_normal, "n_anomalous": cat.n_anomalous}
+    return summaries
+
+
+def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
+    """Add answer metrics to OUT/report.json (creating it when absent) and write report_vqa.md."""
+    out = Path(out_dir)
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {"shots": meta.get("shots"), "seeds": meta.get("seeds"),
+                                                                   "config": meta.get("config"), "categories": {}}
+    for name, s in summaries.items():
+        cat = report["categories"].setdefault(name, {})
+        std = cat.setdefault("std", {})
+        for k, v in s.items():
+            if k == "std":
+                std.update(v)
+            else:
+                cat[k] = v
+    mean = report.setdefault("mean", {})
+    for k in ANSWER_KEYS:
+        vals = [c[k] for c in report["categories"].values() if c.get(k) is not None]
+        if vals:
+            mean[k] = float(np.mean(vals))
+    report["vqa"] = {"questions": [QUESTION_DETECT, QUESTION_WHERE], **{k: v for k, v in meta.items() if k != "config"}}
+    path.write_text(json.dumps(report, indent=1))
+    cols = ["answer_balanced_accuracy", "location_accuracy", "consistency", "answer_overkill", "answer_miss",
+            "answer_unparsed", "expert_balanced_accuracy"]
+    lines = ["| category | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    for name, c in report["categories"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt(c.get(k)) for k in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(fmt(mean.get(k)) for k in cols) + " |")
+    (out / "report_vqa.md").write_text("\n".join(lines) + "\n")
+    return report
+
+
+def run(args, cfg) -> int:
+    """Entry point for `evaluate --mode vqa` (registered in assistant.evaluation.cli.EXTRA_MODES)."""
+    from assistant.evaluation.datasets import discover
+    from assistant.model import Assistant
+
+    if not args.data:
+        raise FileNotFoundError("evaluate --mode vqa: expected --data DIR [DIR ...] (MVTec-layout folders)")
+    cats = discover(args.data)
+    t0 = time.perf_counter()
+    asst = Assistant.from_pretrained(args.config, overrides=args.overrides)
+    summaries = evaluate_vqa(asst, cats, args.shots, args.seeds, args.out, batch_size=min(args.batch_size, 8))
+    meta = {"shots": args.shots, "seeds": args.seeds, "config": cfg.to_dict(), "lvlm_checkpoint": asst.cfg.lvlm.checkpoint,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    report = merge_report(args.out, summaries, meta)
+    print((Path(args.out) / "report_vqa.md").read_text())
+    print(f"answers: {Path(args.out) / 'answers.jsonl'}; report: {Path(args.out) / 'report.json'}")
+    return 0 if report else 1
