@@ -239,7 +239,8 @@ def _load_causal_lm(src: str, dtype: torch.dtype, local_only: bool, qkw: dict):
         from transformers import AutoModelForImageTextToText
 
         full = AutoModelForImageTextToText.from_pretrained(src, dtype=dtype, local_files_only=local_only, **qkw)
-        lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
+        with torch.device("meta"):  # no weights allocated: both submodules are replaced below
+            lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
         lm.model = full.model.language_model  # the decoder stack
         lm.lm_head = full.lm_head
         return lm
