@@ -54,8 +54,8 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         turns.append(("size", f"It is {article(size)} {size} {t}, covering about {pct} of the image."))
     if k > 0 and rng.random() < 0.8:
         has = "has" if k == 1 else "have"
-        turns.append(("compare", f"Compared with the {_ref_word(k)}, this {noun} has {article(t)} {t} {pos} of the "
-                                 f"image; the {_ref_word(k)} {has} none, and the rest matches."))
+        turns.append(("compare", (f"Compared with the {_ref_word(k)}, this {noun} has {article(t)} {t} {pos} of the "
+                                  f"image; the {_ref_word(k)} {has} none, and the rest matches.")))
     elif k == 0 and rng.random() < 0.4:
         turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
     extra = {

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from assistant.imaging import IMAGE_SUFFIXES, ImageError, list_images, load_image
-from data_synth.synth import SynthError, fractal_noise
+from data_synth.synth import SynthError, smooth_noise
 
 cv2.setNumThreads(1)
 
@@ -234,11 +234,10 @@ def _smooth_alpha(sd: np.ndarray) -> np.ndarray:
 
 
 def _background(rng, size, color):
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    a = rng.uniform(0, 2 * np.pi)
-    grad = (np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) * rng.uniform(0, 14)
-    bg = np.array(color, np.float32) + grad[..., None] + rng.normal(0, 1.5, (size, size, 1)).astype(np.float32)
-    return bg
+    t = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    a, amp = rng.uniform(0, 2 * np.pi), rng.uniform(0, 14)
+    grad = (np.cos(a) * amp) * t[None, :] + (np.sin(a) * amp) * t[:, None]  # (size, size) lighting ramp
+    return np.array(color, np.float32) + grad[..., None]
 
 
 def _product(kind: str, j: int) -> np.random.Generator:
@@ -311,8 +310,8 @@ class ProceduralSource(NormalSource):
         p = self.params[cat.key]
         fn = getattr(self, f"_draw_{p['kind'] if p['kind'] not in ('screw', 'bolt') else 'fastener'}")
         img = fn(p, rng, size)
-        gain = rng.uniform(0.9, 1.1)
-        img = img * gain + rng.normal(0, 2.0, img.shape).astype(np.float32)
+        gain = np.float32(rng.uniform(0.9, 1.1))
+        img = img.astype(np.float32) * gain + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(2.0)
         return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     # -- parts (on a plain background) ------------------------------------------------------------
@@ -332,7 +331,7 @@ class ProceduralSource(NormalSource):
         return p["metal"] * shade[..., None]
 
     def _draw_washer(self, p, rng, size):
-        dy, dx, r, th, R = self._polar(rng, size, p["radius"])
+        _, _, r, th, R = self._polar(rng, size, p["radius"])
         Ri = R * p["ratio"]
         alpha = _smooth_alpha(np.minimum(R - r, r - Ri))
         bevel = np.clip(np.minimum(R - r, r - Ri) / 3.0, 0.6, 1.0)
@@ -406,9 +405,9 @@ class ProceduralSource(NormalSource):
         b = int(s * p["cover"])
         board = np.empty((b, b, 3), np.float32)
         board[:] = p["board"]
-        board += fractal_noise(b, b, rng, base=4, octaves=2)[..., None] * 8
+        board += smooth_noise(b, b, rng, cells=4, octaves=2)[..., None] * 8
         cu = tuple(float(c) for c in p["copper"])
-        w = max(1, int(round(b * 0.012)))
+        w = max(1, round(b * 0.012))
         for tr in p["tracks"]:
             pts = np.round(tr * (b - 1)).astype(np.int32)
             cv2.polylines(board, [pts], False, cu, thickness=w, lineType=cv2.LINE_AA)
@@ -444,7 +443,7 @@ class ProceduralSource(NormalSource):
     def _draw_woven(self, p, rng, size):
         per = p["period"] * rng.uniform(0.9, 1.1)
         u, v = self._rotated_grid(rng, size, rng.uniform(-4, 4))
-        jit = fractal_noise(size, size, rng, base=3, octaves=2) * per * 0.15
+        jit = smooth_noise(size, size, rng, cells=3, octaves=2) * per * 0.15
         u, v = u + jit + rng.uniform(0, per * 2), v - jit + rng.uniform(0, per * 2)
         i, j = np.floor(u / per), np.floor(v / per)
         fu, fv = u / per - i, v / per - j
@@ -455,7 +454,7 @@ class ProceduralSource(NormalSource):
         weft = p["weft_c"] * (0.55 + 0.45 * prof_weft)[..., None]
         img = np.where(over[..., None], warp, weft)
         fib = rng.normal(0, 5, (size, size, 1)).astype(np.float32)
-        return img + fib + fractal_noise(size, size, rng, 2, 2)[..., None] * 10
+        return img + fib + smooth_noise(size, size, rng, 2, 2)[..., None] * 10
 
     def _draw_brushed(self, p, rng, size):
         big = int(size * 1.5)
@@ -472,8 +471,8 @@ class ProceduralSource(NormalSource):
         return lvl[..., None] + p["tint"]
 
     def _draw_wood(self, p, rng, size):
-        u, v = self._rotated_grid(rng, size, p["angle"] + rng.uniform(-3, 3))
-        warp = fractal_noise(size, size, rng, base=2, octaves=3)
+        _, v = self._rotated_grid(rng, size, p["angle"] + rng.uniform(-3, 3))
+        warp = smooth_noise(size, size, rng, cells=2, octaves=3)
         t = np.sin((v / size * p["freq"] + warp * 1.6 + rng.uniform(0, 10)) * 2 * np.pi) * 0.5 + 0.5
         t = t ** 1.6
         fib = cv2.blur(rng.normal(0, 1, (size, size)).astype(np.float32), (15, 1)) * 10

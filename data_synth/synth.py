@@ -98,16 +98,16 @@ def foreground_mask(image: np.ndarray, threshold: float = 28.0) -> tuple[np.ndar
 def perlin(h: int, w: int, res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """2-D gradient (Perlin) noise, (h, w) float32 roughly in [-1, 1]; res = lattice cells (rows, cols)."""
     ry, rx = res
-    ang = rng.uniform(0, 2 * np.pi, (ry + 1, rx + 1))
+    ang = rng.uniform(0, 2 * np.pi, (ry + 1, rx + 1)).astype(np.float32)
     gy, gx = np.sin(ang), np.cos(ang)
-    ys = np.arange(h) * (ry / h)
-    xs = np.arange(w) * (rx / w)
+    ys = np.arange(h, dtype=np.float32) * np.float32(ry / h)
+    xs = np.arange(w, dtype=np.float32) * np.float32(rx / w)
     yi, xi = ys.astype(int), xs.astype(int)
     yf, xf = (ys - yi)[:, None], (xs - xi)[None, :]
 
     def corner(dy: int, dx: int) -> np.ndarray:
-        g_y = gy[(yi + dy)[:, None], (xi + dx)[None, :]]
-        g_x = gx[(yi + dy)[:, None], (xi + dx)[None, :]]
+        g_y = gy.take(yi + dy, axis=0).take(xi + dx, axis=1)  # (h, w) gradient of this lattice corner
+        g_x = gx.take(yi + dy, axis=0).take(xi + dx, axis=1)
         return g_y * (yf - dy) + g_x * (xf - dx)
 
     def fade(t):
@@ -125,6 +125,19 @@ def fractal_noise(h: int, w: int, rng: np.random.Generator, base: int = 2, octav
     for o in range(octaves):
         r = base * 2 ** o
         out += amp * perlin(h, w, (r, r), rng)
+        total += amp
+        amp *= 0.5
+    return out / total
+
+
+def smooth_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4, octaves: int = 2) -> np.ndarray:
+    """Cheap smooth value noise (bicubic-upsampled random lattices), (h, w) float32 roughly in [-1, 1]."""
+    out = np.zeros((h, w), np.float32)
+    amp, total = 1.0, 0.0
+    for o in range(octaves):
+        c = cells * 2 ** o
+        grid = rng.uniform(-1, 1, (c + 1, c + 1)).astype(np.float32)
+        out += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
         total += amp
         amp *= 0.5
     return out / total
@@ -329,11 +342,11 @@ def _perlin(img, fg, is_obj, rng, other, cfg):
     h, w = img.shape[:2]
     r = int(2 ** rng.integers(1, 4))
     noise = fractal_noise(h, w, rng, base=r, octaves=3)
-    target = rng.uniform(0.01, 0.10) * h * w
     vals = noise[fg]
     if vals.size < 32:
         return None
-    q = 1 - min(0.9, target / vals.size)
+    target = min(rng.uniform(0.08, 0.35) * vals.size, rng.uniform(0.01, 0.10) * h * w)  # part of the part
+    q = 1 - target / vals.size
     mask = (noise > np.quantile(vals, q)) & fg
     mask = keep_largest(clean(mask, close=3, open_=3), cfg.max_components, min_pixels=int(0.0008 * h * w))
     tex = foreign_texture(h, w, rng)
@@ -342,15 +355,19 @@ def _perlin(img, fg, is_obj, rng, other, cfg):
     return alt, mask, 2, {"beta": round(float(beta), 3), "octave_base": r}
 
 
-def _walk(start, n, step, turn, rng, heading=None):
+def _walk(start, n, step, turn, rng, heading=None, jag=0.0):
+    """Random walk (x, y) points: heading drifts by N(0, turn) per step; `jag` adds a sideways zig-zag."""
     y, x = start
     a = rng.uniform(0, 2 * np.pi) if heading is None else heading
+    a0 = a
     pts = [(x, y)]
     for _ in range(n):
         a += rng.normal(0, turn)
+        a = a0 + float(np.clip(a - a0, -0.6, 0.6))  # no loops: stay within ~35 degrees of the start heading
         y += step * math.sin(a)
         x += step * math.cos(a)
-        pts.append((x, y))
+        off = rng.normal(0, jag * step)
+        pts.append((x - off * math.sin(a), y + off * math.cos(a)))
     return np.array(pts, np.float32), a
 
 
@@ -362,16 +379,17 @@ def _line_defect(img, fg, rng, mode):
         length = min(h, w) * rng.uniform(0.15, 0.5)
         n = 24
         pts, _ = _walk(pick_point(fg, rng, erode=3), n, length / n, 0.05, rng)
-        lines.append((pts, max(1, int(round(rng.uniform(1, 3) * sc)))))
+        lines.append((pts, max(1, round(rng.uniform(1, 3) * sc))))
     else:  # crack: jagged main line + branches
         length = min(h, w) * rng.uniform(0.2, 0.45)
         n = 30
-        pts, a = _walk(pick_point(fg, rng, erode=3), n, length / n, 0.45, rng)
-        lines.append((pts, max(2, int(round(rng.uniform(2, 3.5) * sc)))))
+        pts, a = _walk(pick_point(fg, rng, erode=3), n, length / n, 0.2, rng, jag=0.6)
+        lines.append((pts, max(2, round(rng.uniform(2, 3.5) * sc))))
         for _ in range(int(rng.integers(1, 4))):
             j = int(rng.integers(n // 4, n))
-            b, _ = _walk((pts[j, 1], pts[j, 0]), n // 3, length / n, 0.5, rng, heading=a + rng.choice([-1, 1]) * 0.9)
-            lines.append((b, max(1, int(round(rng.uniform(1, 2) * sc)))))
+            b, _ = _walk((pts[j, 1], pts[j, 0]), n // 3, length / n, 0.2, rng,
+                         heading=a + rng.choice([-1, 1]) * rng.uniform(0.5, 1.0), jag=0.6)
+            lines.append((b, max(1, round(rng.uniform(1, 2) * sc))))
     m = np.zeros((h, w), np.uint8)
     for pts, t in lines:
         cv2.polylines(m, [np.round(pts).astype(np.int32)], False, 1, thickness=t, lineType=cv2.LINE_8)
@@ -448,7 +466,7 @@ def _stain(img, fg, is_obj, rng, other, cfg):
     mask = blob_mask(h, w, cy, cx, r, r * rng.uniform(0.6, 1.5), rng, irregular=0.5) & fg
     name = list(STAIN_COLORS)[int(rng.integers(len(STAIN_COLORS)))]
     col = np.array(STAIN_COLORS[name], np.float32)
-    op = (0.6 + 0.25 * fractal_noise(h, w, rng, base=4, octaves=2))[..., None]
+    op = (0.6 + 0.25 * smooth_noise(h, w, rng, cells=4, octaves=2))[..., None]
     op = np.clip(op, 0.4, 0.9)
     alt = np.clip(img.astype(np.float32) * (1 - op) + col * op, 0, 255).astype(np.uint8)
     return alt, mask, 3, {"color": name}
@@ -496,19 +514,19 @@ def _warp(img, fg, is_obj, rng, other, cfg):
         cy, cx = pick_point(fg, rng)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wgt = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rad * rad))
-    if rng.random() < 0.5:  # bend: shift the neighbourhood
+    if is_obj and rng.random() < 0.5:  # bend: shift the neighbourhood (on textures a shift looks natural)
         a = rng.uniform(0, 2 * np.pi)
         mag = rad * rng.uniform(0.35, 0.7)
         mx, my = xx - mag * math.cos(a) * wgt, yy - mag * math.sin(a) * wgt
         kind = "shift"
     else:  # twist
-        th = rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) * wgt
+        th = rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) * (1.0 if is_obj else 1.5) * wgt
         c, sn = np.cos(th), np.sin(th)
         mx = cx + (xx - cx) * c - (yy - cy) * sn
         my = cy + (xx - cx) * sn + (yy - cy) * c
         kind = "twist"
     alt = cv2.remap(img, mx.astype(np.float32), my.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    region = wgt > 0.05
+    region = np.hypot(mx - xx, my - yy) > 1.0  # moved by more than a pixel
     if is_obj:
         region &= cv2.dilate(fg.astype(np.uint8), np.ones((int(rad) | 1, int(rad) | 1), np.uint8)).astype(bool)
     mask = keep_largest(clean(changed(img, alt, 18.0) & region, close=5, open_=3), 1)
@@ -550,9 +568,7 @@ def synthesize(image: np.ndarray, method: str, rng: np.random.Generator, other: 
         other = check_image(other, "other")
     fg, auto_obj = foreground_mask(image, cfg.fg_threshold)
     obj = auto_obj if is_object is None else bool(is_object)
-    if not obj:
-        fg = np.ones(image.shape[:2], bool)
-    elif not auto_obj:  # caller says object but the border is not plain: fall back to the whole image
+    if not obj or not auto_obj:  # texture, or a caller-declared object without a plain border: whole image
         fg = np.ones(image.shape[:2], bool)
     h, w = image.shape[:2]
     fallback = None
