@@ -20,9 +20,10 @@ DETECT_Q = [
     "Does this {noun} look normal?", "Any anomalies here?", "Please inspect the {noun}. Is it defective?",
 ]
 DETECT_REF_Q = [
-    "Compared with the reference, is anything wrong with this {noun}?",
-    "Here is a normal reference. Is the query {noun} anomalous?",
-    "Using the reference as a good example, is there any defect?",
+    "Compared with the {ref}, is anything wrong with this {noun}?",
+    "Given the normal {ref}, is the query {noun} anomalous?",
+    "The {ref} show a good {noun}. Is there any defect in the query?",
+    "Does the query differ from the normal {ref}?",
 ]
 LOCATE_Q = ["Where is it?", "Where is the defect located?", "Which part of the image is affected?",
             "Can you point out where the anomaly is?", "Where exactly?", "Where on the image is the problem?"]
@@ -110,6 +111,8 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
         else:
             pool = QUESTIONS[kind]
         q = pick(rng, pool).format(noun=noun, ref=_ref_word(k))
+        if k == 1:
+            q = q.replace("reference show", "reference shows")
         if i == 0:
             q = f"{IMAGE_TOKEN}\n{q}"
         msgs.append({"from": "human", "value": q})

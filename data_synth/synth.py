@@ -253,7 +253,7 @@ def mask_stats(mask: np.ndarray) -> dict:
 
 def severity_word(area_fraction: float, contrast: float) -> str:
     """minor / moderate / severe from how large and how visible the defect is."""
-    s = 0.5 * min(1.0, math.sqrt(area_fraction / 0.08)) + 0.5 * min(1.0, contrast / 90.0)
+    s = 0.6 * min(1.0, math.sqrt(area_fraction / 0.08)) + 0.4 * min(1.0, contrast / 90.0)
     return "minor" if s < 0.4 else "moderate" if s < 0.65 else "severe"
 
 
@@ -604,3 +604,24 @@ def synthesize(image: np.ndarray, method: str, rng: np.random.Generator, other: 
             "severity": severity_word(stats["area_fraction"], con), "contrast": round(con, 2),
             "is_object": bool(obj), "fallback": fallback, "params": params}
     return SynthResult(image=out, mask=mask, meta=meta)
+
+
+def synthesize_many(normals: list[np.ndarray], n: int, rng: np.random.Generator, methods: list[str] | None = None,
+                    is_object: bool | None = None, cfg: SynthConfig | None = None) -> list[SynthResult]:
+    """`n` anomalies on a user's normal images (e.g. the references, for threshold calibration): image
+    j % len(normals), method drawn uniformly from `methods`, NSA donor = another normal when there is one."""
+    methods = list(methods or METHODS)
+    if not normals:
+        raise SynthError("normals: expected at least one normal image, got none")
+    if n <= 0:
+        raise SynthError(f"n: expected a positive number of anomalies, got {n}")
+    bad = [m for m in methods if m not in _FUNCS]
+    if bad:
+        raise SynthError(f"unknown synthesis method(s) {bad}; expected some of {', '.join(METHODS)}")
+    out = []
+    for j in range(n):
+        i = j % len(normals)
+        other = normals[(i + 1) % len(normals)] if len(normals) > 1 else None
+        m = methods[int(rng.integers(len(methods)))]
+        out.append(synthesize(normals[i], m, rng, other=other, is_object=is_object, cfg=cfg))
+    return out

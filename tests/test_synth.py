@@ -8,7 +8,7 @@ import pytest
 
 from assistant.constants import position_word
 from assistant.imaging import ImageError
-from data_synth import METHODS, SynthConfig, SynthError, foreground_mask, synthesize
+from data_synth import METHODS, SynthConfig, SynthError, foreground_mask, synthesize, synthesize_many
 from data_synth.__main__ import main as cli_main
 from data_synth.build import BuildSettings, build
 from data_synth.sources import KINDS, FolderSource, GimpSource, ProceduralSource, read_pat, write_pat
@@ -202,3 +202,16 @@ def test_preview_and_check(built, tmp_path):
     assert cli_main(["preview", str(out), "--grid", "2x2", "--tile", "32", "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
     assert cli_main(["preview", str(out), "--grid", "axb"]) == 2
+
+
+def test_synthesize_many_for_calibration(images):
+    refs = [images["washer"][0], images["washer"][1]]
+    res = synthesize_many(refs, 5, np.random.default_rng(0), methods=["nsa", "scratch", "stain"])
+    assert len(res) == 5 and all(r.mask.any() for r in res)
+    assert {r.meta["requested"] for r in res} <= {"nsa", "scratch", "stain"}
+    with pytest.raises(SynthError, match="at least one normal"):
+        synthesize_many([], 2, np.random.default_rng(0))
+    with pytest.raises(SynthError, match="positive"):
+        synthesize_many(refs, 0, np.random.default_rng(0))
+    with pytest.raises(SynthError, match="unknown"):
+        synthesize_many(refs, 1, np.random.default_rng(0), methods=["zap"])
