@@ -28,7 +28,7 @@ from assistant.imaging import ImageError, load_image
 from assistant.overlay import render_mask, render_overlay
 
 DEFAULT_QUESTION = "Is there any anomaly?"
-FOLLOW_UPS = ["Where is it?", "How large is it?", "Compare it with the reference."]
+DISPLAY_MIN_SIDE = 256  # smaller query images are enlarged for the overlay
 
 
 # example inputs (generated, never real data) ------------------------------------------------------
@@ -97,7 +97,11 @@ def evidence_outputs(session: ChatSession | None):
         return None, None, verdict_badge(None), None
     result = session.result
     summary = session.summary()
-    return render_overlay(session.query, result), render_mask(result), verdict_badge(summary), summary
+    image = session.query
+    if max(image.size) < DISPLAY_MIN_SIDE:  # tiny images: enlarge so the boxes are visible
+        f = DISPLAY_MIN_SIDE / max(image.size)
+        image = image.resize((round(image.width * f), round(image.height * f)), Image.NEAREST)
+    return render_overlay(image, result), render_mask(result), verdict_badge(summary), summary
 
 
 def _file_path(item) -> str | None:
@@ -162,9 +166,13 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
                 fresh.set_sensitivity(float(sensitivity or 0.0))
                 errors = load_references(fresh, gallery)
                 fresh.set_query(path)
-            except (ImageError, ChatError) as e:
+            except ImageError as e:
                 chat.append({"role": "assistant", "content": f"⚠️ I could not use {_describe_upload(path)} as an "
                              f"image: {_clean_error(e, path)}. Please upload a PNG, JPEG, BMP, TIFF or WebP photo of the part."})
+                yield (chat, None, session, *skip4)
+                return
+            except (ChatError, RuntimeError) as e:  # e.g. zero-shot without trained heads: needs a reference
+                chat.append({"role": "assistant", "content": f"⚠️ {e}"})
                 yield (chat, None, session, *skip4)
                 return
             session = fresh
@@ -198,8 +206,8 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
         chat = list(chat or [])
         try:
             errors = load_references(session, gallery)
-        except (ImageError, ChatError) as e:
-            errors = [str(e)]
+        except (ImageError, ChatError, RuntimeError) as e:
+            errors = [f"the references were not changed: {e}"]
         for err in errors:
             chat.append({"role": "assistant", "content": f"⚠️ {err}"})
         n = len(session.references)
@@ -229,7 +237,7 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
                 raise ChatError("no image: send a query image with the first question")
             session.set_sensitivity(float(sensitivity or 0.0))
             answer = session.answer(question)
-        except (ImageError, ChatError) as e:
+        except (ImageError, ChatError, RuntimeError) as e:
             paths = [_file_path(image), *(_file_path(r) for r in (references or []))]
             raise gr.Error(f"bad request: {_clean_error(e, *paths)}", print_exception=False) from None
         return answer, session.summary(), session
@@ -242,7 +250,7 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
                     "the right), then ask: *Is there any anomaly? Where? How large is it?*")
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy"],
+                chatbot = gr.Chatbot(label="Conversation", height=520, elem_id="chatbot", buttons=["copy"],
                                      feedback_options=None)
                 box = gr.MultimodalTextbox(file_types=["image"], file_count="single", sources=["upload"],
                                            placeholder="Attach a part photo and/or ask a question…",
@@ -266,7 +274,8 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
                                     height=160, image_mode="L")
                     sens = gr.Slider(lo, hi, value=0.0, step=0.05, label="Sensitivity",
                                      info="0 = calibrated threshold; + flags more, − flags less", elem_id="sensitivity")
-                details = gr.JSON(label="Result", elem_id="result-json")
+                with gr.Accordion("Result JSON", open=False):
+                    details = gr.JSON(label="Result", elem_id="result-json")
         # hidden components for the API endpoint
         with gr.Row(visible=False):
             api_image = gr.File(label="image", file_types=None, type="filepath")

@@ -116,26 +116,25 @@ class ChatSession:
         """Load and encode a new query image; starts a new conversation (history cleared)."""
         img = load_image(image, self.max_pixels)
         with self._lock:
-            self.query, self._query_out = img, self._encode(img)
+            result = self._update(query=(img, self._encode(img)))
             self.history = []
-            return self._refresh()
+            return result
 
     def add_reference(self, image: ImageInput, refresh: bool = True) -> AnomalyResult | None:
         """Load, encode (once) and add a reference normal image; re-fits the expert."""
         img = load_image(image, self.max_pixels)
         with self._lock:
-            self.references.append(img)
-            self._ref_outs.append(self._encode(img))
-            return self._refresh() if refresh else None
+            refs = (self.references + [img], self._ref_outs + [self._encode(img)])
+            return self._update(refs=refs) if refresh else self._assign(None, refs, self._evidence)
 
     def remove_reference(self, index: int) -> AnomalyResult | None:
         """Remove reference `index` (0-based); re-fits the expert from the remaining cached features."""
         with self._lock:
-            if not -len(self.references) <= index < len(self.references):
-                raise ChatError(f"reference index {index} out of range: the session has {len(self.references)} references")
-            del self.references[index]
-            del self._ref_outs[index]
-            return self._refresh()
+            n = len(self.references)
+            if not -n <= index < n:
+                raise ChatError(f"reference index {index} out of range: the session has {n} references")
+            keep = [i for i in range(n) if i != index % n]
+            return self._update(refs=([self.references[i] for i in keep], [self._ref_outs[i] for i in keep]))
 
     def set_references(self, images: Sequence[ImageInput]) -> AnomalyResult | None:
         """Replace all references (images already in the session keep their cached features)."""
@@ -143,17 +142,24 @@ class ChatSession:
         with self._lock:
             cache = {image_fingerprint(im): out for im, out in zip(self.references, self._ref_outs)}
             outs = [cache.get(image_fingerprint(im)) or self._encode(im) for im in loaded]
-            self.references, self._ref_outs = loaded, outs
-            return self._refresh()
+            return self._update(refs=(loaded, outs))
 
-    def _refresh(self) -> AnomalyResult | None:
-        """Expert on cached features -> new evidence (called after any image change)."""
-        if self.query is None:
-            self._evidence = None
-            return None
-        self._evidence = self.assistant.evidence_from_features(
-            self.query, self._query_out, self.references, _cat_outputs(self._ref_outs))
-        return self.result
+    def _update(self, query=None, refs=None) -> AnomalyResult | None:
+        """Evidence for new (image, features) pairs from cached features; the session changes only on success."""
+        q_img, q_out = query or (self.query, self._query_out)
+        r_imgs, r_outs = refs or (self.references, self._ref_outs)
+        evidence = None
+        if q_img is not None:
+            evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), _cat_outputs(r_outs))
+        return self._assign(query, refs, evidence)
+
+    def _assign(self, query, refs, evidence) -> AnomalyResult | None:
+        if query is not None:
+            self.query, self._query_out = query
+        if refs is not None:
+            self.references, self._ref_outs = list(refs[0]), list(refs[1])
+        self._evidence = evidence
+        return self.result if evidence is not None else None
 
     # evidence ---------------------------------------------------------------------------------------
     @property
@@ -192,6 +198,8 @@ class ChatSession:
     def summary(self) -> dict:
         """Result JSON plus which images it belongs to."""
         d = self.result.to_dict()
+        # a "path" key would make gradio_client treat the JSON as a file to download
+        d["extras"] = {("expert_path" if k == "path" else k): v for k, v in d["extras"].items()}
         d["query"] = {"width": self.query.size[0], "height": self.query.size[1], "sha1": image_fingerprint(self.query)}
         d["references"] = len(self.references)
         d["sensitivity"] = self.sensitivity

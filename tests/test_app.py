@@ -1,0 +1,156 @@
+"""The Gradio app launched in-process, driven by gradio_client (tiny models, loopback only)."""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from assistant.chat import ChatSession, image_fingerprint
+from assistant.config import REPO_ROOT
+from tests.test_chat import part_image
+
+MAX_PIXELS = 200 * 200  # small upload limit so the "huge image" case is cheap
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_tokenizer_dir):
+    from assistant.model import Assistant
+
+    a = Assistant.from_pretrained("tiny", device="cpu")
+    a.cfg.serve.max_pixels = MAX_PIXELS
+    return a
+
+
+@pytest.fixture(scope="module")
+def server(assistant, tmp_path_factory):
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app
+
+    example_dir = tmp_path_factory.mktemp("examples")
+    demo = app.build_demo(assistant, example_dir)
+    _, url, _ = app.launch(demo, assistant.cfg, example_dir, prevent_thread_lock=True, quiet=True,
+                           server_name="127.0.0.1", server_port=None, show_error=True)
+    yield url, example_dir
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    paths = {}
+    for name, img in {"query": part_image(21, defect=(6, 28)), "ref": part_image(22)}.items():
+        paths[name] = d / f"{name}.png"
+        img.save(paths[name])
+    (d / "notes.png").write_text("this is text, not a picture")
+    paths["text"] = d / "notes.png"
+    (d / "empty.png").write_bytes(b"")
+    paths["empty"] = d / "empty.png"
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(d / "huge.png")  # 90k px > MAX_PIXELS
+    paths["huge"] = d / "huge.png"
+    paths["truncated"] = d / "truncated.png"
+    paths["truncated"].write_bytes(paths["query"].read_bytes()[:200])
+    return paths
+
+
+def test_api_ask_follow_up_and_bad_uploads(server, images, assistant):
+    url, _ = server
+    client = Client(url, verbose=False)
+    answer, result = client.predict(handle_file(images["query"]), [handle_file(images["ref"])],
+                                    "Is there any anomaly?", 0.0, api_name="/inspect")
+    expected = ChatSession(assistant, images["query"], [images["ref"]])
+    assert isinstance(answer, str)
+    assert result["query"]["sha1"] == image_fingerprint(expected.query) and result["references"] == 1
+    assert result["pred_score"] == pytest.approx(expected.result.pred_score, rel=1e-5)
+    assert result["verdict"] in ("normal", "anomalous") and result["map_shape"] == [48, 48]
+    # follow-up: no image, same client -> same session
+    answer2, result2 = client.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
+    assert isinstance(answer2, str) and result2["query"] == result["query"]
+    # sensitivity moves the threshold relative to the calibrated one
+    _, loose = client.predict(None, [], "Is there any anomaly?", 1.0, api_name="/inspect")
+    assert loose["threshold"] == pytest.approx(result["threshold"] / 2, rel=1e-5)
+    assert loose["extras"]["calibrated_threshold"] == pytest.approx(result["threshold"], rel=1e-5)
+    for key, message in [("text", "not a recognised image format"), ("empty", "empty"),
+                         ("huge", "exceeds the limit"), ("truncated", "corrupt or truncated")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(images[key]), [], "Is there any anomaly?", 0.0, api_name="/inspect")
+    # the server keeps working, and the failed uploads did not replace the session's image
+    _, result3 = client.predict(None, [], "How large is it?", 0.0, api_name="/inspect")
+    assert result3["query"] == result["query"]
+    fresh = Client(url, verbose=False)
+    with pytest.raises(AppError, match="no image"):
+        fresh.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
+
+
+def _chat(client, text, path=None, refs=()):
+    message = {"text": text, "files": [handle_file(path)] if path else []}
+    gallery = [{"image": handle_file(r), "caption": None} for r in refs]
+    return client.predict(message, [], gallery, 0.0, api_name="/chat")
+
+
+def test_ui_chat_endpoint_streams_evidence_and_reports_bad_uploads(server, images):
+    url, _ = server
+    client = Client(url, verbose=False)
+    chat, _, overlay, mask, badge, details = _chat(client, "Is there any anomaly?", images["query"], [images["ref"]])
+    assert [m["role"] for m in chat] == ["user", "user", "assistant"]
+    assert chat[0]["content"][0]["type"] == "file"
+    assert "ANOMALOUS" in badge or "NORMAL" in badge
+    assert Image.open(overlay).size == (256, 256) and Image.open(mask).size == (48, 48)  # small images enlarged
+    assert details["query"]["width"] == 48
+    job = client.submit({"text": "Where is it?", "files": []}, [], [{"image": handle_file(images["ref"]), "caption": None}],
+                        0.0, api_name="/chat")
+    job.result()
+    assert len(job.outputs()) >= 2  # evidence first, then streamed text, then the final value
+    for key, message in [("text", "not a recognised image format"), ("empty", "empty (0 bytes)"),
+                         ("huge", "exceeds the limit")]:
+        chat, *_ = _chat(client, "hi", images[key], [images["ref"]])
+        reply = chat[-1]["content"][0]["text"]
+        assert f"could not use {images[key].name}" in reply and message in reply and str(images[key].parent) not in reply
+    chat, *_ = _chat(client, "How large is it?")  # the earlier good image is still the session's image
+    assert chat[-1]["role"] == "assistant" and "upload a photo" not in chat[-1]["content"][0]["text"]
+    chat, *_ = _chat(Client(url, verbose=False), "Where is it?")
+    assert "upload a photo of the part first" in chat[-1]["content"][0]["text"]
+
+
+def test_eight_concurrent_clients_get_their_own_results(server, assistant, tmp_path):
+    url, _ = server
+    paths, expected = [], []
+    ref = tmp_path / "ref.png"
+    part_image(30).save(ref)
+    for i in range(8):
+        p = tmp_path / f"q{i}.png"
+        part_image(100 + i, defect=((i * 5) % 40, (i * 11) % 40)).save(p)
+        paths.append(p)
+        s = ChatSession(assistant, p, [ref])
+        expected.append((image_fingerprint(s.query), s.result.pred_score))
+    assert len({e[0] for e in expected}) == 8
+    got, errors = {}, []
+    barrier = threading.Barrier(8)
+
+    def worker(i):
+        try:
+            client = Client(url, verbose=False)
+            barrier.wait(timeout=60)
+            _, first = client.predict(handle_file(paths[i]), [handle_file(ref)], "Is there any anomaly?", 0.0,
+                                      api_name="/inspect")
+            _, second = client.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
+            got[i] = (first, second)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors, errors
+    for i, (first, second) in got.items():
+        sha, score = expected[i]
+        assert first["query"]["sha1"] == sha and second["query"]["sha1"] == sha, f"client {i} got another image"
+        assert first["pred_score"] == pytest.approx(score, rel=1e-5)
+    assert len(got) == 8

@@ -1,0 +1,152 @@
+"""ChatSession on the tiny models (configs/tiny.yaml): multi-turn, cached features, references, CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assistant.chat import ChatError, ChatSession, image_fingerprint
+from assistant.imaging import ImageError
+
+
+def part_image(seed: int, defect: tuple[int, int] | None = None, size: int = 48) -> Image.Image:
+    """A textured grey part; `defect` = (row, col) of a dark square blob."""
+    rng = np.random.default_rng(seed)
+    arr = (120 + rng.normal(0, 6, (size, size, 3))).clip(0, 255)
+    if defect is not None:
+        r, c = defect
+        arr[r:r + 8, c:c + 8] = [30, 20, 10]
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_tokenizer_dir):
+    from assistant.model import Assistant
+
+    return Assistant.from_pretrained("tiny", device="cpu")
+
+
+class EncodeSpy:
+    """Counts tower.encode calls and records the images passed in."""
+
+    def __init__(self, tower):
+        self.tower, self.calls, self.images = tower, 0, []
+        self._orig = tower.encode
+
+    def __enter__(self):
+        def spy(images, *a, **k):
+            self.calls += 1
+            if isinstance(images, list):
+                self.images.extend(images)
+            return self._orig(images, *a, **k)
+
+        self.tower.encode = spy
+        return self
+
+    def __exit__(self, *exc):
+        del self.tower.encode  # back to the class method
+
+
+def test_multi_turn_streams_and_never_reencodes(assistant):
+    q, ref = part_image(1, defect=(8, 30)), part_image(2)
+    session = ChatSession(assistant, q, [ref])
+    result = session.result
+    assert result.anomaly_map.shape == (48, 48) and isinstance(result.pred_label, bool)
+    assert result.extras.get("shots") == 1
+    with EncodeSpy(assistant.tower) as spy:
+        chunks = list(session.ask("Is there any anomaly?"))
+        follow = [session.answer(t) for t in ("Where is it?", "How large is it?")]
+    assert spy.calls == 0, "a follow-up question must not run the vision tower"
+    assert all(isinstance(c, str) for c in chunks)
+    assert [t for t, _ in session.history] == ["Is there any anomaly?", "Where is it?", "How large is it?"]
+    assert session.history[0][1] == "".join(chunks).strip() and session.history[1][1] == follow[0]
+    assert session.result.pred_score == result.pred_score  # evidence unchanged by questions
+
+
+def test_references_update_evidence_without_reencoding_query(assistant):
+    q, r1, r2 = part_image(3, defect=(30, 6)), part_image(4), part_image(5)
+    session = ChatSession(assistant, q, [r1])
+    one_ref = session.result.pred_score
+    with EncodeSpy(assistant.tower) as spy:
+        session.add_reference(r2)
+    assert spy.calls > 0 and not any(im is session.query for im in spy.images), "query must not be re-encoded"
+    assert session.result.extras.get("shots") == 2 and len(session.references) == 2
+    two_refs = session.result.pred_score
+    assert two_refs == ChatSession(assistant, q, [r1, r2]).result.pred_score  # same as a fresh session
+    session.remove_reference(1)
+    assert session.result.extras.get("shots") == 1
+    assert session.result.pred_score == pytest.approx(one_ref, rel=1e-5)
+    with pytest.raises(ChatError, match="out of range: the session has 1 references"):
+        session.remove_reference(3)
+
+
+def test_sensitivity_relabels_without_encoding(assistant):
+    session = ChatSession(assistant, part_image(6, defect=(20, 20)), [part_image(7)])
+    base = session.result
+    with EncodeSpy(assistant.tower) as spy:
+        session.set_sensitivity(1.0)
+        loose = session.result
+        session.set_sensitivity(-1.0)
+        strict = session.result
+        list(session.ask("Is there any anomaly?"))
+    assert spy.calls == 0
+    assert loose.threshold == pytest.approx(base.threshold / 2) and strict.threshold == pytest.approx(base.threshold * 2)
+    assert loose.pred_mask.sum() >= base.pred_mask.sum() >= strict.pred_mask.sum()
+    assert session.summary()["sensitivity"] == -1.0
+    with pytest.raises(ChatError, match="sensitivity must be within"):
+        session.set_sensitivity(3)
+
+
+def test_sessions_are_independent(assistant):
+    qa, qb, ref = part_image(8, defect=(4, 4)), part_image(9, defect=(36, 36)), part_image(10)
+    a, b = ChatSession(assistant, qa, [ref]), ChatSession(assistant, qb, [ref])
+    a.answer("Is there any anomaly?")
+    b.answer("Where is it?")
+    assert len(a.history) == len(b.history) == 1 and a.history[0][0] != b.history[0][0]
+    assert a.summary()["query"]["sha1"] == image_fingerprint(qa) != b.summary()["query"]["sha1"]
+    fresh = ChatSession(assistant, qa, [ref])
+    assert np.array_equal(fresh.result.anomaly_map, a.result.anomaly_map)
+    assert not np.array_equal(a.result.anomaly_map, b.result.anomaly_map)
+    b.reset()
+    assert not b.has_image and a.has_image
+
+
+def test_bad_inputs_are_clear(assistant, tmp_path):
+    session = ChatSession(assistant)
+    with pytest.raises(ChatError, match="upload a query image first"):
+        session.ask("Is there any anomaly?")
+    session.add_reference(part_image(12))
+    session.set_query(part_image(11))
+    with pytest.raises(ChatError, match="empty question"):
+        session.ask("   ")
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        session.add_reference(bad)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        session.set_query(empty)
+    assert session.has_image and len(session.references) == 1  # a failed upload changes nothing
+    huge = ChatSession(assistant, max_pixels=32 * 32)
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        huge.set_query(part_image(13))
+
+
+def test_chat_cli_one_shot_writes_overlay(tmp_path, capsys, tiny_tokenizer_dir):
+    from assistant.cli import main
+
+    q, r = tmp_path / "q.png", tmp_path / "r.png"
+    part_image(14, defect=(10, 30)).save(q)
+    part_image(15).save(r)
+    out = tmp_path / "out" / "overlay.png"
+    rc = main(["chat", "--config", "tiny", "--set", "vision.device=cpu", "--image", str(q), "--reference", str(r),
+               "--question", "Is there any anomaly?", "--question", "Where is it?", "--overlay", str(out),
+               "--mask", str(tmp_path / "mask.png")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "> Is there any anomaly?" in captured.out and "> Where is it?" in captured.out
+    assert "score" in captured.err and "threshold" in captured.err
+    assert Image.open(out).size == (48, 48) and Image.open(tmp_path / "mask.png").mode == "L"
+    rc = main(["chat", "--config", "tiny", "--image", str(tmp_path / "missing.png"), "--question", "hi"])
+    assert rc == 2 and "file not found" in capsys.readouterr().err
