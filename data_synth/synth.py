@@ -76,22 +76,34 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def foreground_mask(image: np.ndarray, threshold: float = 28.0) -> tuple[np.ndarray, bool]:
-    """(foreground bool (H, W), is_object). An object sits on a plain background: the border is uniform
-    and the pixels that differ from the border's median colour cover 3..85% of the image."""
+    """(foreground bool (H, W), is_object). Foreground = pixels far (Otsu on the colour distance, at least
+    `threshold`) from the border's median colour. It is an object when that foreground covers 3..85% of
+    the image and touches under 10% of the border; regions that touch the border (a bench edge, a strip)
+    are dropped when a free-standing region of 3%+ remains. Textures: the whole image."""
     h, w = image.shape[:2]
     b = max(2, min(h, w) // 32)
     border = np.concatenate([image[:b].reshape(-1, 3), image[-b:].reshape(-1, 3),
                              image[:, :b].reshape(-1, 3), image[:, -b:].reshape(-1, 3)]).astype(np.float32)
     bg = np.median(border, axis=0)
-    border_dist = np.abs(border - bg).max(axis=1)
     blur = cv2.GaussianBlur(image, (5, 5), 0).astype(np.float32)
-    dist = np.abs(blur - bg).max(axis=2)  # (H, W)
-    fg = (dist > threshold).astype(np.uint8)
+    dist = np.abs(blur - bg).max(axis=2)  # (H, W) colour distance to the background
+    d8 = np.clip(dist, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(d8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg = (dist > max(threshold, float(otsu))).astype(np.uint8)
     k = np.ones((5, 5), np.uint8)
     fg = cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_OPEN, k), cv2.MORPH_CLOSE, k)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n > 2:
+        x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+        x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+        touches = (x0 == 0) | (y0 == 0) | (x1 == w) | (y1 == h)
+        free = ~touches & (stats[1:, cv2.CC_STAT_AREA] >= 0.03 * h * w)
+        if free.any():
+            fg = np.isin(lab, np.flatnonzero(~touches) + 1).astype(np.uint8)
+    ring = np.ones((h, w), bool)
+    ring[1:-1, 1:-1] = False
     frac = float(fg.mean())
-    uniform = float((border_dist < threshold).mean()) > 0.9
-    is_object = uniform and 0.03 < frac < 0.85
+    is_object = 0.03 < frac < 0.85 and float(fg[ring].mean()) < 0.10
     return (fg.astype(bool) if is_object else np.ones((h, w), bool)), is_object
 
 
