@@ -23,37 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
-def overlay(image: np.ndarray, result, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 (H, W, 3) image + result -> RGB overlay: JET heat-map of the map, mask contour, boxes."""
-    h, w = image.shape[:2]
-    amap = cv2.resize(result.anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
-    lo = min(float(amap.min()), result.pixel_threshold * 0.5)
-    hi = max(float(amap.max()), result.pixel_threshold * 1.5, lo + 1e-6)
-    norm = np.clip((amap - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    heat = cv2.cvtColor(cv2.applyColorMap(norm, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    out = cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
-    mh, mw = result.pred_mask.shape
-    sx, sy = w / mw, h / mh
-    if result.pred_mask.any():
-        mask = cv2.resize(result.pred_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, round(min(h, w) / 300)))
-    thick = max(2, round(min(h, w) / 200))
-    for b in result.boxes:
-        p0, p1 = (int(b.x0 * sx), int(b.y0 * sy)), (int(b.x1 * sx) - 1, int(b.y1 * sy) - 1)
-        cv2.rectangle(out, p0, p1, (255, 40, 40), thick)
-    verdict = f"{'ANOMALOUS' if result.pred_label else 'NORMAL'} {result.pred_score:.2f} / thr {result.threshold:.2f}"
-    scale = max(0.4, min(h, w) / 600)
-    cv2.putText(out, verdict, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2)
-    cv2.putText(out, verdict, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 80, 80) if result.pred_label else (80, 255, 80), thick)
-    return out
-
-
 def run(args) -> int:
     from assistant.config import load_config
     from assistant.evaluation.cli import load_expert
     from assistant.imaging import load_image
+    from assistant.overlay import render_mask, render_overlay
 
     cfg = load_config(args.config, args.overrides)
     query = load_image(args.image, cfg.serve.max_pixels)
@@ -67,8 +41,8 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     img = np.asarray(query)
-    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(overlay(img, result), cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(out / "mask.png"), result.pred_mask.astype(np.uint8) * 255)
+    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(render_overlay(img, result, caption=True), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / "mask.png"), render_mask(result))
     info = result.to_dict()
     info.update({"image": str(args.image), "references": list(args.reference),
                  "seconds": {"references": round(t1 - t0, 3), "query": round(t2 - t1, 3)}})

@@ -1,0 +1,151 @@
+"""Anomaly expert on tiny random towers: shapes, calibration, kNN maths, checkpoints, zero-shot heads."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assistant.anomaly.expert import (
+    AnomalyExpert,
+    ExpertCheckpointError,
+    PrototypeHead,
+    ReferenceState,
+    TextHead,
+    dihedral_views,
+    greedy_coreset,
+    nn_distance,
+    synthesize_anomaly,
+)
+from assistant.anomaly.result import AnomalyResult
+from assistant.config import load_config
+from assistant.vision.efficientnet import EfficientNetTower
+
+
+def texture(seed: int, size: int = 64, blob: bool = False) -> Image.Image:
+    """Stripes + noise (a 'normal part'); blob=True paints a bright square defect in the centre."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    base = 110 + 40 * np.sin(x / 2.0) + rng.normal(0, 6, (size, size))
+    if blob:
+        base[size // 2 - 8:size // 2 + 8, size // 2 - 8:size // 2 + 8] = 250
+    return Image.fromarray(np.clip(np.stack([base] * 3, -1), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def tower():
+    cfg = load_config("offline-small", ["vision.image_size=64", "vision.device=cpu"])
+    return EfficientNetTower(cfg.vision, pretrained=False).eval()
+
+
+@pytest.fixture()
+def expert_cfg():
+    cfg = load_config("offline-small", ["expert.smoothing_sigma=1.0", "expert.calibration_synth=2"]).expert
+    cfg.checkpoint = None
+    return cfg
+
+
+def test_nn_distance_matches_brute_force():
+    q, b = torch.randn(37, 5), torch.randn(50, 5)
+    full = torch.cdist(q, b)
+    assert torch.allclose(nn_distance(q, b, k=1, chunk=8), full.min(1).values, atol=1e-4)
+    assert torch.allclose(nn_distance(q, b, k=3), full.topk(3, largest=False).values.mean(1), atol=1e-4)
+
+
+def test_greedy_coreset_is_unique_and_keeps_outliers():
+    x = torch.cat([torch.randn(200, 4) * 0.01, torch.tensor([[10.0, 0, 0, 0], [0, -10.0, 0, 0]])])
+    idx = greedy_coreset(x, 5)
+    assert len(set(idx.tolist())) == 5
+    assert {200, 201} <= set(idx.tolist())  # the far points are picked by k-center
+    assert len(greedy_coreset(x, 1000)) == len(x)
+
+
+def test_dihedral_views_are_the_eight_symmetries():
+    img = texture(0, 16)
+    views = dihedral_views(img)
+    assert len(views) == 8
+    arrs = {np.asarray(v).tobytes() for v in dihedral_views(Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)))}
+    assert len(arrs) == 8
+
+
+def test_synthesized_anomaly_changes_pixels_inside_its_mask():
+    import random
+
+    img = texture(1)
+    for s in range(6):
+        out, mask = synthesize_anomaly(img, random.Random(s))
+        assert mask.any() and mask.shape == (64, 64)
+        assert out.size == img.size
+
+
+def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    state = expert.fit_references(tower, [texture(0)], seed=0)
+    assert isinstance(state, ReferenceState) and state.n_shots == 1 and state.few_shot
+    assert state.threshold > 0 and state.pixel_threshold > 0
+    assert len(state.banks) == 2 and state.banks[0].shape[0] == 8 * 8 * 8  # 8 views x 8x8 grid
+    out = tower.encode([texture(5), texture(6, blob=True)])
+    normal, defect = expert.predict(out, state, (64, 48))
+    assert isinstance(normal, AnomalyResult) and normal.anomaly_map.shape == (64, 48)
+    assert defect.pred_score > normal.pred_score
+    peak = np.unravel_index(defect.anomaly_map.argmax(), defect.anomaly_map.shape)
+    assert 16 <= peak[0] < 48 and 8 <= peak[1] < 40  # the hot spot is on the square (centre of the image)
+    assert defect.threshold == state.threshold
+    if defect.pred_label:
+        assert defect.pred_mask.any() and defect.boxes
+    assert not normal.pred_mask.any() or normal.pred_label
+
+
+def test_two_references_use_leave_one_out(tower, expert_cfg):
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    state = expert.fit_references(tower, [texture(0), texture(1)], seed=0)
+    assert state.n_shots == 2 and state.banks[0].shape[0] == 2 * 8 * 64
+    assert "leave-one-out" in state.calibration["method"]
+
+
+def test_zero_shot_without_trained_heads_is_a_clear_error(tower, expert_cfg):
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    with pytest.raises(RuntimeError, match="reference normal image"):
+        expert.fit_references(tower, [])
+
+
+def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    assert isinstance(expert.head, PrototypeHead)
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    expert.trained = True
+    expert.zero_shot_threshold = 0.42
+    expert.save_pretrained(tmp_path, meta={"steps": 1})
+    loaded = AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)
+    assert loaded.trained and loaded.zero_shot_threshold == pytest.approx(0.42) and loaded.meta == {"steps": 1}
+    out = tower.encode([texture(3)])
+    assert torch.allclose(expert.zero_shot_map(out), loaded.zero_shot_map(out))
+    state = loaded.fit_references(tower, [])
+    res = loaded.predict(out, state, (64, 64))[0]
+    assert res.threshold == pytest.approx(0.42) and res.extras["path"] == "zero-shot"
+
+
+def test_checkpoint_for_other_tower_is_rejected(tower, expert_cfg, tmp_path):
+    other = AnomalyExpert(expert_cfg, [7, 9], 11)
+    other.save_pretrained(tmp_path)
+    with pytest.raises(ExpertCheckpointError, match="level dims"):
+        AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)
+    with pytest.raises(ExpertCheckpointError, match="expected expert.safetensors"):
+        AnomalyExpert.from_pretrained(tmp_path / "missing", expert_cfg, tower)
+
+
+def test_text_head_on_tiny_openclip():
+    from assistant.vision.base import build_vision_tower
+
+    cfg = load_config("tiny")
+    tower = build_vision_tower(cfg.vision)
+    expert = AnomalyExpert.from_pretrained(None, cfg.expert, tower)
+    assert isinstance(expert.head, TextHead)
+    assert expert.head.text_features.shape == (2, tower.encode_text(["a"]).shape[-1])
+    out = tower.encode([texture(0, 32), texture(1, 32)])
+    logits = expert.head([t.float() for t in out.patch_tokens], out.global_token)
+    assert logits.shape == (2, out.grid[0] * out.grid[1])
+    expert.trained = True
+    res = expert.predict(out, expert.fit_references(tower, []), (32, 32))
+    assert len(res) == 2 and res[0].anomaly_map.shape == (32, 32)
+    assert 0.0 <= res[0].anomaly_map.min() and res[0].anomaly_map.max() <= 1.0
