@@ -132,5 +132,6 @@ def run(args) -> int:
             rows.append(Row("vision" if fn is _vision_row else "lm", name, result=f"FAILED: {type(e).__name__}: {e}"))
     print()
     _print_table(rows)
-    print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
+    print(f"\ntotal {time.perf_counter() - t_start:.1f} s (process CPU {time.process_time():.1f} s; a much larger wall time "
+          f"means the CPU is shared)")
     return 1 if failed else 0

@@ -312,7 +312,7 @@ def load_lm(cfg, tokenizer_dir: str | None = None):
 def add_special_tokens(model, tokenizer) -> dict[str, int]:
     """Add the placeholder tokens of assistant.constants (as special, never split) and resize the embeddings
     (new rows = mean of the old ones). Idempotent. Returns {token: id}."""
-    from tokenizers import AddedToken
+    from transformers import AddedToken
 
     vocab = tokenizer.get_vocab()
     new = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS if t not in vocab]

@@ -78,8 +78,7 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, vocab_size: int = TINY_VOCA
     """Train a sentencepiece BPE model on a generated corpus, wrap it as a transformers Llama tokenizer
     with a ChatML chat template, save it to `out_dir` and return the path."""
     import sentencepiece as spm
-    from tokenizers import AddedToken
-    from transformers import LlamaTokenizer
+    from transformers import AddedToken, LlamaTokenizer
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
