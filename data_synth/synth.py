@@ -57,6 +57,7 @@ DEFECT_TYPES = {
     "warp": "deformation",
 }  # method -> defect type written in the texts
 METHODS = list(DEFECT_TYPES)
+CONTRAST_FACTOR = {"warp": 1.8}  # a bent texture must change more than min_contrast to read as a defect
 BLENDING_METHODS = ("nsa", "cutpaste", "scar", "perlin", "stain", "color")  # alpha-composed patch/texture methods
 
 
@@ -599,7 +600,8 @@ def synthesize(image: np.ndarray, method: str, rng: np.random.Generator, other: 
             continue
         out = compose(image, alt, mask, feather)
         con = contrast_in(image, out, mask)
-        ok = cfg.min_area <= area <= cfg.max_area and con >= cfg.min_contrast
+        need = cfg.min_contrast * CONTRAST_FACTOR.get(m, 1.0)
+        ok = cfg.min_area <= area <= cfg.max_area and con >= need
         if ok:
             best = (m, out, mask, params, con)
             break
