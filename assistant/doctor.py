@@ -91,7 +91,7 @@ def _lm_row(cfg, prompt: str, max_new_tokens: int) -> Row:
     row.forward_s = time.perf_counter() - t0
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     row.result = f"{out.shape[1] - enc['input_ids'].shape[1]} tokens: {text!r}"
-    if not text:
+    if not text and cfg.lm.name != "tiny":  # random tiny LMs may well emit only whitespace
         raise RuntimeError("the LM generated no text")
     return row
 
