@@ -1,0 +1,99 @@
+"""Expert evaluation CLI on a generated MVTec-layout folder with the tiny config; datasets and seeds."""
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assistant.cli import main
+from assistant.evaluation.datasets import DatasetError, discover, load_mvtec_category, sample_references
+from assistant.evaluation.metrics import METRIC_KEYS
+
+
+def _img(rng, defect=False):
+    a = rng.integers(90, 130, (40, 40, 3)).astype(np.uint8)
+    mask = np.zeros((40, 40), np.uint8)
+    if defect:
+        mask[10:20, 12:22] = 255
+        a[mask > 0] = 250
+    return Image.fromarray(a), Image.fromarray(mask)
+
+
+def make_category(root, name="widget", n_train=4, masks=True):
+    rng = np.random.default_rng(0)
+    cat = root / name
+    for sub in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        (cat / sub).mkdir(parents=True)
+    for i in range(n_train):
+        _img(rng)[0].save(cat / f"train/good/{i:03d}.png")
+    for i in range(3):
+        _img(rng)[0].save(cat / f"test/good/{i:03d}.png")
+        im, m = _img(rng, True)
+        im.save(cat / f"test/scratch/{i:03d}.png")
+        if masks:
+            m.save(cat / f"ground_truth/scratch/{i:03d}_mask.png")
+    return cat
+
+
+def test_discover_category_and_root(tmp_path):
+    make_category(tmp_path, "a")
+    make_category(tmp_path, "b", masks=False)
+    cats = discover([tmp_path])
+    assert [c.name for c in cats] == ["a", "b"]
+    a, b = cats
+    assert a.has_masks and not b.has_masks
+    assert (a.n_normal, a.n_anomalous) == (3, 3) and len(a.train_good) == 4
+    assert all(it.mask for it in a.items if it.label == 1) and all(it.mask is None for it in a.items if it.label == 0)
+    assert discover([tmp_path / "a"])[0].name == "a"
+
+
+def test_bad_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="expected a folder"):
+        discover([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="neither a category"):
+        discover([tmp_path / "empty"])
+    cat = load_mvtec_category(make_category(tmp_path, "c", n_train=1))
+    with pytest.raises(DatasetError, match="2-shot needs 2 reference normals in train/good, found 1"):
+        sample_references(cat.train_good, 2, 0)
+
+
+def test_reference_sampling_follows_the_documented_rule():
+    files = [f"f{i}.png" for i in (5, 3, 9, 1, 7)]
+    for seed in (0, 1, 2):
+        assert sample_references(files, 2, seed) == random.Random(seed).sample(sorted(files), 2)
+    assert sample_references(files, 0, 0) == []
+
+
+def test_evaluate_cli_writes_the_report_schema(tmp_path, capsys):
+    make_category(tmp_path / "data", "widget")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", "--shots", "1", "--seeds", "0,1",
+               "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep) == {"shots", "seeds", "config", "categories", "mean"}
+    assert rep["shots"] == 1 and rep["seeds"] == [0, 1]
+    cat = rep["categories"]["widget"]
+    assert cat["n_normal"] == 3 and cat["n_anomalous"] == 3
+    assert set(METRIC_KEYS) <= set(cat) and set(cat["std"]) == set(METRIC_KEYS)
+    for k in METRIC_KEYS:
+        assert 0.0 <= cat[k] <= 1.0 and 0.0 <= rep["mean"][k] <= 1.0
+    assert cat["balanced_accuracy"] == pytest.approx(1 - (cat["overkill"] + cat["miss"]) / 2)
+    assert "| widget | 3 | 3 |" in (out / "report.md").read_text()
+    assert (out / "roc.png").stat().st_size > 1000
+    assert "I-AUROC" in capsys.readouterr().out
+
+
+def test_detect_cli_writes_overlay_mask_and_result(tmp_path, capsys):
+    cat = make_category(tmp_path, "widget")
+    rc = main(["detect", "--image", str(cat / "test/scratch/000.png"), "--reference", str(cat / "train/good/000.png"),
+               "--config", "tiny", "--out", str(tmp_path / "det")])
+    assert rc == 0
+    res = json.loads((tmp_path / "det/result.json").read_text())
+    assert {"pred_score", "pred_label", "threshold", "boxes", "verdict"} <= set(res)
+    assert Image.open(tmp_path / "det/overlay.png").size == (40, 40)
+    assert Image.open(tmp_path / "det/mask.png").size == (40, 40)
+    printed = capsys.readouterr().out
+    assert "verdict:" in printed and "threshold:" in printed and "time:" in printed
