@@ -88,3 +88,15 @@ class FakeAnswerer:
         if question.startswith("What kind"):
             return ["Answer: A.", "C", "(A)", "b", "option A"][h]
         return ["Answer: A.", "Center.", "top left", "Answer: C.", ""][h]
+
+
+class BatchFakeAnswerer(FakeAnswerer):
+    """The same answers through answer_batch (as the Assistant offers); counts batch calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def answer_batch(self, evidences, questions):
+        self.batches += 1
+        return [FakeAnswerer.answer(self, e, q) for e, q in zip(evidences, questions)]

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from qa_fixtures import FakeAnswerer, make_mmad
+from qa_fixtures import BatchFakeAnswerer, FakeAnswerer, make_mmad
 
 from assistant.evaluation import qa_cli
 from assistant.evaluation.qa_report import category_metrics
@@ -69,20 +69,24 @@ def test_end_to_end_report(full_run):
 def test_resume_after_crash_equals_uninterrupted(mmad, full_run, tmp_path):
     class Crash(FakeAnswerer):
         def answer(self, evidence, question):
-            if self.answered == 11:
-                raise KeyboardInterrupt  # killed in the middle of an image's questions
+            if self.answered == 12:
+                raise KeyboardInterrupt  # killed while generating the 5th image's answers
             return super().answer(evidence, question)
 
     with pytest.raises(KeyboardInterrupt):
         _run(mmad, tmp_path, answerer=Crash())
-    assert len(_keys(tmp_path / "answers.jsonl")) == 11
+    assert len(_keys(tmp_path / "answers.jsonl")) == 11  # the 4 finished images (3 + 3 + 3 + 2 questions)
+    _run(mmad, tmp_path, "--max-questions", "3")  # stops in the middle of an image's questions
+    assert len(_keys(tmp_path / "answers.jsonl")) == 14
     with open(tmp_path / "answers.jsonl", "a") as f:
-        f.write('{"key": "s0/DS/screw/test/good/000.png#0", "respo')  # torn write of a killed process
+        f.write('{"key": "s0/DS/bottle/test/good/002.png#0", "respo')  # torn write of a killed process
     again = FakeAnswerer()
     assert _run(mmad, tmp_path, answerer=again) == 0
-    assert again.answered == 30 - 11
+    keys = _keys(tmp_path / "answers.jsonl")
+    assert len(keys) == len(set(keys)) == 30
     assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
     assert (tmp_path / "report.json").read_text() == (full_run / "report.json").read_text()
+    assert (tmp_path / "report.csv").read_text() == (full_run / "report.csv").read_text()
     # a finished run restarted answers nothing new
     idle = FakeAnswerer()
     _run(mmad, tmp_path, answerer=idle)
@@ -99,6 +103,13 @@ def test_two_shards_merged_equal_one_run(mmad, full_run, tmp_path):
     assert qa_cli.run(_args("--merge", "--out", str(tmp_path))) == 0
     assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
     assert (tmp_path / "report.json").read_text() == (full_run / "report.json").read_text()
+
+
+def test_batched_answers_equal_single_answers(mmad, full_run, tmp_path):
+    fake = BatchFakeAnswerer()
+    _run(mmad, tmp_path, "--no-plots", answerer=fake)
+    assert fake.batches == 12  # one batch per image
+    assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
 
 
 def test_out_folder_of_another_run_is_refused(mmad, full_run):

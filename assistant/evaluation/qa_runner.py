@@ -145,15 +145,19 @@ def run_units(units: list[Unit], answerer: Answerer, out: str | Path, chunk: Chu
             result = evidence.result
             _save_map(map_path(out, unit), np.asarray(result.anomaly_map))
             base = baseline(first.image, list(first.references)) if baseline is not None else None
-            for it in unit.items:
+            # all of the image's questions are generated together (one left-padded batch when the answerer
+            # has answer_batch), so an answer never depends on resume or shard boundaries
+            prompts = [build_prompt(it.question, it.options) for it in unit.items]
+            if hasattr(answerer, "answer_batch") and len(prompts) > 1:
+                responses = list(answerer.answer_batch([evidence] * len(prompts), prompts))
+            else:
+                responses = [answerer.answer(evidence, p) for p in prompts]
+            for it, response in zip(unit.items, responses):
                 key = record_key(unit.seed, it)
                 if key in store:
                     continue
                 if max_questions is not None and stats.answered >= max_questions:
-                    bar.close()
-                    stats.seconds = time.perf_counter() - t0
-                    return stats
-                response = answerer.answer(evidence, build_prompt(it.question, it.options))
+                    break
                 parsed, correct = grade(it, response)
                 rec = {
                     "key": key, "seed": unit.seed, "image": it.image_id, "category": it.category,
@@ -177,6 +181,8 @@ def run_units(units: list[Unit], answerer: Answerer, out: str | Path, chunk: Chu
                 store.add(rec)
                 stats.answered += 1
             bar.update(1)
+            if max_questions is not None and stats.answered >= max_questions:
+                break
         bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats
