@@ -173,7 +173,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         (tmp / "source.json").write_text(json.dumps(
             {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
             indent=1))
-        if target.exists():  # stale cache (another GGUF), or a concurrent run finished first
+        if _cache_matches(target, gguf):  # a concurrent run finished first: keep its cache
+            return
+        if target.exists():  # stale cache (from another GGUF) or a half-written one
             shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(tmp, target)
