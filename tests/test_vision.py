@@ -131,3 +131,18 @@ def test_openclip_missing_tag_offline(tmp_path, monkeypatch):
         build_vision_tower(VisionConfig(name="openclip:ViT-B-32/openai", image_size=224, levels=[3]))
     msg = str(e.value)
     assert "ViT-B-32" in msg and "'openai'" in msg and "vision.weights" in msg and str(tmp_path) in msg
+
+
+def test_openclip_tag_decides_quick_gelu(clip_tower, tmp_path, monkeypatch):
+    """OpenAI CLIP weights need QuickGELU; a tag that says so builds the model with it, also from a local file."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in clip_tower.model.state_dict().items()}, path)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: {"quick_gelu": True} if t == "openai" else {})
+    cfg = load_config("tiny", ["vision.name=openclip:tiny/openai", f"vision.weights={path}"]).vision
+    tower = build_vision_tower(cfg)
+    assert any(isinstance(m, QuickGELU) for m in tower.modules())
+    assert not any(isinstance(m, QuickGELU) for m in clip_tower.modules())

@@ -3,7 +3,7 @@
 <pretrained> is an open_clip tag (`openai`, `laion2b_s32b_b82k`, ... read from the HF cache, offline-safe),
 a local checkpoint file (`openclip:ViT-B-32//path/to/open_clip_model.safetensors`; safetensors preferred,
 .pt/.bin are read with weights_only=True), or `none` (random init, for tests). VisionConfig.weights, when
-set, overrides the tag with a local file. VisionConfig.openclip_model_cfg registers a custom model config
+set, overrides the tag with a local file (the tag still decides QuickGELU, e.g. for `openai`). VisionConfig.openclip_model_cfg registers a custom model config
 under <model> (configs/tiny.yaml: a 2-layer ViT with width 32).
 
 Levels are transformer block indices (0-based); their patch tokens come from `forward_intermediates`
@@ -72,7 +72,9 @@ class OpenCLIPTower(VisionTower):
                              f"or give vision.openclip_model_cfg")
         t0 = time.perf_counter()
         ckpt = cfg.weights or (pretrained if pretrained.lower() != "none" and _is_pathlike(pretrained) else None)
-        common = {"force_image_size": cfg.image_size, "device": "cpu"}
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}  # {} unless pretrained is a known tag
+        # OpenAI weights were trained with QuickGELU: build the model to match the tag (also for vision.weights)
+        common = {"force_image_size": cfg.image_size, "device": "cpu", "force_quick_gelu": bool(tag_cfg.get("quick_gelu"))}
         if ckpt is not None:
             path = Path(ckpt).expanduser()
             if not path.is_file():
@@ -90,10 +92,10 @@ class OpenCLIPTower(VisionTower):
             if pretrained not in tags:
                 raise ValueError(f"vision.name '{cfg.name}': '{pretrained}' is neither a pretrained tag of "
                                  f"{model_name} ({', '.join(tags) or 'none known'}), an existing file, nor 'none'")
+            pcfg = tag_cfg
             try:
                 self.model = open_clip.create_model(model_name, pretrained=pretrained, **common)
             except (RuntimeError, OSError) as e:  # hub/url misses surface as RuntimeError from open_clip
-                pcfg = open_clip.get_pretrained_cfg(model_name, pretrained)
                 where = pcfg.get("hf_hub") or pcfg.get("url") or "?"
                 raise WeightsNotFoundError(
                     f"open_clip weights for {model_name} / '{pretrained}' not found"
@@ -103,7 +105,7 @@ class OpenCLIPTower(VisionTower):
                     f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
                     f"network and copy its HF cache, or save the weights as a local file and set "
                     f"--set vision.weights=/path/to/{model_name}.safetensors") from None
-            self.source = f"open_clip:{pretrained} ({open_clip.get_pretrained_cfg(model_name, pretrained).get('hf_hub', '')})"
+            self.source = f"open_clip:{pretrained} ({pcfg.get('hf_hub') or pcfg.get('url', '')})"
         self.load_time = time.perf_counter() - t0
         self.eval()
         for p in self.model.parameters():
