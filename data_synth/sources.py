@@ -240,6 +240,16 @@ def _background(rng, size, color):
     return np.array(color, np.float32) + grad[..., None]
 
 
+_NOISE: dict[int, np.ndarray] = {}
+
+
+def _sensor_noise(size: int) -> np.ndarray:
+    """A fixed (size, size, 3) float32 Gaussian noise field (sigma 2), rolled randomly per sample (cheap)."""
+    if size not in _NOISE:
+        _NOISE[size] = np.random.default_rng(12345).standard_normal((size, size, 3), dtype=np.float32) * 2.0
+    return _NOISE[size]
+
+
 def _product(kind: str, j: int) -> np.random.Generator:
     return np.random.default_rng([KINDS.index(kind), j, 7919])
 
@@ -311,7 +321,8 @@ class ProceduralSource(NormalSource):
         fn = getattr(self, f"_draw_{p['kind'] if p['kind'] not in ('screw', 'bolt') else 'fastener'}")
         img = fn(p, rng, size)
         gain = np.float32(rng.uniform(0.9, 1.1))
-        img = img.astype(np.float32) * gain + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(2.0)
+        noise = np.roll(_sensor_noise(size), (int(rng.integers(size)), int(rng.integers(size))), axis=(0, 1))
+        img = img.astype(np.float32) * gain + noise
         return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     # -- parts (on a plain background) ------------------------------------------------------------

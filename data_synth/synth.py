@@ -91,8 +91,13 @@ def foreground_mask(image: np.ndarray, threshold: float = 28.0) -> tuple[np.ndar
     d8 = np.clip(dist, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(d8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     fg = (dist > max(threshold, float(otsu))).astype(np.uint8)
-    k = np.ones((5, 5), np.uint8)
+    ks = max(3, round(5 * min(h, w) / 256) | 1)
+    k = np.ones((ks, ks), np.uint8)
     fg = cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_OPEN, k), cv2.MORPH_CLOSE, k)
+    ring = np.ones((h, w), bool)
+    ring[1:-1, 1:-1] = False
+    if float(fg[ring].mean()) > 0.35:  # the "foreground" runs along the border: a texture
+        return np.ones((h, w), bool), False
     n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n > 2:
         x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
@@ -101,10 +106,17 @@ def foreground_mask(image: np.ndarray, threshold: float = 28.0) -> tuple[np.ndar
         free = ~touches & (stats[1:, cv2.CC_STAT_AREA] >= 0.03 * h * w)
         if free.any():
             fg = np.isin(lab, np.flatnonzero(~touches) + 1).astype(np.uint8)
-    ring = np.ones((h, w), bool)
-    ring[1:-1, 1:-1] = False
+            areas = stats[1:, cv2.CC_STAT_AREA][~touches]
+        else:
+            areas = stats[1:, cv2.CC_STAT_AREA]
+    else:
+        areas = stats[1:, cv2.CC_STAT_AREA]
     frac = float(fg.mean())
-    is_object = 0.03 < frac < 0.85 and float(fg[ring].mean()) < 0.10
+    compact = areas.size > 0 and areas.max() >= 0.6 * areas.sum()  # one main part, not a scatter of blobs
+    # the part must stand out from the background far more than the background varies along the border
+    spread = float(np.percentile(np.abs(border - bg).max(axis=1), 75))
+    distinct = bool(fg.any()) and float(np.median(dist[fg.astype(bool)])) > max(threshold, 2.5 * spread)
+    is_object = 0.03 < frac < 0.85 and float(fg[ring].mean()) < 0.10 and bool(compact) and distinct
     return (fg.astype(bool) if is_object else np.ones((h, w), bool)), is_object
 
 
