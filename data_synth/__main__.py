@@ -2,18 +2,20 @@
 
   build   --normal DIR [DIR ...] | --source procedural,textiles,skimage,gimp  --out OUT --n N --seed S
           [--methods nsa,cutpaste,...] [--size 256] [--anomaly-ratio 0.5] [--refs 4] [--workers 2]
+          [--synth max_area=0.2 min_contrast=20 ...]   (SynthConfig fields)
   preview OUT [--grid 6x6] [-o preview.png]
   check   OUT      (independent re-computation of positions/areas from the masks vs. the texts)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 from assistant.imaging import ImageError
-from data_synth.synth import METHODS, SynthError
+from data_synth.synth import METHODS, SynthConfig, SynthError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--anomaly-ratio", type=float, default=0.5, help="fraction of anomalous samples")
     b.add_argument("--refs", type=int, default=4, help="reference normals written per category")
     b.add_argument("--workers", type=int, default=1, help="processes (output is identical for any number)")
+    b.add_argument("--synth", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="SynthConfig overrides, e.g. max_area=0.2 min_contrast=20")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     v = sub.add_parser("preview", help="mosaic of samples with mask outlines")
     v.add_argument("out")
@@ -39,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="independent check of positions / areas / counts in the texts")
     c.add_argument("out")
     return p
+
+
+def synth_config(overrides: list[str]) -> SynthConfig:
+    """SynthConfig with KEY=VALUE overrides (numbers only); unknown keys are an error naming the valid ones."""
+    cfg = SynthConfig()
+    valid = [f.name for f in dataclasses.fields(SynthConfig)]
+    for ov in overrides:
+        key, sep, val = ov.partition("=")
+        if not sep or key not in valid:
+            raise SynthError(f"--synth: expected KEY=VALUE with KEY one of {', '.join(valid)}, got {ov!r}")
+        cur = getattr(cfg, key)
+        try:
+            setattr(cfg, key, type(cur)(val))
+        except ValueError:
+            raise SynthError(f"--synth {key}: expected a {type(cur).__name__}, got {val!r}") from None
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             settings = BuildSettings(seed=args.seed, size=args.size, methods=methods,
                                      anomaly_ratio=args.anomaly_ratio, n_refs=args.refs)
+            cfg = synth_config(args.synth)
             t = time.time()
-            summary = build(sources, args.out, args.n, settings, workers=args.workers, progress=not args.quiet)
+            summary = build(sources, args.out, args.n, settings, cfg=cfg, workers=args.workers,
+                            progress=not args.quiet)
             summary["seconds"] = round(time.time() - t, 2)
             print(json.dumps(summary))
         elif args.cmd == "preview":

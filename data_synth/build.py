@@ -77,7 +77,9 @@ _STATE: dict = {}
 
 def _init(sources, cats, settings, cfg, out, pools):
     cv2.setNumThreads(1)
-    _STATE.update(sources=sources, cats=cats, settings=settings, cfg=cfg, out=Path(out), pools=pools)
+    by_source = [[c for si, c in cats if si == i] for i in range(len(sources))]
+    _STATE.update(sources=sources, cats=cats, by_source=by_source, settings=settings, cfg=cfg, out=Path(out),
+                  pools=pools)
 
 
 def make_sample(i: int) -> dict:
@@ -86,8 +88,8 @@ def make_sample(i: int) -> dict:
     s: BuildSettings = st["settings"]
     rng = np.random.default_rng([s.seed, i])
     label = int(rng.random() < s.anomaly_ratio)
-    ci = int(rng.integers(len(st["cats"])))
-    si, cat = st["cats"][ci]
+    si = int(rng.integers(len(st["sources"])))  # source first, then one of its categories (balanced sources)
+    cat = st["by_source"][si][int(rng.integers(len(st["by_source"][si])))]
     src: NormalSource = st["sources"][si]
     img = src.sample(cat, rng, s.size)
     sid = f"{i:07d}"

@@ -149,6 +149,11 @@ def test_build_bad_inputs(tmp_path):
     assert cli_main(["build", "--source", "procedural", "--out", str(tmp_path / "o3"), "--n", "0"]) == 2
     assert cli_main(["build", "--normal", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"), "--n", "2"]) == 2
     assert cli_main(["build", "--source", "nope", "--out", str(tmp_path / "o5"), "--n", "2"]) == 2
+    assert cli_main(["build", "--source", "procedural", "--out", str(tmp_path / "o6"), "--n", "2",
+                     "--methods", "nsa,zap"]) == 2
+    assert cli_main(["build", "--source", "procedural", "--out", str(tmp_path / "o7"), "--n", "2",
+                     "--synth", "max_aera=0.2"]) == 2
+    assert not (tmp_path / "o6" / "manifest.jsonl").exists()
 
 
 def test_folder_source_builds(tmp_path):
