@@ -72,12 +72,15 @@ def _lm_row(cfg, prompt: str, max_new_tokens: int) -> Row:
     import torch
 
     from assistant.lm import load_lm
+    from assistant.vision.base import resolve_device
 
     row = Row("lm", cfg.lm.name)
     t0 = time.perf_counter()
     model, tok = load_lm(cfg.lm)
-    row.load_s = time.perf_counter() - t0
     info = model.load_info
+    if not info.quantized_4bit:  # 4-bit models are placed by bitsandbytes already
+        model.to(resolve_device(cfg.vision.device))
+    row.load_s = time.perf_counter() - t0
     p = next(model.parameters())
     row.source, row.cache = info.source, info.cache_path or "-"
     row.device, row.dtype = str(p.device), str(p.dtype).replace("torch.", "")
