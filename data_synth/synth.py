@@ -57,7 +57,7 @@ DEFECT_TYPES = {
     "warp": "deformation",
 }  # method -> defect type written in the texts
 METHODS = list(DEFECT_TYPES)
-CONTRAST_FACTOR = {"warp": 1.8}  # a bent texture must change more than min_contrast to read as a defect
+CONTRAST_FACTOR = {"warp": 1.8, "nsa": 1.4}  # a bent texture must change more than min_contrast to read as a defect
 BLENDING_METHODS = ("nsa", "cutpaste", "scar", "perlin", "stain", "color")  # alpha-composed patch/texture methods
 
 
@@ -213,7 +213,8 @@ def pick_point(region: np.ndarray, rng: np.random.Generator, erode: int = 0) -> 
     """A random (y, x) inside `region` (eroded when it stays non-empty)."""
     m = region
     if erode > 0:
-        e = cv2.erode(region.astype(np.uint8), np.ones((2 * erode + 1, 2 * erode + 1), np.uint8)).astype(bool)
+        e = cv2.erode(region.astype(np.uint8), np.ones((2 * erode + 1, 2 * erode + 1), np.uint8),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # keep off the image edge too
         if e.any():
             m = e
     idx = np.flatnonzero(m)
@@ -403,12 +404,12 @@ def _line_defect(img, fg, rng, mode):
     if mode == "scratch":
         length = min(h, w) * rng.uniform(0.15, 0.5)
         n = 24
-        pts, _ = _walk(pick_point(fg, rng, erode=3), n, length / n, 0.05, rng)
+        pts, _ = _walk(pick_point(fg, rng, erode=max(3, int(0.06 * min(h, w)))), n, length / n, 0.05, rng)
         lines.append((pts, max(1, round(rng.uniform(1, 3) * sc))))
     else:  # crack: jagged main line + branches
         length = min(h, w) * rng.uniform(0.2, 0.45)
         n = 30
-        pts, a = _walk(pick_point(fg, rng, erode=3), n, length / n, 0.2, rng, jag=0.6)
+        pts, a = _walk(pick_point(fg, rng, erode=max(3, int(0.06 * min(h, w)))), n, length / n, 0.2, rng, jag=0.6)
         lines.append((pts, max(2, round(rng.uniform(2, 3.5) * sc))))
         for _ in range(int(rng.integers(1, 4))):
             j = int(rng.integers(n // 4, n))
@@ -509,7 +510,7 @@ def _missing(img, fg, is_obj, rng, other, cfg):
         sd = float(img[bgmask].std()) if bgmask.sum() > 16 else 2.0
         fill = bg.astype(np.float32) + rng.normal(0, min(sd, 6.0), (h, w, 1)).astype(np.float32)
     else:
-        cy, cx = pick_point(fg, rng)
+        cy, cx = pick_point(fg, rng, erode=int(r / 2))
         fill = rng.uniform(5, 35) + rng.normal(0, 3, (h, w, 1)).astype(np.float32)  # backing seen through a hole
     mask = blob_mask(h, w, cy, cx, r, r * rng.uniform(0.6, 1.5), rng, irregular=0.4) & fg
     alt = np.clip(np.broadcast_to(fill, img.shape), 0, 255).astype(np.uint8)
@@ -536,7 +537,7 @@ def _warp(img, fg, is_obj, rng, other, cfg):
         edge = fg & ~cv2.erode(fg.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         cy, cx = pick_point(edge if edge.any() else fg, rng)
     else:
-        cy, cx = pick_point(fg, rng)
+        cy, cx = pick_point(fg, rng, erode=int(rad / 2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wgt = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rad * rad))
     if is_obj and rng.random() < 0.5:  # bend: shift the neighbourhood (on textures a shift looks natural)
