@@ -299,7 +299,7 @@ def load_lm(cfg, tokenizer_dir: str | None = None):
             model = _load_causal_lm(src, dtype, local_only, quant)
         except WeightsNotFoundError:
             raise
-        except (OSError, ValueError) as e:  # hub/cache misses surface as OSError (or ValueError) subclasses
+        except OSError as e:  # hub/cache misses surface as OSError subclasses (LocalEntryNotFoundError, ...)
             if src == name and not Path(name).exists():
                 raise _missing_hf(name, e) from None
             raise
