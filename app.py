@@ -104,6 +104,13 @@ def evidence_outputs(session: ChatSession | None):
     return render_overlay(image, result), render_mask(result), verdict_badge(summary), summary
 
 
+def _no_text(result) -> str:
+    """Shown when the language model produced no text: the expert's verdict in words."""
+    where = f", {result.size} region at the {result.position}" if result.pred_label and result.position else ""
+    return (f"(The language model gave no text.) The expert's verdict: {'anomalous' if result.pred_label else 'normal'}"
+            f"{where}; score {result.pred_score:.3g} against the calibrated threshold {result.threshold:.3g}.")
+
+
 def _file_path(item) -> str | None:
     """Path from a multimodal/gallery/file value item (str, dict, FileData, (path, caption))."""
     if item is None:
@@ -197,7 +204,7 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
             answer += chunk
             chat[-1] = {"role": "assistant", "content": answer}
             yield (chat, None, session, *skip4)
-        chat[-1] = {"role": "assistant", "content": answer.strip() or "(no answer was generated)"}
+        chat[-1] = {"role": "assistant", "content": answer.strip() or _no_text(session.result)}
         yield (chat, None, session, *shown)  # final value carries the evidence too (API clients read it)
 
     def on_references(gallery, chat, session):

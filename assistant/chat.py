@@ -102,7 +102,7 @@ class ChatSession:
         self._query_out: VisionOutput | None = None  # (1, N, C_l) per level
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
-        self._lock = threading.RLock()  # one turn or update at a time per session
+        self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
             self.add_reference(ref, refresh=False)
         if query is not None:
@@ -215,14 +215,15 @@ class ChatSession:
         return self._stream(evidence, question)
 
     def _stream(self, evidence, question: str) -> Iterator[str]:
+        # no lock held across yields: a server may resume this generator on different threads
         parts: list[str] = []
-        with self._lock:
-            try:
-                for chunk in self.assistant.stream_answer(evidence, question, history=list(self.history)):
-                    parts.append(chunk)
-                    yield chunk
-            finally:
-                self.history.append((question, "".join(parts).strip()))
+        history = list(self.history)
+        try:
+            for chunk in self.assistant.stream_answer(evidence, question, history=history):
+                parts.append(chunk)
+                yield chunk
+        finally:
+            self.history.append((question, "".join(parts).strip()))
 
     def answer(self, text: str) -> str:
         """The whole answer at once."""

@@ -12,16 +12,14 @@ from PIL import Image
 
 from assistant.chat import ChatSession, image_fingerprint
 from assistant.config import REPO_ROOT
-from tests.test_chat import part_image
+from tests.test_chat import part_image, speaking_tiny_assistant
 
 MAX_PIXELS = 200 * 200  # small upload limit so the "huge image" case is cheap
 
 
 @pytest.fixture(scope="module")
 def assistant(tiny_tokenizer_dir):
-    from assistant.model import Assistant
-
-    a = Assistant.from_pretrained("tiny", device="cpu")
+    a = speaking_tiny_assistant()
     a.cfg.serve.max_pixels = MAX_PIXELS
     return a
 
@@ -64,13 +62,13 @@ def test_api_ask_follow_up_and_bad_uploads(server, images, assistant):
     answer, result = client.predict(handle_file(images["query"]), [handle_file(images["ref"])],
                                     "Is there any anomaly?", 0.0, api_name="/inspect")
     expected = ChatSession(assistant, images["query"], [images["ref"]])
-    assert isinstance(answer, str)
+    assert answer.startswith("scratch scratch") and answer == expected.answer("Is there any anomaly?")
     assert result["query"]["sha1"] == image_fingerprint(expected.query) and result["references"] == 1
     assert result["pred_score"] == pytest.approx(expected.result.pred_score, rel=1e-5)
     assert result["verdict"] in ("normal", "anomalous") and result["map_shape"] == [48, 48]
     # follow-up: no image, same client -> same session
     answer2, result2 = client.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
-    assert isinstance(answer2, str) and result2["query"] == result["query"]
+    assert answer2.startswith("scratch scratch") and result2["query"] == result["query"]
     # sensitivity moves the threshold relative to the calibrated one
     _, loose = client.predict(None, [], "Is there any anomaly?", 1.0, api_name="/inspect")
     assert loose["threshold"] == pytest.approx(result["threshold"] / 2, rel=1e-5)
@@ -100,6 +98,7 @@ def test_ui_chat_endpoint_streams_evidence_and_reports_bad_uploads(server, image
     assert [m["role"] for m in chat] == ["user", "user", "assistant"]
     assert chat[0]["content"][0]["type"] == "file"
     assert "ANOMALOUS" in badge or "NORMAL" in badge
+    assert chat[-1]["content"][0]["text"].startswith("scratch scratch")
     assert Image.open(overlay).size == (256, 256) and Image.open(mask).size == (48, 48)  # small images enlarged
     assert details["query"]["width"] == 48
     job = client.submit({"text": "Where is it?", "files": []}, [], [{"image": handle_file(images["ref"]), "caption": None}],

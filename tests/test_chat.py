@@ -19,11 +19,26 @@ def part_image(seed: int, defect: tuple[int, int] | None = None, size: int = 48)
     return Image.fromarray(arr.astype(np.uint8))
 
 
-@pytest.fixture(scope="module")
-def assistant(tiny_tokenizer_dir):
+def speaking_tiny_assistant(word: str = "scratch"):
+    """The tiny random Assistant with its LM head nudged so greedy decoding repeats `word` (a random 2-layer
+    LM otherwise tends to emit nothing printable); the text still flows LM -> streamer -> session/app."""
     from assistant.model import Assistant
 
-    return Assistant.from_pretrained("tiny", device="cpu")
+    a = Assistant.from_pretrained("tiny", device="cpu")
+    ids = a.lvlm.tokenizer.encode(word, add_special_tokens=False)
+    assert len(ids) == 1, f"use a single-piece word, {word!r} is {len(ids)} pieces"
+
+    def hook(_module, _inputs, logits):
+        logits[..., ids[0]] += 1e4
+        return logits
+
+    a.lvlm.lm.get_output_embeddings().register_forward_hook(hook)
+    return a
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_tokenizer_dir):
+    return speaking_tiny_assistant()
 
 
 class EncodeSpy:
@@ -57,7 +72,8 @@ def test_multi_turn_streams_and_never_reencodes(assistant):
         chunks = list(session.ask("Is there any anomaly?"))
         follow = [session.answer(t) for t in ("Where is it?", "How large is it?")]
     assert spy.calls == 0, "a follow-up question must not run the vision tower"
-    assert all(isinstance(c, str) for c in chunks)
+    assert len(chunks) >= 2 and all(isinstance(c, str) and c for c in chunks), chunks  # streamed in pieces
+    assert "".join(chunks).split()[:2] == ["scratch", "scratch"]
     assert [t for t, _ in session.history] == ["Is there any anomaly?", "Where is it?", "How large is it?"]
     assert session.history[0][1] == "".join(chunks).strip() and session.history[1][1] == follow[0]
     assert session.result.pred_score == result.pred_score  # evidence unchanged by questions

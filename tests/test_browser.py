@@ -1,0 +1,91 @@
+"""End to end in a real browser: Debian's Chromium (headless) driven by Playwright against the app.
+
+Uses /usr/bin/chromium (installed with `apt-get install -y chromium` when missing and we are root);
+Playwright's own browser downloads are never used. Saves a screenshot under the test's tmp dir.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.config import REPO_ROOT
+from tests.test_chat import part_image, speaking_tiny_assistant
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium, installed through apt when missing (needs root and the package mirror)."""
+    if not CHROMIUM.exists() and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (/usr/bin/chromium); run `apt-get install -y chromium`")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_tokenizer_dir, tmp_path_factory):
+    pytest.importorskip("playwright")
+    ensure_chromium()
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app
+
+    assistant = speaking_tiny_assistant()
+    example_dir = tmp_path_factory.mktemp("examples")
+    demo = app.build_demo(assistant, example_dir)
+    _, url, _ = app.launch(demo, assistant.cfg, example_dir, prevent_thread_lock=True, quiet=True,
+                           server_name="127.0.0.1", server_port=None)
+    yield url
+    demo.close()
+
+
+def test_upload_ask_see_answer_and_overlay(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    query, ref = tmp_path / "part.png", tmp_path / "good.png"
+    part_image(41, defect=(8, 30), size=64).save(query)
+    part_image(42, size=64).save(ref)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.wait_for_selector("#ask-box textarea", timeout=60_000)
+            page.locator("#references input[type=file]").set_input_files(str(ref))
+            page.wait_for_selector("#references img", timeout=30_000)
+            page.locator("#ask-box input[type=file]").set_input_files(str(query))
+            page.wait_for_selector("#ask-box img, #ask-box .thumbnail-item", timeout=30_000)
+            page.locator("#ask-box textarea").fill("Is there any anomaly?")
+            t0 = time.perf_counter()
+            page.locator("#ask-box textarea").press("Enter")
+            page.wait_for_selector("#overlay img", timeout=60_000)
+            page.wait_for_function("() => !document.querySelector('#chatbot .pending, #chatbot .generating')"
+                                   " && document.querySelector('#verdict-badge:not(.idle)')", timeout=60_000)
+            elapsed = time.perf_counter() - t0
+            page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('scratch scratch')",
+                                   timeout=60_000)
+            chat = page.locator("#chatbot").inner_text()
+            badge = page.locator("#verdict-badge").inner_text()
+            page.wait_for_timeout(500)  # let the last streamed chunk render
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            overlay_src = page.locator("#overlay img").first.get_attribute("src")
+            n_bot = page.locator("#chatbot .bot").count()
+        finally:
+            browser.close()
+    assert "Is there any anomaly?" in chat and "scratch scratch" in chat  # the streamed answer arrived
+    assert n_bot >= 1 and ("ANOMALOUS" in badge or "NORMAL" in badge) and "1 reference(s)" in badge
+    assert overlay_src and shot.stat().st_size > 10_000
+    assert elapsed < 60
+    print(f"screenshot: {shot} ({elapsed:.1f} s from submit to evidence)")
