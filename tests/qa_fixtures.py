@@ -38,7 +38,7 @@ def make_mmad(root: Path, n_good: int = 3, n_bad: int = 3, categories=("bottle",
                 _img(root / rel, kind != "good", seed)
                 conv = [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes.", "B": "No."},
                          "Answer": "A" if kind != "good" else "B", "type": "Anomaly Detection"},
-                        {"Question": f"What kind of object is this?", "Options": {"A": cat, "B": "cable", "C": "wood"},
+                        {"Question": "What kind of object is this?", "Options": {"A": cat, "B": "cable", "C": "wood"},
                          "Answer": "A", "type": "Object Classification"}]
                 entry = {"conversation": conv, "similar_templates": [f"DS/{cat}/train/good/000.png", f"DS/{cat}/train/good/001.png"],
                          "random_templates": [f"DS/{cat}/train/good/001.png"]}

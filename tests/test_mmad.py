@@ -6,8 +6,15 @@ import pytest
 from qa_fixtures import make_mmad
 
 from assistant.evaluation.jsonl_data import QuestionFileError, load_jsonl
-from assistant.evaluation.mmad import (build_prompt, detection_choice, load_mmad, mmad_scores, normalize_type,
-                                       parse_choice, shuffle_options)
+from assistant.evaluation.mmad import (
+    build_prompt,
+    detection_choice,
+    load_mmad,
+    mmad_scores,
+    normalize_type,
+    parse_choice,
+    shuffle_options,
+)
 
 ODD = json.loads((Path(__file__).parent / "fixtures" / "mmad_odd_answers.json").read_text())
 

@@ -3,8 +3,17 @@ import json
 
 import pytest
 
-from assistant.evaluation.store import (AnswerStore, Chunk, StoreError, answers_path, merge_shards, read_answers,
-                                        resolve_chunk, shard, write_answers)
+from assistant.evaluation.store import (
+    AnswerStore,
+    Chunk,
+    StoreError,
+    answers_path,
+    merge_shards,
+    read_answers,
+    resolve_chunk,
+    shard,
+    write_answers,
+)
 
 
 def test_store_appends_and_reopens(tmp_path):
@@ -43,16 +52,15 @@ def test_store_rejects_corruption_inside_and_duplicates(tmp_path):
 
 def test_store_lock_refuses_a_second_writer(tmp_path):
     p = tmp_path / "answers.jsonl"
-    with AnswerStore(p):
-        with pytest.raises(StoreError, match="another process"):
-            AnswerStore(p)
+    with AnswerStore(p), pytest.raises(StoreError, match="another process"):
+        AnswerStore(p)
     AnswerStore(p).close()  # free again
 
 
 def test_shards_are_a_deterministic_partition():
     units = [f"u{i:02d}" for i in range(11)]
     parts = [shard(list(reversed(units)), Chunk(i, 3)) for i in range(3)]
-    assert sorted(sum(parts, [])) == units  # cover, no overlap
+    assert sorted(u for p in parts for u in p) == units  # cover, no overlap
     assert parts[0] == ["u00", "u03", "u06", "u09"]
     assert parts == [shard(units, Chunk(i, 3)) for i in range(3)]  # input order does not matter
     with pytest.raises(ValueError, match=r"--chunk-idx must be in \[0, 2\)"):

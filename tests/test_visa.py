@@ -17,7 +17,7 @@ def _visa(root, rows):
         if mask:
             (root / mask).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.eye(32, dtype=np.uint8) * 3).save(root / mask)  # VisA masks hold small class ids
-        lines.append(",".join([obj, split, label, img, mask]))
+        lines.append(f"{obj},{split},{label},{img},{mask}")
     (root / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -37,7 +37,7 @@ def test_load_visa(tmp_path):
     candle = cats[0]
     assert [p.split("/")[-1] for p in candle.train_good] == ["0000.JPG", "0001.JPG"]
     assert (candle.n_normal, candle.n_anomalous, candle.has_masks) == (1, 1, True)
-    anomalous = [it for it in candle.items if it.label == 1][0]
+    anomalous = next(it for it in candle.items if it.label == 1)
     assert anomalous.mask.endswith("Masks/Anomaly/000.png") and anomalous.category == "candle"
     assert cats[1].has_masks is False  # an anomaly without a mask: image metrics only
     assert [c.name for c in load_visa(tmp_path, categories=["pcb1"])] == ["pcb1"]

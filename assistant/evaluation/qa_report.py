@@ -135,9 +135,9 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
                        + [f"{e['std'][c]:.6f}" if c in e["std"] else "" for c in cols])
         w.writerow(["mean", "", "", ""] + [f"{report['mean'][c]:.6f}" if c in report["mean"] else "" for c in cols])
     lines = [f"# Answer-level evaluation ({report.get('mode', 'questions')})", "",
-             f"source `{report.get('source', '')}`, config `{report.get('config', '')}`, shots {report.get('shots')}, "
-             f"seeds {report['seeds']}, {report['n_questions']} questions per seed, "
-             f"{report['n_unparsed']} unparsed answers. Figures in %, mean ± std over seeds.", ""]
+             (f"source `{report.get('source', '')}`, config `{report.get('config', '')}`, shots {report.get('shots')}, "
+              f"seeds {report['seeds']}, {report['n_questions']} questions per seed, "
+              f"{report['n_unparsed']} unparsed answers. Figures in %, mean ± std over seeds."), ""]
     if "mmad" in report:
         mm = report["mmad"]
         types = list(mm["per_type"])

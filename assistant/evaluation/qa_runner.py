@@ -13,13 +13,13 @@ Detection questions from its verdict alone, so the report shows the gap.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm

@@ -14,9 +14,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ class AnswerStore:
         self.records: list[dict] = []
         self._keys: set[str] = set()
         self.dropped_partial = False  # True when a torn last line was removed on open
-        self._fh = open(self.path, "a+b")
+        self._fh = open(self.path, "a+b")  # noqa: SIM115 - held open for the store's lifetime
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -96,7 +97,7 @@ class AnswerStore:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
 
-    def __enter__(self) -> "AnswerStore":
+    def __enter__(self) -> AnswerStore:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -199,8 +200,7 @@ def write_answers(path: str | Path, records: list[dict]) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
