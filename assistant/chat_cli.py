@@ -21,7 +21,7 @@ from assistant.imaging import ImageError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from assistant.cli import add_config_arguments
 
-    add_config_arguments(p, default="checkpoints/offline-small")
+    add_config_arguments(p, default=None)
     p.add_argument("--image", required=True, help="query image (photo of the part)")
     p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
     p.add_argument("--question", action="append", default=[], metavar="TEXT",
@@ -93,12 +93,10 @@ def _command(session, line: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from assistant.chat import ChatSession
-    from assistant.config import REPO_ROOT
     from assistant.model import Assistant
+    from assistant.serve import resolve_model
 
-    config = args.config
-    if not Path(config).exists() and (REPO_ROOT / config).exists():
-        config = str(REPO_ROOT / config)
+    config = resolve_model(args.config)
     t0 = time.perf_counter()
     assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
     session = ChatSession(assistant, args.image, args.reference, sensitivity=args.sensitivity,

@@ -13,10 +13,24 @@ from assistant.config import REPO_ROOT
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from assistant.cli import add_config_arguments
 
-    add_config_arguments(p, default="checkpoints/offline-small")
+    add_config_arguments(p, default=None)
     p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 7860; next free one if taken)")
     p.add_argument("--device", default=None, help="cpu|cuda|... (default: from the config)")
+
+
+DEFAULT_CHECKPOINT = "checkpoints/offline-small"  # the embedded default
+
+
+def resolve_model(config: str | None) -> str:
+    """--config value -> what Assistant.from_pretrained gets: a path relative to the repo when it exists there;
+    by default the shipped checkpoint dir, or the offline-small preset while that dir has no config.json."""
+    if config is None:
+        ckpt = REPO_ROOT / DEFAULT_CHECKPOINT
+        return str(ckpt) if (ckpt / "config.json").is_file() else "offline-small"
+    if not Path(config).exists() and (REPO_ROOT / config).exists():
+        return str(REPO_ROOT / config)
+    return config
 
 
 def _import_app():
@@ -33,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = _import_app()
     t0 = time.perf_counter()
-    config = args.config
-    if not Path(config).exists() and (REPO_ROOT / config).exists():
-        config = str(REPO_ROOT / config)
+    config = resolve_model(args.config)
     assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
     print(f"loaded {config} in {time.perf_counter() - t0:.1f} s", flush=True)
     cfg = assistant.cfg

@@ -153,3 +153,39 @@ def test_eight_concurrent_clients_get_their_own_results(server, assistant, tmp_p
         assert first["query"]["sha1"] == sha and second["query"]["sha1"] == sha, f"client {i} got another image"
         assert first["pred_score"] == pytest.approx(score, rel=1e-5)
     assert len(got) == 8
+
+
+def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
+    """`python -m assistant serve` (what `make demo` runs), here on the tiny preset and a free port."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, INSPECTION_ASSISTANT_TINY_TOKENIZER=str(tiny_tokenizer_dir), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "--config", "tiny", "--port", str(port)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, lines, deadline = None, [], time.time() + 180
+        while time.time() < deadline and url is None:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            if "running at http://127.0.0.1:" in line:
+                url = line.split("running at ")[1].split()[0]
+        assert url == f"http://127.0.0.1:{port}/", "".join(lines)
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "Inspection assistant" in page
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0
