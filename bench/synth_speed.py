@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from data_synth import METHODS, synthesize
 from data_synth.build import BuildSettings, build
 from data_synth.sources import ProceduralSource
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (load-independent cost)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def main() -> None:
@@ -37,35 +44,39 @@ def main() -> None:
     t0 = time.perf_counter()
     for c in cats[:8]:
         src.sample(c, gen, args.size)
-    rows.append(("render normal (procedural)", 8 / (time.perf_counter() - t0), "-"))
+    rows.append(("render normal (procedural)", 8 / (time.perf_counter() - t0), None, "-"))
     for m in METHODS:
         rng = np.random.default_rng(1)
         fallbacks = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         for i in range(args.per_method):
             img, other, obj = pool[i % len(pool)]
             fallbacks += synthesize(img, m, rng, other=other, is_object=obj).meta["fallback"] is not None
         rows.append((f"synthesize {m}", args.per_method / (time.perf_counter() - t0),
-                     f"{fallbacks}/{args.per_method}"))
+                     args.per_method / (cpu_seconds() - c0), f"{fallbacks}/{args.per_method}"))
     for workers in (1, 2):
         out = tempfile.mkdtemp(prefix="synth_bench_")
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             r = build([ProceduralSource()], out, args.build, BuildSettings(size=args.size), workers=workers,
                       progress=False)
-            total = time.perf_counter() - t0
-            rows.append((f"build mix, {workers} worker(s), samples only", args.build / r["seconds_samples"], "-"))
-            rows.append((f"build mix, {workers} worker(s), incl. ref pools", args.build / total, "-"))
+            total, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+            rows.append((f"build mix, {workers} worker(s), samples only", args.build / r["seconds_samples"], None, "-"))
+            rows.append((f"build mix, {workers} worker(s), incl. ref pools", args.build / total, args.build / cpu, "-"))
         finally:
             shutil.rmtree(out, ignore_errors=True)
     print(f"# data_synth speed, {args.size} px, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus visible, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
     print(f"(build = render + synthesize + PNG writes + texts + conversations; ref pools = {r['references']} "
           f"reference normals written once per build)")
-    print(f"| {'what':<44} | {'samples/s':>9} | {'fallbacks':>9} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|")
-    for name, rate, fb in rows:
-        print(f"| {name:<44} | {rate:>9.1f} | {fb:>9} |")
+    load = os.getloadavg()[0]
+    print(f"(samples/s = wall clock, load average {load:.1f}; per CPU-s = samples per CPU-second, load-independent; "
+          "x2 = what 2 free cores give)")
+    print(f"| {'what':<44} | {'samples/s':>9} | {'per CPU-s':>9} | {'fallbacks':>9} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+    for name, rate, per_cpu, fb in rows:
+        pc = f"{per_cpu:9.1f}" if per_cpu else f"{'-':>9}"
+        print(f"| {name:<44} | {rate:>9.1f} | {pc} | {fb:>9} |")
 
 
 if __name__ == "__main__":
