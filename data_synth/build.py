@@ -123,6 +123,22 @@ def conversation_for(rec: dict, seed: int) -> dict:
     return make_conversation(rec, rec["noun"], refs, rng)
 
 
+def read_manifest(out: str | Path, absolute: bool = True) -> list[dict]:
+    """Records of OUT/manifest.jsonl; with absolute=True the image, mask and reference paths are made
+    absolute (they are stored relative to OUT)."""
+    out = Path(out)
+    path = out / "manifest.jsonl"
+    if not path.exists():
+        raise SynthError(f"{out}: expected a built dataset with manifest.jsonl, found none")
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if absolute:
+        for r in recs:
+            r["image"] = str(out / r["image"])
+            r["mask"] = str(out / r["mask"]) if r["mask"] else None
+            r["references"] = [str(out / p) for p in r["references"]]
+    return recs
+
+
 def _read_manifest(path: Path) -> dict[int, str]:
     """id -> line of every complete record; a torn last line (killed build) is dropped."""
     done: dict[int, str] = {}

@@ -1,6 +1,7 @@
 """data_synth: determinism, faithful masks, truthful texts, formats, resume and bad inputs (tiny, CPU)."""
 import json
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ from assistant.constants import position_word
 from assistant.imaging import ImageError
 from data_synth import METHODS, SynthConfig, SynthError, foreground_mask, synthesize, synthesize_many
 from data_synth.__main__ import main as cli_main
-from data_synth.build import BuildSettings, build
+from data_synth.build import BuildSettings, build, read_manifest
 from data_synth.sources import KINDS, FolderSource, GimpSource, ProceduralSource, read_pat, write_pat
 
 GRID_RE = re.compile(r"\b(top left|top right|bottom left|bottom right|top|bottom|left|right|center)\b")
@@ -123,6 +124,11 @@ def test_build_is_deterministic_and_resumes_without_duplicates(built, tmp_path):
     assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
     for p in sorted((out / "images").iterdir())[:6]:
         assert (tmp_path / "images" / p.name).read_bytes() == p.read_bytes()
+    recs = read_manifest(tmp_path)
+    assert len(recs) == 24 and all(Path(r["image"]).is_file() for r in recs)
+    assert all(Path(r["mask"]).is_file() for r in recs if r["label"] == 1)
+    with pytest.raises(SynthError, match="manifest.jsonl"):
+        read_manifest(tmp_path / "images")
     with pytest.raises(SynthError, match="other settings"):
         build([ProceduralSource(products_per_kind=1)], tmp_path, 4, BuildSettings(seed=1, size=SIZE, n_refs=2),
               progress=False)
@@ -220,3 +226,13 @@ def test_synthesize_many_for_calibration(images):
         synthesize_many(refs, 0, np.random.default_rng(0))
     with pytest.raises(SynthError, match="unknown"):
         synthesize_many(refs, 1, np.random.default_rng(0), methods=["zap"])
+
+
+@pytest.mark.parametrize("shape,value", [((32, 32, 3), 128), ((24, 90, 3), 0), ((16, 16, 3), None)])
+def test_synthesize_degenerate_images_still_give_a_mask(shape, value):
+    gen = np.random.default_rng(0)
+    img = np.full(shape, value, np.uint8) if value is not None else gen.integers(0, 256, shape, dtype=np.uint8)
+    for m in METHODS:
+        r = synthesize(img, m, np.random.default_rng(1))
+        assert r.mask.any() and r.image.shape == img.shape and r.image.dtype == np.uint8, m
+        assert r.meta["position"] is not None and r.meta["bbox"] is not None
