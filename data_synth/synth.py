@@ -292,13 +292,10 @@ def _scale(image: np.ndarray) -> float:
 def _nsa(img, fg, is_obj, rng, other, cfg):
     h, w = img.shape[:2]
     s = min(h, w)
-    src = other if other is not None else img
-    if src.shape != img.shape:
-        src = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
+    src, sfg = other if other is not None else (img, fg)  # donor image and its foreground (from synthesize)
     ph = int(s * rng.uniform(cfg.patch_min, cfg.patch_max))
     pw = int(s * rng.uniform(cfg.patch_min, cfg.patch_max))
     ph, pw = max(ph, 8), max(pw, 8)
-    sfg = foreground_mask(src, cfg.fg_threshold)[0] if is_obj else np.ones((h, w), bool)
     inner = np.zeros((h, w), bool)
     inner[ph // 2 + 2:h - ph // 2 - 2, pw // 2 + 2:w - pw // 2 - 2] = True
     sy, sx = pick_point(sfg & inner if (sfg & inner).any() else inner, rng)
@@ -599,11 +596,15 @@ def synthesize(image: np.ndarray, method: str, rng: np.random.Generator, other: 
     h, w = image.shape[:2]
     fallback = None
     best = None
+    donor = None
+    if method == "nsa" and other is not None:
+        o = other if other.shape == image.shape else cv2.resize(other, (w, h), interpolation=cv2.INTER_AREA)
+        donor = (o, foreground_mask(o, cfg.fg_threshold)[0] if obj else np.ones((h, w), bool))
     for attempt in range(cfg.max_tries + 1):
         m = method if attempt < cfg.max_tries else "stain"
         if m != method:
             fallback = method
-        got = _FUNCS[m](image, fg, obj, rng, other, cfg)
+        got = _FUNCS[m](image, fg, obj, rng, donor if m == "nsa" else other, cfg)
         if got is None:
             continue
         alt, mask, feather, params = got
