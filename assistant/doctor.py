@@ -122,6 +122,7 @@ def run(args) -> int:
     from assistant.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    transformers.utils.logging.disable_progress_bar()  # the table is the output
     print(f"python {platform.python_version()}  torch {torch.__version__}  transformers {transformers.__version__}  "
           f"threads {torch.get_num_threads()}  cuda {torch.cuda.is_available()}  "
           f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')}  config {args.config}")
