@@ -254,6 +254,7 @@ class AnomalyExpert(nn.Module):
         self.trained = False  # True once heads were loaded/trained; untrained heads are not used for maps
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
+        self.patch_pool = 1  # pool the patch grid by this factor before the kNN (speed)
 
     # -------------------------------------------------------------- checkpoint
     def save_pretrained(self, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -300,18 +301,26 @@ class AnomalyExpert(nn.Module):
         return expert.to(tower.device)
 
     # -------------------------------------------------------------- maps
-    def patch_features(self, out: VisionOutput) -> list[torch.Tensor]:
-        """L x (B, N, C_l) neighbourhood-aggregated patch features used by the kNN path."""
-        return [aggregate(t.float(), out.grid, self.cfg.neighbourhood) for t in out.patch_tokens]
+    def patch_features(self, out: VisionOutput) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """(L x (B, N', C_l), grid') kNN features: pooled by `patch_pool`, then neighbourhood-averaged."""
+        grid = out.grid
+        toks = [t.float() for t in out.patch_tokens]
+        p = self.patch_pool
+        if p > 1:
+            b = toks[0].shape[0]
+            pooled = [F.avg_pool2d(t.transpose(1, 2).reshape(b, -1, *grid), p, ceil_mode=True) for t in toks]
+            grid = tuple(pooled[0].shape[-2:])
+            toks = [x.flatten(2).transpose(1, 2) for x in pooled]
+        return [aggregate(t, grid, self.cfg.neighbourhood) for t in toks], grid
 
     def few_shot_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
-        """(B, L, h, w) per-level nearest-neighbour distance divided by the level's normal scale."""
-        feats = self.patch_features(out)
+        """(B, L, h', w') per-level nearest-neighbour distance divided by the level's normal scale."""
+        feats, grid = self.patch_features(out)
         b = feats[0].shape[0]
         maps = []
         for f, bank, s in zip(feats, state.banks, state.scales):
             d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k)
-            maps.append(d.view(b, *out.grid) / s)
+            maps.append(d.view(b, *grid) / s)
         return torch.stack(maps, 1)
 
     def zero_shot_map(self, out: VisionOutput) -> torch.Tensor | None:
@@ -325,8 +334,10 @@ class AnomalyExpert(nn.Module):
         """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
         zs = self.zero_shot_map(out) if self.cfg.zero_shot else None
         if state.few_shot and self.cfg.few_shot:
-            fs = self.few_shot_maps(out, state).mean(1)  # (B, h, w), ~1 on normal patches
+            fs = self.few_shot_maps(out, state).mean(1)  # (B, h', w'), ~1 on normal patches
             if zs is not None and self.cfg.zero_shot_weight > 0:
+                if zs.shape[-2:] != fs.shape[-2:]:
+                    zs = F.interpolate(zs.unsqueeze(1), size=fs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                 fs = fs * (1.0 + self.cfg.zero_shot_weight * (zs - 0.5))
             return fs
         if zs is None:
@@ -400,14 +411,14 @@ class AnomalyExpert(nn.Module):
         size = tower.image_size
         refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
         views = [dihedral_views(r) if self.cfg.augment_references else [r] for r in refs]  # k x V images
-        encoded = [self.patch_features(tower.encode(v)) for v in views]  # k x L x (V, N, C)
+        encoded = [self.patch_features(tower.encode(v))[0] for v in views]  # k x L x (V, N, C)
         L = len(self.level_dims)
         banks = [torch.cat([e[lv].reshape(-1, e[lv].shape[-1]) for e in encoded]) for lv in range(L)]
         banks = [self._coreset(b, seed) for b in banks]
         state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k)
         # pseudo-normal queries: leave-one-out references (k >= 2) or jittered views of the reference (k = 1)
         normal_imgs = [jitter_view(r, rng) for r in refs for _ in range(max(1, 4 // k))]
-        normal_feats = self.patch_features(tower.encode(normal_imgs))  # L x (P, N, C)
+        normal_feats = self.patch_features(tower.encode(normal_imgs))[0]  # L x (P, N, C)
         loo = []
         if k >= 2:
             for i in range(k):
@@ -473,3 +484,12 @@ def build_expert(cfg, tower) -> AnomalyExpert:
         if (p / WEIGHTS_NAME).is_file():
             return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
     return AnomalyExpert.from_pretrained(None, cfg.expert, tower).to(tower.device)
+
+
+def knn_baseline_config(cfg: ExpertConfig) -> ExpertConfig:
+    """The plain nearest-neighbour baseline: raw block features, no augmentation, no smoothing, max of the
+    map, no learned heads (used by bench/ and `evaluate --baseline knn`)."""
+    from dataclasses import replace
+
+    return replace(cfg, zero_shot=False, few_shot=True, neighbourhood=1, augment_references=False,
+                   smoothing_sigma=0.0, score_topk=0.0, knn_k=1, checkpoint=None)

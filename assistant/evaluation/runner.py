@@ -31,6 +31,7 @@ class SeedRun:
     thresholds: list[float]  # calibrated threshold(s) used
     metrics: dict  # metric -> value
     seconds_per_image: float  # predict time per image (encode excluded)
+    calibration: list[dict] = field(default_factory=list)  # the expert's calibration record per reference set
 
 
 @dataclass
@@ -100,11 +101,12 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         scores = np.zeros(len(items))
         preds = np.zeros(len(items), int)
         maps = np.zeros((len(items), size, size), np.float32) if masks is not None else None
-        thresholds = []
+        thresholds, calib = [], []
         t_pred = 0.0
         for refs, idx in groups.items():
             state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
             thresholds.append(state.threshold)
+            calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
             for j in range(0, len(idx), batch_size):
                 part = idx[j:j + batch_size]
                 t0 = time.perf_counter()
@@ -118,7 +120,7 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         if maps is not None:
             metrics.update(pixel_metrics(masks, maps))
         res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
-                                thresholds, metrics, t_pred / max(len(items), 1)))
+                                thresholds, metrics, t_pred / max(len(items), 1), calib))
     return res
 
 

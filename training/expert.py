@@ -1,0 +1,195 @@
+"""`python -m training expert --config C --data SYNTH_DIR [--out DIR]`: train the expert's zero-shot head.
+
+The vision tower stays frozen; its features for every training image are computed once and cached
+(OUT/feature_cache.pt, keyed by the manifest and the tower). The head (learned normal/abnormal prototypes
+for towers without text, per-level text adapters for CLIP towers) is trained with focal + dice loss on the
+synthesized masks at patch-grid resolution. A held-out tenth of the data sets the zero-shot image
+threshold (best balanced accuracy), stored with the weights. Runs on CPU and under `accelerate launch`.
+
+SYNTH_DIR is a `python -m data_synth build` output: manifest.jsonl lines with image, mask, label.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from assistant.cli import add_config_arguments
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--data", required=True, nargs="+", metavar="SYNTH_DIR", help="data_synth build folder(s) with manifest.jsonl")
+    p.add_argument("--out", default=None, help="output checkpoint folder (default: train.out_dir)")
+    p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per folder")
+
+
+def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
+    root = Path(folder)
+    path = root / "manifest.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: expected a data_synth build folder with manifest.jsonl "
+                                f"(make one with `python -m data_synth build --source procedural --out {root} --n 2000`)")
+    recs = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            r["image"] = str(root / r["image"])
+            r["mask"] = str(root / r["mask"]) if r.get("mask") else None
+            recs.append(r)
+    if not recs:
+        raise FileNotFoundError(f"{path}: no samples")
+    return recs[:limit] if limit else recs
+
+
+@torch.no_grad()
+def encode_cached(tower, recs: list[dict], cache: Path, batch: int = 16):
+    """Frozen features for every record: (L x (S, N, C) half tensors, (S, G) global, grid), cached on disk."""
+    from assistant.imaging import load_image
+
+    key = hashlib.sha1(json.dumps([tower.name, tower.image_size, getattr(tower, "levels", None),
+                                   [r["image"] for r in recs]]).encode()).hexdigest()[:16]
+    if cache.is_file():
+        data = torch.load(cache, weights_only=True)
+        if data.get("key") == key:
+            return data["tokens"], data["global"], tuple(data["grid"])
+    toks, globs, grid = None, [], None
+    for i in tqdm(range(0, len(recs), batch), desc="encode (frozen tower)", unit="batch"):
+        out = tower.encode([load_image(r["image"]) for r in recs[i:i + batch]])
+        toks = [[] for _ in out.patch_tokens] if toks is None else toks
+        for lv, t in enumerate(out.patch_tokens):
+            toks[lv].append(t.cpu().half())
+        globs.append(out.global_token.cpu().half())
+        grid = out.grid
+    tokens = [torch.cat(t) for t in toks]
+    glob = torch.cat(globs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "tokens": tokens, "global": glob, "grid": list(grid)}, cache)
+    return tokens, glob, grid
+
+
+def grid_masks(recs: list[dict], grid: tuple[int, int], size: int) -> torch.Tensor:
+    """(S, h*w) soft targets: fraction of each patch covered by the defect mask."""
+    from assistant.imaging import load_mask
+
+    out = torch.zeros(len(recs), grid[0] * grid[1])
+    for i, r in enumerate(recs):
+        if r.get("mask"):
+            m = torch.from_numpy(load_mask(r["mask"], size=(size, size)).astype(np.float32))[None, None]
+            out[i] = F.adaptive_avg_pool2d(m, grid).flatten()
+    return out
+
+
+def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, dice_weight: float = 1.0,
+                    alpha: float = 0.75) -> torch.Tensor:
+    """Focal loss (soft targets) + soft dice on anomalous images; logits/target (B, N)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    w = alpha * target + (1 - alpha) * (1 - target)
+    focal = (w * (1 - pt) ** gamma * ce).mean()
+    has = target.sum(1) > 0
+    dice = torch.zeros((), device=logits.device)
+    if has.any():
+        inter = (p[has] * target[has]).sum(1)
+        dice = (1 - (2 * inter + 1) / (p[has].sum(1) + target[has].sum(1) + 1)).mean()
+    return focal + dice_weight * dice
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Threshold with the best balanced accuracy (midpoint between neighbouring scores)."""
+    s = np.sort(np.unique(scores))
+    cands = np.concatenate([[s[0] - 1e-6], (s[1:] + s[:-1]) / 2, [s[-1] + 1e-6]])
+    best, thr = -1.0, float(cands[0])
+    for c in cands:
+        pred = scores > c
+        tpr = pred[labels == 1].mean() if (labels == 1).any() else 0.0
+        tnr = (~pred[labels == 0]).mean() if (labels == 0).any() else 0.0
+        if (tpr + tnr) / 2 > best:
+            best, thr = (tpr + tnr) / 2, float(c)
+    return thr
+
+
+def run(args) -> int:
+    from accelerate import Accelerator
+
+    from assistant.anomaly.expert import AnomalyExpert, ReferenceState
+    from assistant.config import load_config
+    from assistant.vision.base import VisionOutput, build_vision_tower
+
+    cfg = load_config(args.config, args.overrides)
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    out_dir = Path(args.out or tc.out_dir)
+    recs = [r for d in args.data for r in read_manifest(d, args.max_samples)]
+    accelerator = Accelerator(cpu=cfg.vision.device == "cpu")
+    tower = build_vision_tower(cfg.vision)
+    t0 = time.time()
+    tokens, glob, grid = encode_cached(tower, recs, out_dir / "feature_cache.pt")
+    targets = grid_masks(recs, grid, tower.image_size)
+    labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
+    idx = list(range(len(recs)))
+    random.Random(tc.seed).shuffle(idx)
+    n_val = max(2, len(idx) // 10)
+    val, train = idx[:n_val], idx[n_val:] or idx
+    expert = AnomalyExpert(cfg.expert, tower.level_dims, tower.global_dim,
+                           text_encoder=getattr(tower, "encode_text", None))
+    if expert.head is None:
+        raise ValueError("expert.zero_shot is false: there is no head to train")
+    head = expert.head
+    opt = torch.optim.AdamW(head.parameters(), lr=tc.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.steps))
+    head, opt = accelerator.prepare(head, opt)
+    dev = accelerator.device
+    rng = random.Random(tc.seed)
+    log = []
+    bar = tqdm(range(tc.steps), desc="train expert head", disable=not accelerator.is_main_process)
+    for step in bar:
+        b = rng.sample(train, min(tc.batch_size, len(train)))
+        toks = [t[b].float().to(dev) for t in tokens]
+        logits = head(toks, glob[b].float().to(dev))
+        loss = focal_dice_loss(logits, targets[b].to(dev), tc.focal_gamma, tc.dice_weight)
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % max(1, tc.eval_every) == 0 or step == tc.steps - 1:
+            log.append({"step": step, "loss": round(loss.item(), 5)})
+    expert.head = accelerator.unwrap_model(head).cpu()
+    expert.trained = True
+    # held-out: image scores with the inference pipeline -> zero-shot threshold and validation AUROC
+    expert.eval()
+    state = ReferenceState(banks=[torch.zeros(0, c) for c in expert.level_dims], scales=[1.0] * len(expert.level_dims),
+                           threshold=0.5, pixel_threshold=0.5, n_shots=0)
+    scores = []
+    with torch.no_grad():
+        for i in range(0, len(val), 32):
+            b = val[i:i + 32]
+            vo = VisionOutput([t[b].float() for t in tokens], glob[b].float(), grid)
+            scores += [r.pred_score for r in expert.predict(vo, state, (tower.image_size, tower.image_size))]
+    scores, vlab = np.array(scores), labels[val]
+    expert.zero_shot_threshold = best_threshold(scores, vlab)
+    val_auroc = None
+    if len(set(vlab.tolist())) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        val_auroc = float(roc_auc_score(vlab, scores))
+    meta = {"data": [str(d) for d in args.data], "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
+            "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
+            "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
+            "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold, "loss_log": log}
+    if accelerator.is_main_process:
+        expert.save_pretrained(out_dir, meta=meta)
+        print(json.dumps({k: v for k, v in meta.items() if k != "loss_log"}))
+        print(f"saved {out_dir}/expert.safetensors and expert_config.json")
+    return 0
