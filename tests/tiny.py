@@ -18,19 +18,14 @@ from pathlib import Path
 import pytest
 
 from assistant.constants import POSITION_WORDS, SIZE_WORDS
+from assistant.lm import CHATML_TEMPLATE
 
 # Same fields as configs/tiny.yaml lm.tiny_cfg: hidden 32, 2 layers.
 TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 2, "max_position_embeddings": 512}
+              "num_key_value_heads": 2, "max_position_embeddings": 512}
 TINY_VOCAB = 1000  # sentencepiece BPE vocab size upper bound (256 byte-fallback pieces + merges)
 CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]  # ChatML markers, single pieces
-# ChatML template (the SmolLM2 format), without a default system prompt.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = CHATML_TEMPLATE  # the SmolLM2 format, without a default system prompt
 
 OBJECTS = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal nut", "pill", "screw",
            "tile", "toothbrush", "transistor", "wood", "zipper", "part", "object", "fabric", "surface"]
