@@ -29,6 +29,7 @@ from assistant.overlay import render_mask, render_overlay
 
 DEFAULT_QUESTION = "Is there any anomaly?"
 DISPLAY_MIN_SIDE = 256  # smaller query images are enlarged for the overlay
+SESSION_TTL_S = 3600  # idle seconds after which a user's session (images, features, history) is freed
 
 
 # example inputs (generated, never real data) ------------------------------------------------------
@@ -251,8 +252,9 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
 
     lo, hi = SENSITIVITY_RANGE
     with gr.Blocks(title="Inspection assistant") as demo:
-        session = gr.State(None)
-        api_session = gr.State(None)
+        # per-user sessions (images, features, history); dropped after an idle hour
+        session = gr.State(None, time_to_live=SESSION_TTL_S)
+        api_session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown("## Visual inspection assistant\nUpload a photo of a part (optionally good reference parts on "
                     "the right), then ask: *Is there any anomaly? Where? How large is it?*")
         with gr.Row():

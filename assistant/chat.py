@@ -92,10 +92,11 @@ class ChatSession:
     """A multi-turn conversation about one query image, with cached features (see module docstring)."""
 
     def __init__(self, assistant, query: ImageInput | None = None, references: Sequence[ImageInput] = (),
-                 sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS, max_history_turns: int = 3):
         self.assistant = assistant  # shared weights only
         self.max_pixels = max_pixels
         self.history: list[tuple[str, str]] = []  # (question, answer) turns
+        self.max_history_turns = max_history_turns  # earlier turns the LM sees (bounds prompt length and latency)
         self.sensitivity = float(sensitivity)
         self.query: Image.Image | None = None
         self.references: list[Image.Image] = []
@@ -217,7 +218,7 @@ class ChatSession:
     def _stream(self, evidence, question: str) -> Iterator[str]:
         # no lock held across yields: a server may resume this generator on different threads
         parts: list[str] = []
-        history = list(self.history)
+        history = self.history[-self.max_history_turns:] if self.max_history_turns > 0 else []
         try:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)

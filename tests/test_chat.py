@@ -77,6 +77,20 @@ def test_multi_turn_streams_and_never_reencodes(assistant):
     assert [t for t, _ in session.history] == ["Is there any anomaly?", "Where is it?", "How large is it?"]
     assert session.history[0][1] == "".join(chunks).strip() and session.history[1][1] == follow[0]
     assert session.result.pred_score == result.pred_score  # evidence unchanged by questions
+    seen = []
+    orig = assistant.stream_answer
+
+    def spy(evidence, question, history=(), **kw):
+        seen.append(list(history))
+        return orig(evidence, question, history=history, **kw)
+
+    assistant.stream_answer = spy
+    try:
+        session.max_history_turns = 2
+        session.answer("Compare it with the reference.")
+    finally:
+        del assistant.stream_answer
+    assert seen == [session.history[1:3]]  # the last two turns go to the LM, in order
 
 
 def test_references_update_evidence_without_reencoding_query(assistant):
