@@ -214,7 +214,11 @@ def smollm2_dir(cache_dir: str | None = None) -> tuple[Path, bool]:
             f"`{SMOLLM2_INSTALL}`, or set lm.cache_dir / ${CACHE_ENV} to a folder holding a converted "
             f"'{SMOLLM2}' cache, or set lm.name to a local model directory.")
     logger.info("converting %s to safetensors in %s (one time)", gguf, target)
-    _convert_gguf(gguf, target)
+    try:
+        _convert_gguf(gguf, target)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise RuntimeError(f"converting the packaged {SMOLLM2} GGUF {gguf} into {target} failed ({e}); reinstall "
+                           f"it with `pip install --force-reinstall {SMOLLM2_INSTALL.split(' ', 2)[2]}`") from e
     return target, True
 
 

