@@ -13,7 +13,9 @@ from pathlib import Path
 from assistant.cli import add_config_arguments
 
 # name -> (module, help): other evaluation modes plug in here with add_arguments(parser) / run(args, cfg)
-EXTRA_MODES: dict[str, tuple[str, str]] = {}
+EXTRA_MODES: dict[str, tuple[str, str]] = {
+    "vqa": ("assistant.evaluation.vqa", "answer-level: ask 'Is there any anomaly in the image?' and 'Where is it?'"),
+}
 
 
 def parse_seeds(text: str) -> list[int]:
