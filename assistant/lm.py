@@ -227,7 +227,7 @@ def smollm2_dir(cache_dir: str | None = None) -> tuple[Path, bool]:
 def _missing_hf(name: str, err: Exception) -> WeightsNotFoundError:
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    mode = "offline (HF_HUB_OFFLINE=1)" if _offline() else "online"
+    mode = "offline: HF_HUB_OFFLINE=1" if _offline() else "online"
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     return WeightsNotFoundError(
         f"weights for LM '{name}' not found ({mode}). Looked in: a local directory '{name}' (none), the Hugging "

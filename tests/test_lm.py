@@ -121,7 +121,7 @@ def test_missing_hf_id_offline(monkeypatch):
     with pytest.raises(WeightsNotFoundError) as e:
         load_lm(LMConfig(name=name))
     msg = str(e.value)
-    assert f"LM '{name}' not found (offline" in msg and "Hugging Face cache" in msg
+    assert f"LM '{name}' not found (offline: HF_HUB_OFFLINE=1)" in msg and "Hugging Face cache" in msg
     assert f"huggingface-cli download {name}" in msg and "lm.name" in msg
     assert e.value.__cause__ is None and e.value.__suppress_context__  # one message, no hub traceback chain
 

@@ -101,7 +101,7 @@ class OpenCLIPTower(VisionTower):
                     f"open_clip weights for {model_name} / '{pretrained}' not found"
                     f"{' (offline: HF_HUB_OFFLINE=1)' if os.environ.get('HF_HUB_OFFLINE') else ''}. Looked in the "
                     f"Hugging Face cache {_hf_cache()} and ~/.cache/clip for {where} "
-                    f"({str(e).splitlines()[0][:160]}). Provide them: run `python -c \"import open_clip; "
+                    f"({str(e).splitlines()[0].split(' Last error')[0][:240]}). Provide them: run `python -c \"import open_clip; "
                     f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
                     f"network and copy its HF cache, or save the weights as a local file and set "
                     f"--set vision.weights=/path/to/{model_name}.safetensors") from None
