@@ -12,7 +12,9 @@ Levels are transformer block indices (0-based); their patch tokens come from `fo
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -49,6 +51,17 @@ def register_model_config(model: str, model_cfg: dict) -> None:
         open_clip.add_model_config(path)  # read now, kept in open_clip's registry
 
 
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs misses and random init on the root logger; our own messages say it better."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _hf_cache() -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -82,10 +95,12 @@ class OpenCLIPTower(VisionTower):
                     f"open_clip weights for {model_name} not found: {path} is not a file (from "
                     f"{'vision.weights' if cfg.weights else 'vision.name'}). Expected an open_clip checkpoint "
                     f"(.safetensors preferred).")
-            self.model = open_clip.create_model(model_name, pretrained=str(path), **common)
+            with _quiet_open_clip():
+                self.model = open_clip.create_model(model_name, pretrained=str(path), **common)
             self.source = str(path)
         elif pretrained.lower() == "none":
-            self.model = open_clip.create_model(model_name, pretrained=None, **common)
+            with _quiet_open_clip():
+                self.model = open_clip.create_model(model_name, pretrained=None, **common)
             self.source = "random init"
         else:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -94,7 +109,8 @@ class OpenCLIPTower(VisionTower):
                                  f"{model_name} ({', '.join(tags) or 'none known'}), an existing file, nor 'none'")
             pcfg = tag_cfg
             try:
-                self.model = open_clip.create_model(model_name, pretrained=pretrained, **common)
+                with _quiet_open_clip():
+                    self.model = open_clip.create_model(model_name, pretrained=pretrained, **common)
             except (RuntimeError, OSError) as e:  # hub/url misses surface as RuntimeError from open_clip
                 where = pcfg.get("hf_hub") or pcfg.get("url") or "?"
                 raise WeightsNotFoundError(
