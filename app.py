@@ -297,7 +297,7 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
 
         evidence = [overlay, mask, badge, details]
         box.submit(respond, [box, chatbot, gallery, sens, session], [chatbot, box, session, *evidence],
-                   api_visibility="undocumented", api_name="chat")
+                   api_visibility="undocumented", api_name="chat", trigger_mode="always_last")
         gallery.change(on_references, [gallery, chatbot, session], [chatbot, session, *evidence],
                        api_visibility="undocumented", api_name="references")
         sens.release(on_sensitivity, [sens, session], [session, *evidence], api_visibility="undocumented",
