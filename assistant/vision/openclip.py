@@ -83,6 +83,9 @@ class OpenCLIPTower(VisionTower):
             raise ValueError(f"vision.name '{cfg.name}': unknown open_clip model '{model_name}'; known models "
                              f"include {', '.join(open_clip.list_models()[:8])}, ... (open_clip.list_models()), "
                              f"or give vision.openclip_model_cfg")
+        layers = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {}).get("layers")
+        if isinstance(layers, int):  # check levels before building (and maybe loading) a large model
+            self._check_levels(layers)
         t0 = time.perf_counter()
         ckpt = cfg.weights or (pretrained if pretrained.lower() != "none" and _is_pathlike(pretrained) else None)
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}  # {} unless pretrained is a known tag
@@ -107,12 +110,11 @@ class OpenCLIPTower(VisionTower):
             if pretrained not in tags:
                 raise ValueError(f"vision.name '{cfg.name}': '{pretrained}' is neither a pretrained tag of "
                                  f"{model_name} ({', '.join(tags) or 'none known'}), an existing file, nor 'none'")
-            pcfg = tag_cfg
             try:
                 with _quiet_open_clip():
                     self.model = open_clip.create_model(model_name, pretrained=pretrained, **common)
             except (RuntimeError, OSError) as e:  # hub/url misses surface as RuntimeError from open_clip
-                where = pcfg.get("hf_hub") or pcfg.get("url") or "?"
+                where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
                 raise WeightsNotFoundError(
                     f"open_clip weights for {model_name} / '{pretrained}' not found"
                     f"{' (offline: HF_HUB_OFFLINE=1)' if os.environ.get('HF_HUB_OFFLINE') else ''}. Looked in the "
@@ -121,7 +123,7 @@ class OpenCLIPTower(VisionTower):
                     f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
                     f"network and copy its HF cache, or save the weights as a local file and set "
                     f"--set vision.weights=/path/to/{model_name}.safetensors") from None
-            self.source = f"open_clip:{pretrained} ({pcfg.get('hf_hub') or pcfg.get('url', '')})"
+            self.source = f"open_clip:{pretrained} ({tag_cfg.get('hf_hub') or tag_cfg.get('url', '')})"
         self.load_time = time.perf_counter() - t0
         self.eval()
         for p in self.model.parameters():
@@ -130,21 +132,16 @@ class OpenCLIPTower(VisionTower):
         pre = getattr(self.model.visual, "preprocess_cfg", None) or {}
         self.mean = tuple(pre.get("mean", CLIP_MEAN))
         self.std = tuple(pre.get("std", CLIP_STD))
-        n_blocks = self._n_blocks()
-        if not self.levels or any(lv not in range(n_blocks) for lv in self.levels):
-            raise ValueError(f"vision.levels for {cfg.name}: expected block indices in 0..{n_blocks - 1}, "
-                             f"got {self.levels}")
-        self._width = self._probe_width()
-
-    def _n_blocks(self) -> int:
         visual = self.model.visual
-        if hasattr(visual, "transformer"):
-            return len(visual.transformer.resblocks)
-        raise ValueError(f"{self.name}: only ViT open_clip towers are supported (got {type(visual).__name__})")
+        if not hasattr(visual, "transformer"):
+            raise ValueError(f"{self.name}: only ViT open_clip towers are supported (got {type(visual).__name__})")
+        self._check_levels(len(visual.transformer.resblocks))
+        self._width = visual.transformer.width
 
-    @torch.no_grad()
-    def _probe_width(self) -> int:
-        return self.model.visual.transformer.width
+    def _check_levels(self, n_blocks: int) -> None:
+        if not self.levels or any(lv not in range(n_blocks) for lv in self.levels):
+            raise ValueError(f"vision.levels for {self.name}: expected block indices in 0..{n_blocks - 1}, "
+                             f"got {self.levels}")
 
     @property
     def level_dims(self) -> list[int]:
