@@ -175,6 +175,7 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
                 errors = load_references(fresh, gallery)
                 fresh.set_query(path)
             except ImageError as e:
+                chat[-1] = {"role": "user", "content": f"📎 {_describe_upload(path)}"}  # no broken picture in the chat
                 chat.append({"role": "assistant", "content": f"⚠️ I could not use {_describe_upload(path)} as an "
                              f"image: {_clean_error(e, path)}. Please upload a PNG, JPEG, BMP, TIFF or WebP photo of the part."})
                 yield (chat, None, session, *skip4)

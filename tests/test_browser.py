@@ -84,6 +84,8 @@ def test_upload_ask_see_answer_and_overlay(app_url, tmp_path):
     query, ref = tmp_path / "part.png", tmp_path / "good.png"
     part_image(41, defect=(8, 30), size=64).save(query)
     part_image(42, size=64).save(ref)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(query.read_bytes()[:100])  # truncated PNG
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -92,21 +94,28 @@ def test_upload_ask_see_answer_and_overlay(app_url, tmp_path):
             page.wait_for_selector("#ask-box textarea", timeout=60_000)
             page.locator("#references input[type=file]").set_input_files(str(ref))
             page.wait_for_selector("#references img", timeout=30_000)
+            page.locator("#ask-box input[type=file]").set_input_files(str(broken))  # a corrupt upload first
+            page.wait_for_timeout(500)
+            _, _, complaint = ask(page, "Is there any anomaly?", 0)
             page.locator("#ask-box input[type=file]").set_input_files(str(query))
             page.wait_for_selector("#ask-box img, #ask-box .thumbnail-item", timeout=30_000)
-            _, _, answer = ask(page, "Is there any anomaly?", 0)
+            _, _, answer = ask(page, "Is there any anomaly?", 1)
             page.wait_for_selector("#overlay img", timeout=30_000)
             badge = page.locator("#verdict-badge").inner_text()
-            first, _, follow = ask(page, "Where is it?", 1)
+            first, _, follow = ask(page, "Where is it?", 2)
             chat = page.locator("#chatbot").inner_text()
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
             overlay_src = page.locator("#overlay img").first.get_attribute("src")
             n_bot = page.locator("#chatbot .bot").count()
+            page.locator("#new-session").click()
+            page.wait_for_selector("#verdict-badge.idle", timeout=30_000)
+            n_bot_after_reset = page.locator("#chatbot .bot").count()
         finally:
             browser.close()
     assert answer.startswith("scratch scratch") and follow.startswith("scratch scratch")  # streamed LM text
-    assert "Is there any anomaly?" in chat and "Where is it?" in chat and n_bot == 2
+    assert "could not use broken.png" in complaint and "corrupt or truncated" in complaint
+    assert "Is there any anomaly?" in chat and "Where is it?" in chat and n_bot == 3 and n_bot_after_reset == 0
     assert ("ANOMALOUS" in badge or "NORMAL" in badge) and "1 reference(s)" in badge
     assert overlay_src and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}; follow-up submit -> first streamed text {first:.2f} s")
