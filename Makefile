@@ -25,6 +25,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m assistant doctor
 
+doctor: $(STAMP)
+	$(BIN)/python -m assistant doctor
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
