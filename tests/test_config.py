@@ -142,8 +142,12 @@ def test_cli_config_file_typo_fails_naming_the_key(tmp_path, capsys):
 
 
 def test_cli_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "assistant", "--help"], capture_output=True, text=True, timeout=120,
-                         check=False)
-    assert out.returncode == 0
-    for name in cli.COMMANDS:
-        assert name in out.stdout
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "inspection-assistant"  # console script from `pip install -e .`
+    assert script.is_file(), f"{script} missing: the package is not installed in this environment"
+    for cmd in ([sys.executable, "-m", "assistant", "--help"], [str(script), "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        for name in cli.COMMANDS:
+            assert f"    {name} " in out.stdout, (name, out.stdout)
