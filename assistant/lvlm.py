@@ -329,8 +329,20 @@ class LVLM(nn.Module):
         return embeds
 
     def forward(self, input_ids, attention_mask, visuals, labels=None):
+        """LM output; with labels, `.loss` is the mean cross-entropy over supervised tokens, computing logits only
+        at positions whose next token is supervised (most of the sequence is image and prompt)."""
         embeds = self.embed(input_ids, visuals)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        if labels is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask)
+        target = labels[:, 1:]  # (B, T - 1): position t predicts token t + 1
+        keep = (target != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+        if keep.numel() == 0:
+            raise ValueError("no supervised tokens in the batch (every label is IGNORE_INDEX)")
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep)
+        logits = out.logits.float()  # (B, K, V)
+        out.loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return out
 
     # ---- batching
     def collate(self, seqs: Sequence[tuple[torch.Tensor, torch.Tensor]], left: bool = False):
@@ -357,7 +369,7 @@ class LVLM(nn.Module):
         ids, mask, _ = self.collate(seqs, left=True)
         return self.embed(ids, visuals), mask
 
-    def _gen_kwargs(self, max_new_tokens, temperature):
+    def _gen_kwargs(self, max_new_tokens, temperature, **extra):
         mnt = max_new_tokens or self.cfg.lm.max_new_tokens
         temp = self.cfg.lm.temperature if temperature is None else temperature
         kw = {"max_new_tokens": mnt, "pad_token_id": self.tokenizer.pad_token_id, "suppress_tokens": self.suppress_ids,
@@ -366,26 +378,27 @@ class LVLM(nn.Module):
             kw.update(temperature=temp, top_p=0.9)
         else:
             kw.update(temperature=None, top_p=None, top_k=None)
-        return kw
+        return {**kw, **extra}
 
     @torch.no_grad()
     def generate(self, visuals: Sequence[VisualInputs], questions: Sequence[str],
                  histories: Sequence[Sequence[tuple[str, str]]] | None = None, max_new_tokens: int | None = None,
-                 temperature: float | None = None) -> list[str]:
-        """Batched greedy (or sampled) answers, one per (visual, question, history)."""
+                 temperature: float | None = None, **generate_kwargs) -> list[str]:
+        """Batched greedy (or sampled) answers, one per (visual, question, history); extra kwargs go to generate."""
         embeds, mask = self.prompt_batch(visuals, questions, histories)
-        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **self._gen_kwargs(max_new_tokens, temperature))
+        kw = self._gen_kwargs(max_new_tokens, temperature, **generate_kwargs)
+        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kw)
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def stream(self, visual: VisualInputs, question: str, history: Sequence[tuple[str, str]] = (),
-               max_new_tokens: int | None = None, temperature: float | None = None) -> Iterator[str]:
-        """Yield text chunks of the answer as they are generated."""
+               max_new_tokens: int | None = None, temperature: float | None = None, **generate_kwargs) -> Iterator[str]:
+        """Yield text chunks of the answer as they are generated; extra kwargs go to generate."""
         from transformers import TextIteratorStreamer
 
         with torch.no_grad():
             embeds, mask = self.prompt_batch([visual], [question], [history])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-        kw = self._gen_kwargs(max_new_tokens, temperature)
+        kw = self._gen_kwargs(max_new_tokens, temperature, **generate_kwargs)
         errors: list[BaseException] = []
 
         def work():

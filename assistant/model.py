@@ -133,11 +133,11 @@ class Assistant:
         return self.lvlm
 
     def stream_answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
-                      sensitivity: float = 0.0, max_new_tokens: int | None = None) -> Iterator[str]:
+                      sensitivity: float = 0.0, max_new_tokens: int | None = None, **generate_kwargs) -> Iterator[str]:
         """Yield the answer in text chunks as the LM generates them."""
         lvlm = self._need_lvlm()
         vis = visual_inputs(evidence.features, self._result(evidence, sensitivity))
-        yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens)
+        yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
                sensitivity: float = 0.0, max_new_tokens: int | None = None) -> str:

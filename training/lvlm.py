@@ -66,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="anomaly maps for the prompt learner: the real expert (default) or the blurred true mask")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much training time")
     p.add_argument("--no-resume", action="store_true", help="start fresh even when OUT/last exists")
+    p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: OUT/cache)")
     p.add_argument("--log-every", type=int, default=1, help="steps between log lines")
 
 
@@ -127,13 +128,15 @@ class FeatureCache:
     def _path(self, c: int) -> Path:
         return self.dir / f"chunk_{c:05d}.safetensors"
 
-    def build(self, tower, expert=None) -> None:
+    def build(self, tower, expert=None, indices: list[int] | None = None) -> None:
+        """Build the missing chunks that hold `indices` (default: all samples)."""
         from safetensors.torch import save_file
         from tqdm import tqdm
 
         from assistant.imaging import load_image, load_mask
 
-        todo = [c for c in range(math.ceil(len(self.samples) / CHUNK)) if not self._path(c).is_file()]
+        chunks = sorted({i // CHUNK for i in indices}) if indices is not None else range(math.ceil(len(self.samples) / CHUNK))
+        todo = [c for c in chunks if not self._path(c).is_file()]
         if not todo:
             return
         lv = self.cfg.lvlm
@@ -162,7 +165,7 @@ class FeatureCache:
                 img = load_image(s.root / s.image)
                 q_out = tower.encode([img])
                 if self.maps == "expert" and expert is not None:
-                    key_refs = s.refs[:1] or s.pool[:1]
+                    key_refs = s.pool[:1] or s.refs[:1]  # one 1-shot state per category (fits are slow)
                     key = tuple(str(s.root / r) for r in key_refs)
                     if key not in states:
                         states[key] = expert.fit_references(tower, [load_image(p) for p in key])
@@ -314,23 +317,21 @@ def run(args) -> int:
     samples = [s for d in args.data for s in load_samples(d, args.max_refs)]
     if len(samples) <= args.heldout:
         raise ValueError(f"{len(samples)} samples in {args.data}: need more than --heldout {args.heldout}")
-    rng = random.Random(tc.seed)
-    order = list(range(len(samples)))
-    rng.shuffle(order)
+    use = list(range(min(len(samples), args.max_samples + args.heldout) if args.max_samples else len(samples)))
+    order = list(use)  # the first samples in file order (cache chunks are built only for these)
+    random.Random(tc.seed).shuffle(order)
     held, train_idx = sorted(order[:args.heldout]), order[args.heldout:]
-    if args.max_samples:
-        train_idx = train_idx[:args.max_samples]
 
     cfg.vision.device = "cuda" if accelerator.device.type == "cuda" and cfg.vision.device == "auto" else cfg.vision.device
     tower = build_vision_tower(cfg.vision)
-    cache = FeatureCache(cfg, samples, out / "cache", args.maps)
+    cache = FeatureCache(cfg, samples, Path(args.cache) if args.cache else out / "cache", args.maps)
     if accelerator.is_main_process:
         expert = None
         if args.maps == "expert":
             from assistant.anomaly.expert import build_expert
 
             expert = build_expert(cfg, tower).eval()
-        cache.build(tower, expert)
+        cache.build(tower, expert, use)
     accelerator.wait_for_everyone()
     t_cache = time.time() - t_start
 

@@ -1,0 +1,118 @@
+"""The Assistant facade and the LVLM training CLI end to end on tiny models and a tiny data_synth set."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assistant.config import load_config
+
+
+def _img(seed: int, defect: bool = False) -> Image.Image:
+    rng = np.random.default_rng(0)
+    base = (rng.random((32, 32, 3)) * 60 + 100).astype(np.uint8)
+    noise = np.random.default_rng(seed).integers(0, 6, base.shape, dtype=np.uint8)
+    img = base + noise
+    if defect:
+        img[2:10, 22:30] = 10  # dark square, top right
+    return Image.fromarray(img)
+
+
+def _tiny_cfg(tiny_lm_dir, *extra):
+    return load_config("tiny", [f"lm.name={tiny_lm_dir}", "lvlm.checkpoint=null", "expert.checkpoint=null", *extra])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_lm_dir, tmp_path_factory):
+    """A tiny checkpoint dir: config.json + perturbed heads and adapter."""
+    from assistant.lvlm import build_lvlm
+    from assistant.vision.base import build_vision_tower
+
+    cfg = _tiny_cfg(tiny_lm_dir)
+    tower = build_vision_tower(cfg.vision)
+    model = build_lvlm(cfg, tower)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n or n.startswith("heads."):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    out = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(out)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return out, model
+
+
+def test_assistant_from_checkpoint_analyze_answer_stream(ckpt):
+    from assistant.anomaly.result import AnomalyResult
+    from assistant.lvlm import visual_inputs
+    from assistant.model import Assistant
+
+    path, trained = ckpt
+    asst = Assistant.from_pretrained(str(path))
+    assert asst.cfg.lvlm.checkpoint == str(path)
+    ev = asst.analyze(_img(1, defect=True), [_img(2)])
+    assert isinstance(ev.result, AnomalyResult) and ev.features.refs.shape[0] == 1
+    assert ev.query_out.patch_tokens[0].shape[0] == 1 and ev.ref_out.patch_tokens[0].shape[0] == 1
+    q = "Is there any anomaly in the image?"
+    ans = asst.answer(ev, q, max_new_tokens=6)
+    assert "".join(asst.stream_answer(ev, q, max_new_tokens=6)).strip() == ans
+    # the loaded heads + adapter reproduce the model that was saved
+    assert trained.generate([visual_inputs(ev.features, ev.result)], [q], max_new_tokens=6)[0] == ans
+    follow = asst.answer(ev, "Where is it?", history=[(q, ans)], max_new_tokens=4)
+    assert isinstance(follow, str)
+    assert asst.answer_batch([ev, ev], [q, q], max_new_tokens=6) == [ans, ans]
+    # sensitivity changes only the verdict inputs; zero-shot works without references (expert permitting)
+    assert isinstance("".join(asst.stream_answer(ev, q, sensitivity=1.0, max_new_tokens=3)), str)
+
+
+def test_assistant_missing_heads_is_a_clear_error(tiny_lm_dir, tmp_path):
+    from assistant.model import Assistant
+
+    with pytest.raises(FileNotFoundError, match="lvlm_heads.safetensors"):
+        Assistant.from_pretrained("tiny", overrides=[f"lm.name={tiny_lm_dir}", f"lvlm.checkpoint={tmp_path}"])
+
+
+def _train(argv: list[str]) -> int:
+    from training import lvlm as train_lvlm
+
+    p = argparse.ArgumentParser()
+    train_lvlm.add_arguments(p)
+    return train_lvlm.run(p.parse_args(argv))
+
+
+def test_training_cli_runs_resumes_and_exports(tiny_lm_dir, tmp_path):
+    data = tmp_path / "synth"
+    subprocess.run([sys.executable, "-m", "data_synth", "build", "--source", "procedural", "--out", str(data), "--n",
+                    "10", "--seed", "0", "--size", "64", "--quiet"], check=True, capture_output=True)
+    out, export = tmp_path / "run", tmp_path / "export"
+    common = ["--config", "tiny", "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null",
+              "--set", "expert.checkpoint=null", "--set", "train.max_len=400", "--set", "train.eval_every=2",
+              "--data", str(data), "--out", str(out), "--heldout", "2"]
+    assert _train([*common, "--set", "train.steps=2"]) == 0
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and "heldout_answer_accuracy" in log[-1]
+    assert (out / "last" / "optimizer.safetensors").is_file() and (out / "last" / "lvlm_heads.safetensors").is_file()
+    assert _train([*common, "--set", "train.steps=3", "--export", str(export)]) == 0  # resumes at step 2
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    manifest = json.loads((export / "training_manifest.json").read_text())
+    assert manifest["steps"] == 3 and manifest["seed"] == 0 and manifest["train_samples"] == 8
+    assert {"adapter_model.safetensors", "lvlm_heads.safetensors", "config.json"} <= {p.name for p in export.iterdir()}
+    from assistant.model import Assistant
+
+    asst = Assistant.from_pretrained(str(export))
+    ev = asst.analyze(_img(3, defect=True), [_img(4)])
+    assert isinstance(asst.answer(ev, "Is there any anomaly?", max_new_tokens=3), str)
+
+
+def test_training_data_errors_are_clear(tmp_path):
+    from training.lvlm import load_samples
+
+    with pytest.raises(FileNotFoundError, match="expected manifest.jsonl and conversations.json"):
+        load_samples(tmp_path, 2)
