@@ -149,3 +149,37 @@ def test_category_metrics_against_sklearn_and_hand():
     assert m["answer_accuracy"] == pytest.approx(4 / 10)
     assert m["unparsed_rate"] == pytest.approx(0.5)
     assert m["consistency"] == pytest.approx(np.mean([p == e for p, e in zip("ABAAB", "BAAAB")]))
+
+
+def test_two_launched_processes_equal_one_run(mmad, full_run, tmp_path):
+    """`accelerate launch`/torchrun with 2 processes: one shard each, merged by the main process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, path = mmad
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import argparse, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from qa_fixtures import FakeAnswerer\n"
+        "from assistant.evaluation import qa_cli\n"
+        "p = argparse.ArgumentParser(); qa_cli.add_arguments(p)\n"
+        f"a = p.parse_args(['--mmad', {str(path)!r}, '--data-root', {str(root)!r}, '--out', {str(tmp_path / 'o')!r},"
+        " '--config', 'fake'])\n"
+        "sys.exit(qa_cli.run(a, answerer=FakeAnswerer()))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    import socket
+
+    with socket.socket() as s:  # a free loopback port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script)],
+                          check=False, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "o"
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["answers.0-of-2.jsonl", "answers.1-of-2.jsonl"]
+    assert (out / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
+    assert (out / "report.json").read_text() == (full_run / "report.json").read_text()

@@ -124,9 +124,23 @@ def load_items(meta: dict) -> dict[int, list]:
     return {s: items for s in meta["seeds"]}
 
 
+def seed_everything(seed: int = 0) -> None:
+    """Same weights in every process: any randomly initialised part (untrained heads, new token rows) and
+    sampling then agree between a run, its resumption and its shards."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def build_answerer(meta: dict, device: str | None):
     from assistant.model import Assistant
 
+    seed_everything(0)
     return Assistant.from_pretrained(meta["config"], overrides=meta["overrides"], device=device)
 
 
@@ -182,6 +196,7 @@ def run(args: argparse.Namespace, answerer=None, baseline=None) -> int:
         answerer = build_answerer(meta, device)
         print(f"model loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if baseline is None:
+        seed_everything(0)
         baseline = build_baseline(meta, device)
     stats = run_units(units, answerer, out, chunk, data_root=meta["data_root"], baseline=baseline,
                       max_questions=args.max_questions, progress=sys.stderr.isatty() or bool(os.environ.get("TQDM_FORCE")))

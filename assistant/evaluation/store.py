@@ -120,9 +120,10 @@ def resolve_chunk(num_chunks: int = 1, chunk_idx: int = 0) -> Chunk:
     when launched with several processes (then the flags must be left at their defaults)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU-only machines
         if num_chunks not in (1, state.num_processes):
             raise ValueError(f"--num-chunks {num_chunks} conflicts with {state.num_processes} launched processes")
         return Chunk(state.process_index, state.num_processes, distributed=True)
