@@ -125,3 +125,40 @@ def test_jsonl_loading_and_errors(tmp_path):
     p.write_text("not json\n")
     with pytest.raises(QuestionFileError, match="one JSON object per line"):
         load_jsonl(p)
+
+
+def test_mvtec_to_mmad_writes_loadable_questions(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from assistant.evaluation.mvtec_to_mmad import build
+
+    cat = tmp_path / "parts" / "widget"
+    rng = np.random.default_rng(0)
+    for sub, n in (("train/good", 3), ("test/good", 2), ("test/scratch", 2)):
+        (cat / sub).mkdir(parents=True)
+        for i in range(n):
+            a = (rng.random((32, 32, 3)) * 50 + 100).astype(np.uint8)
+            Image.fromarray(a).save(cat / sub / f"{i:03d}.png")
+    (cat / "ground_truth/scratch").mkdir(parents=True)
+    for i in range(2):
+        m = np.zeros((32, 32), np.uint8)
+        m[0:4, 26:32] = 255  # top right, 2.3 % of the image -> "medium"
+        Image.fromarray(m).save(cat / "ground_truth/scratch" / f"{i:03d}_mask.png")
+    data = build([str(cat)], str(tmp_path), seed=0)
+    assert sorted(data) == ["parts/widget/test/good/000.png", "parts/widget/test/good/001.png",
+                            "parts/widget/test/scratch/000.png", "parts/widget/test/scratch/001.png"]
+    (tmp_path / "mmad.json").write_text(json.dumps(data))
+    items = load_mmad(tmp_path / "mmad.json", tmp_path, shots=1)
+    by = {(it.image_id, it.qtype): it for it in items}
+    loc = by[("parts/widget/test/scratch/000.png", "Defect Localization")]
+    assert loc.options[loc.answer] == "top right"
+    size = by[("parts/widget/test/scratch/000.png", "Defect Description")]
+    assert size.options[size.answer] == "medium"
+    det = by[("parts/widget/test/good/000.png", "Anomaly Detection")]
+    assert det.options[det.answer] == "No." and det.label == 0
+    kind = by[("parts/widget/test/scratch/001.png", "Defect Classification")]
+    assert kind.options[kind.answer] == "scratch" and len(kind.options) == 4
+    assert Path(loc.mask).exists() and Path(loc.references[0]).exists()
+    with pytest.raises(ValueError, match="two folders below"):
+        build([str(cat)], str(tmp_path / "parts"))
