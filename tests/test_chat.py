@@ -180,3 +180,23 @@ def test_chat_cli_one_shot_writes_overlay(tmp_path, capsys, tiny_tokenizer_dir):
     assert Image.open(out).size == (48, 48) and Image.open(tmp_path / "mask.png").mode == "L"
     rc = main(["chat", "--config", "tiny", "--image", str(tmp_path / "missing.png"), "--question", "hi"])
     assert rc == 2 and "file not found" in capsys.readouterr().err
+
+
+def test_chat_cli_interactive_commands(tmp_path, capsys, monkeypatch, tiny_tokenizer_dir):
+    import io
+    import json
+
+    from assistant.cli import main
+
+    q, r1, r2 = tmp_path / "q.png", tmp_path / "r1.png", tmp_path / "r2.png"
+    part_image(16, defect=(30, 30)).save(q)
+    part_image(17).save(r1)
+    part_image(18).save(r2)
+    script = f"Is there any anomaly?\n:ref {r2}\n:ref {tmp_path / 'nope.png'}\n:sens 0.5\n:result\n:unref 1\nWhere?\n:quit\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert main(["chat", "--config", "tiny", "--image", str(q), "--reference", str(r1)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reference(s)") >= 3 and "2 reference(s)" in out and "error:" in out and "file not found" in out
+    result = json.loads(out[out.index("{"):out.index("\n}") + 2])
+    assert result["references"] == 2 and result["sensitivity"] == 0.5
+    assert result["threshold"] == pytest.approx(result["extras"]["calibrated_threshold"] / 2 ** 0.5)
