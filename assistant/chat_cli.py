@@ -52,8 +52,9 @@ def _write_pictures(session, args) -> None:
         print(f"mask written to {args.mask}", file=sys.stderr)
 
 
-def _turn(session, question: str, out=sys.stdout) -> float:
-    """Stream one answer to `out`; returns seconds to the first chunk."""
+def _turn(session, question: str, out=None) -> float:
+    """Stream one answer to `out` (default: the current stdout); returns seconds to the first chunk."""
+    out = out or sys.stdout
     t0 = time.perf_counter()
     first = None
     for chunk in session.ask(question):
