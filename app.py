@@ -245,11 +245,10 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
             elif session is None:
                 raise ChatError("no image: send a query image with the first question")
             session.set_sensitivity(float(sensitivity or 0.0))
-            answer = session.answer(question)
         except (ImageError, ChatError, RuntimeError) as e:
             paths = [_file_path(image), *(_file_path(r) for r in (references or []))]
             raise gr.Error(f"bad request: {_clean_error(e, *paths)}", print_exception=False) from None
-        return answer, session.summary(), session
+        return session.answer(question), session.summary(), session
 
     lo, hi = SENSITIVITY_RANGE
     with gr.Blocks(title="Inspection assistant") as demo:
