@@ -101,14 +101,15 @@ class Assistant:
 
     @torch.no_grad()
     def evidence_from_features(self, query: Image.Image, query_out: VisionOutput, references: Sequence[Image.Image],
-                               ref_out: VisionOutput | None, seed: int = 0, state=None) -> Evidence:
+                               ref_out: VisionOutput | None, seed: int = 0, state=None,
+                               map_size: tuple[int, int] | None = None) -> Evidence:
         """Evidence from already-encoded images (chat sessions cache the tower outputs); pass the expert's
-        ReferenceState to skip re-fitting the same references."""
+        ReferenceState to skip re-fitting the same references. map_size (H, W) defaults to the image size."""
         t0 = time.perf_counter()
         if state is None:
             state = self.expert.fit_references(self.tower, list(references), ref_out, seed=seed)
         t1 = time.perf_counter()
-        result = self.expert.predict(query_out, state, (query.size[1], query.size[0]))[0]
+        result = self.expert.predict(query_out, state, map_size or (query.size[1], query.size[0]))[0]
         t2 = time.perf_counter()
         feats = None
         if self.lvlm is not None:

@@ -242,3 +242,28 @@ def test_4bit_request_on_cpu_warns_and_loads(tiny_tokenizer_dir):
     with pytest.warns(UserWarning, match="CUDA"):
         lm, _, proj = load_language_model(cfg)
     assert proj is None and lm.get_input_embeddings().weight.dtype == torch.float32
+
+
+def test_llava_checkpoint_dir_loads_into_the_composition(tiny_tokenizer_dir, tmp_path):
+    """A saved (tiny random) LLaVA dir: its LM and projector land in the LVLM; the projector has no extra norm."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
+    vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=0)).eval()
+    llava.save_pretrained(tmp_path / "llava")
+    tok.save_pretrained(tmp_path / "llava")
+    cfg = tiny_cfg(**{"lm.name": str(tmp_path / "llava"), "lvlm.projector_levels": "[1]"})
+    tower = SimpleNamespace(level_dims=[16, 24], global_dim=24)  # only the 24-d level feeds the projector
+    model = build_lvlm(cfg, tower)
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        assert torch.allclose(model.heads.projector(x), llava.model.multi_modal_projector(x), atol=1e-5)
+        ids = torch.randint(5, len(tok) - 10, (1, 7))
+        ours = model.lm(input_ids=ids).logits[..., :len(tok)]  # placeholders were appended to the vocab
+        assert torch.allclose(ours, llava(input_ids=ids).logits, atol=1e-5)

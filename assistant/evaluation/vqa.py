@@ -126,8 +126,9 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
                 bar = tqdm(total=len(imgs), desc=f"{cat.name} seed {seed}", leave=False)
                 for b in range(0, len(imgs), batch_size):
                     idx = list(range(b, min(b + batch_size, len(imgs))))
-                    evs = [assistant.evidence_from_features(imgs[i], q_outs[i], refs, r_out, seed=seed, state=state)
-                           for i in idx]
+                    side = assistant.tower.image_size  # maps at the tower's size, as in the expert evaluation
+                    evs = [assistant.evidence_from_features(imgs[i], q_outs[i], refs, r_out, seed=seed, state=state,
+                                                            map_size=(side, side)) for i in idx]
                     a1 = assistant.answer_batch(evs, [QUESTION_DETECT] * len(idx), max_new_tokens=max_new_tokens)
                     a2 = assistant.answer_batch(evs, [QUESTION_WHERE] * len(idx), [[(QUESTION_DETECT, a)] for a in a1],
                                                 max_new_tokens=max_new_tokens)
