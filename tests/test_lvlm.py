@@ -248,7 +248,13 @@ def test_llava_checkpoint_dir_loads_into_the_composition(tiny_tokenizer_dir, tmp
     """A saved (tiny random) LLaVA dir: its LM and projector land in the LVLM; the projector has no extra norm."""
     from types import SimpleNamespace
 
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
