@@ -56,6 +56,9 @@ def test_end_to_end_report(full_run):
     anomalous = np.mean([r["parsed"] == r["gold"] for r in det if r["label"] == 1])
     assert mm["table"]["DS/bottle"]["Anomaly Detection"] == pytest.approx((normal + anomalous) / 2)
     assert mm["average"] == pytest.approx(np.mean(list(mm["per_type"].values())))
+    det_all = [r for r in recs if r["qtype"] == "Anomaly Detection"]  # one dataset "DS": balanced over all images
+    ds = np.mean([np.mean([r["correct"] for r in det_all if r["label"] == lab]) for lab in (0, 1)])
+    assert mm["per_dataset"]["DS"]["Anomaly Detection"] == pytest.approx(ds)
     cat = rep["categories"]["DS/bottle"]
     assert cat["n_normal"] == 3 and cat["n_anomalous"] == 3 and cat["n_questions"] == 15
     assert cat["mmad_anomaly_detection"] == pytest.approx(mm["table"]["DS/bottle"]["Anomaly Detection"])

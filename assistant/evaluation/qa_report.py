@@ -3,7 +3,8 @@
 report.json follows the expert report's schema ({"shots", "seeds", "config", "categories": {NAME:
 {metric: mean over seeds, "std": {...}, "n_normal", "n_anomalous"}}, "mean": {...}}), with answer
 metrics per category and, for MMAD-style typed questions,
-"mmad": {"per_type": {TYPE: accuracy}, "average": accuracy, "table": {CATEGORY: {TYPE: accuracy}}}.
+"mmad": {"per_type": {TYPE: accuracy}, "average": accuracy, "table": {CATEGORY: {TYPE: accuracy}},
+"per_dataset": {DATASET: {TYPE: accuracy}}} (per_type/average are means over categories).
 Every number is a fraction in [0, 1] and depends only on the answer records, so a resumed or merged
 run gives the same report as an uninterrupted one.
 """
@@ -108,6 +109,11 @@ def build_report(records: list[dict], meta: dict) -> dict:
                       for g, row in per_seed[0].table.items()},
             "counts": per_seed[0].counts,
         }
+        # the benchmark's own grouping: by dataset, the first part of the image path ("MVTec-AD", "VisA", ...)
+        per_ds = [mmad_scores([{**r, "dataset": r["image"].split("/")[0]} for r in typed if r["seed"] == s],
+                              group_key="dataset") for s in seeds]
+        mm["per_dataset"] = {g: {t: float(np.mean([p.table[g][t] for p in per_ds])) for t in row}
+                             for g, row in per_ds[0].table.items()}
         if len(seeds) > 1:
             mm["std"] = {t: float(np.std([p.per_type[t] for p in per_seed])) for t in types}
             mm["average_std"] = float(np.std([p.average for p in per_seed]))
