@@ -29,6 +29,7 @@ from assistant.overlay import render_mask, render_overlay
 
 DEFAULT_QUESTION = "Is there any anomaly?"
 DISPLAY_MIN_SIDE = 256  # smaller query images are enlarged for the overlay
+DISPLAY_MAX_SIDE = 1024  # larger ones are shrunk for the overlay and mask pictures
 SESSION_TTL_S = 3600  # idle seconds after which a user's session (images, features, history) is freed
 
 
@@ -99,10 +100,13 @@ def evidence_outputs(session: ChatSession | None):
     result = session.result
     summary = session.summary()
     image = session.query
-    if max(image.size) < DISPLAY_MIN_SIDE:  # tiny images: enlarge so the boxes are visible
-        f = DISPLAY_MIN_SIDE / max(image.size)
-        image = image.resize((round(image.width * f), round(image.height * f)), Image.NEAREST)
-    return render_overlay(image, result), render_mask(result), verdict_badge(summary), summary
+    side = max(image.size)
+    if side < DISPLAY_MIN_SIDE or side > DISPLAY_MAX_SIDE:  # enlarge tiny images, shrink huge ones (display only)
+        f = (DISPLAY_MIN_SIDE if side < DISPLAY_MIN_SIDE else DISPLAY_MAX_SIDE) / side
+        size = (max(1, round(image.width * f)), max(1, round(image.height * f)))
+        image = image.resize(size, Image.NEAREST if f > 1 else Image.BILINEAR)
+    mask_size = image.size if side > DISPLAY_MAX_SIDE else None
+    return render_overlay(image, result), render_mask(result, mask_size), verdict_badge(summary), summary
 
 
 def _no_text(result) -> str:
