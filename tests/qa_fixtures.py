@@ -80,6 +80,8 @@ class FakeAnswerer:
     def answer(self, evidence, question: str) -> str:
         self.answered += 1
         h = sum(map(ord, evidence.image + question)) % 5
+        if question.startswith("Is this part defective"):  # free-text yes/no (JSONL without options)
+            return "Yes, there is a bright blob." if evidence.result.pred_label else "No, it looks normal."
         if question.startswith("Is there any defect"):
             yes = evidence.result.pred_label
             return ["Answer: A." if yes else "Answer: B.", "a" if yes else "b",

@@ -186,3 +186,32 @@ def test_two_launched_processes_equal_one_run(mmad, full_run, tmp_path):
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["answers.0-of-2.jsonl", "answers.1-of-2.jsonl"]
     assert (out / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
     assert (out / "report.json").read_text() == (full_run / "report.json").read_text()
+
+
+def test_jsonl_questions_end_to_end(mmad, tmp_path):
+    root, _ = mmad
+    lines = []
+    for cat in ("bottle", "screw"):
+        for kind, n in (("good", 3), ("crack", 3)):
+            for i in range(n):
+                img = f"DS/{cat}/test/{kind}/{i:03d}.png"
+                lines.append({"image": img, "references": [f"DS/{cat}/train/good/000.png"], "label": int(kind != "good"),
+                              "question": "Is this part defective?", "answer": "no" if kind == "good" else "yes",
+                              "category": cat})
+                lines.append({"image": img, "question": "What kind of object is this?", "category": cat,
+                              "options": {"A": cat, "B": "cable"}, "answer": "A", "type": "Object Classification"})
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
+    assert qa_cli.run(args, answerer=FakeAnswerer()) == 0
+    recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    yn = [r for r in recs if r["question"] == "Is this part defective?"]
+    assert len(yn) == 12 and all(r["parsed"] in ("yes", "no") and r["correct"] for r in yn)  # fake expert is right
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["categories"]) == {"bottle", "screw"} and rep["n_questions"] == 24
+    oc = [r["correct"] for r in recs if r["category"] == "bottle"]
+    assert rep["categories"]["bottle"]["answer_accuracy"] == pytest.approx(np.mean(oc))
+    assert rep["mmad"]["per_type"]["Object Classification"] == pytest.approx(
+        np.mean([np.mean([r["correct"] for r in recs if r["category"] == c and r["qtype"] == "Object Classification"])
+                 for c in ("bottle", "screw")]))

@@ -13,6 +13,7 @@ Detection questions from its verdict alone, so the report shows the gap.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 import time
@@ -141,7 +142,8 @@ def run_units(units: list[Unit], answerer: Answerer, out: str | Path, chunk: Chu
                    desc=f"answers {chunk.index + 1}/{chunk.count}" if chunk.count > 1 else "answers")
         for unit in todo:
             first = unit.items[0]
-            evidence = answerer.analyze(first.image, list(first.references))
+            seed_kw = {"seed": unit.seed} if "seed" in inspect.signature(answerer.analyze).parameters else {}
+            evidence = answerer.analyze(first.image, list(first.references), **seed_kw)  # expert calibration seed
             result = evidence.result
             _save_map(map_path(out, unit), np.asarray(result.anomaly_map))
             base = baseline(first.image, list(first.references)) if baseline is not None else None
