@@ -80,7 +80,8 @@ class Assistant:
                 raise FileNotFoundError(f"lvlm.checkpoint {ckpt}: expected {HEADS_FILE} there (train one with "
                                         f"`python -m training lvlm`, or set lvlm.checkpoint=null for untrained heads)")
             lvlm = build_lvlm(cfg, tower, checkpoint=ckpt)
-            lvlm.to(tower.device if tower.device.type != "cpu" else lvlm.device)
+            if tower.device.type != "cpu" and lvlm.device.type == "cpu":  # follow the tower onto the GPU
+                lvlm.to(tower.device)  # (4-bit LMs are placed on the GPU when loaded and never get here)
         asst = cls(cfg, tower, expert, lvlm)
         asst.load_time = time.perf_counter() - t0
         return asst
