@@ -81,7 +81,7 @@ def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
     state = expert.fit_references(tower, [texture(0)], seed=0)
     assert isinstance(state, ReferenceState) and state.n_shots == 1 and state.few_shot
     assert state.threshold > 0 and state.pixel_threshold > 0
-    assert len(state.banks) == 2 and state.banks[0].shape[0] == 8 * 8 * 8  # 8 views x 8x8 grid
+    assert len(state.banks) == 2 and state.banks[0].shape[0] == 8 * 4 * 4  # 8 views x (8x8 grid pooled by 2)
     out = tower.encode([texture(5), texture(6, blob=True)])
     normal, defect = expert.predict(out, state, (64, 48))
     assert isinstance(normal, AnomalyResult) and normal.anomaly_map.shape == (64, 48)
@@ -97,7 +97,7 @@ def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
 def test_two_references_use_leave_one_out(tower, expert_cfg):
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
     state = expert.fit_references(tower, [texture(0), texture(1)], seed=0)
-    assert state.n_shots == 2 and state.banks[0].shape[0] == 2 * 8 * 64
+    assert state.n_shots == 2 and state.banks[0].shape[0] == 2 * 8 * 16
     assert "leave-one-out" in state.calibration["method"]
 
 
@@ -105,6 +105,16 @@ def test_zero_shot_without_trained_heads_is_a_clear_error(tower, expert_cfg):
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
     with pytest.raises(RuntimeError, match="reference normal image"):
         expert.fit_references(tower, [])
+
+
+def test_self_distances_flag_the_odd_patch():
+    from assistant.anomaly.expert import self_distances
+
+    tokens = torch.randn(1, 1, 8).repeat(1, 36, 1) + 0.01 * torch.randn(1, 36, 8)
+    tokens[0, 14] = torch.randn(8) * 3  # one odd patch on a 6x6 grid
+    stats = self_distances(tokens, (6, 6))
+    assert stats.shape == (1, 36, 3)
+    assert int(stats[0, :, 0].argmax()) == 14
 
 
 def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
@@ -143,8 +153,8 @@ def test_text_head_on_tiny_openclip():
     assert isinstance(expert.head, TextHead)
     assert expert.head.text_features.shape == (2, tower.encode_text(["a"]).shape[-1])
     out = tower.encode([texture(0, 32), texture(1, 32)])
-    logits = expert.head([t.float() for t in out.patch_tokens], out.global_token)
-    assert logits.shape == (2, out.grid[0] * out.grid[1])
+    logits, grid = expert.head([t.float() for t in out.patch_tokens], out.global_token, out.grid)
+    assert logits.shape == (2, out.grid[0] * out.grid[1]) and grid == out.grid
     expert.trained = True
     res = expert.predict(out, expert.fit_references(tower, []), (32, 32))
     assert len(res) == 2 and res[0].anomaly_map.shape == (32, 32)

@@ -44,6 +44,7 @@ def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
             r = json.loads(line)
             r["image"] = str(root / r["image"])
             r["mask"] = str(root / r["mask"]) if r.get("mask") else None
+            r["references"] = [str(root / x) for x in r.get("references") or []]
             recs.append(r)
     if not recs:
         raise FileNotFoundError(f"{path}: no samples")
@@ -118,6 +119,44 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return thr
 
 
+@torch.no_grad()
+def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40) -> dict[str, float]:
+    """Calibration margins for k = 1 and k >= 2, fitted on the synthetic categories (never on real data).
+
+    For every category with normal and anomalous samples: fit the expert on 1 (and 2) of its reference
+    normals, score its samples, divide by the highest held-out normal score of the calibration; the margin
+    is the ratio cut with the best balanced accuracy averaged over categories.
+    """
+    from assistant.imaging import load_image
+    from assistant.vision.base import VisionOutput
+
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by_cat.setdefault(r.get("category", "all"), []).append(i)
+    margins = {}
+    for key, k in (("k1", 1), ("k2", 2)):
+        per_cat = []
+        for cat, idx in by_cat.items():
+            idx = idx[:max_per_cat]
+            labels = np.array([int(recs[i].get("label", 0)) for i in idx])
+            refs = recs[idx[0]].get("references") or []
+            if len(set(labels.tolist())) < 2 or len(refs) < k:
+                continue
+            state = expert.fit_references(tower, [load_image(x) for x in refs[:k]], seed=0)
+            n = max(state.calibration["normal_scores"])
+            vo = VisionOutput([t[idx].float() for t in tokens], glob[idx].float(), grid)
+            scores = np.array([r.pred_score for r in expert.predict(vo, state, (tower.image_size,) * 2)])
+            per_cat.append((scores / n, labels))
+        if not per_cat:
+            continue
+        cands = np.linspace(0.8, 3.0, 111)
+        bacc = [np.mean([((r[y == 1] > c).mean() + (r[y == 0] <= c).mean()) / 2 for r, y in per_cat]) for c in cands]
+        margins[key] = float(cands[int(np.argmax(bacc))])
+        print(f"calibration margin {key}: {margins[key]:.3f} (synthetic balanced accuracy {max(bacc):.3f} "
+              f"over {len(per_cat)} categories)")
+    return margins
+
+
 def run(args) -> int:
     from accelerate import Accelerator
 
@@ -156,8 +195,11 @@ def run(args) -> int:
     for step in bar:
         b = rng.sample(train, min(tc.batch_size, len(train)))
         toks = [t[b].float().to(dev) for t in tokens]
-        logits = head(toks, glob[b].float().to(dev))
-        loss = focal_dice_loss(logits, targets[b].to(dev), tc.focal_gamma, tc.dice_weight)
+        logits, g = head(toks, glob[b].float().to(dev), grid)  # (B, N') on the head's grid
+        tgt = targets[b].to(dev)
+        if tuple(g) != tuple(grid):
+            tgt = F.adaptive_avg_pool2d(tgt.view(-1, 1, *grid), g).flatten(1)
+        loss = focal_dice_loss(logits, tgt, tc.focal_gamma, tc.dice_weight)
         opt.zero_grad()
         accelerator.backward(loss)
         opt.step()
@@ -184,10 +226,12 @@ def run(args) -> int:
         from sklearn.metrics import roc_auc_score
 
         val_auroc = float(roc_auc_score(vlab, scores))
+    expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid)
     meta = {"data": [str(d) for d in args.data], "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
-            "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold, "loss_log": log}
+            "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,
+            "calibration_margin": expert.calibration_margin, "loss_log": log}
     if accelerator.is_main_process:
         expert.save_pretrained(out_dir, meta=meta)
         print(json.dumps({k: v for k, v in meta.items() if k != "loss_log"}))

@@ -9,7 +9,7 @@ Paths, fused into one map:
 - zero-shot, towers without text (EfficientNet): learned normal/abnormal prototypes shifted by the image's
   own global feature (Anomaly-OV's look-back idea), trained on synthesized anomalies (training/expert.py).
 The verdict threshold is never set by hand: `fit_references` calibrates it from the references' own
-scores (leave-one-out, or geometrically jittered views when k = 1) and from anomalies it synthesizes on
+scores (leave-one-out, or leave-view-out over the rotations/flips when k = 1) and from anomalies it synthesizes on
 the references; with k = 0 it uses the threshold stored with the trained heads.
 
 The module holds only weights; everything per session lives in `ReferenceState`.
@@ -34,6 +34,7 @@ from assistant.config import ExpertConfig
 from assistant.vision.base import VisionOutput
 
 WEIGHTS_NAME = "expert.safetensors"
+CALIBRATION_BETA = 0.7  # threshold position between held-out normals (0) and synthesized anomalies (1), log scale
 CONFIG_NAME = "expert_config.json"
 
 # Prompt ensemble for CLIP towers (WinCLIP/AnomalyGPT style state phrases x templates).
@@ -67,18 +68,44 @@ class ReferenceState:
 
 
 # ----------------------------------------------------------------------------------------------- heads
+def self_distances(tokens: torch.Tensor, grid: tuple[int, int], fracs=(0.0, 0.03, 0.1), exclude: int = 1) -> torch.Tensor:
+    """In-image outlier statistics: (B, N, C) -> (B, N, len(fracs)) log distance of each patch to its k-th
+    nearest patch of the same image (k = 1 + frac * N), patches within `exclude` grid steps left out, each
+    divided by the image median. High where a patch has few look-alikes elsewhere in the image."""
+    h, w = grid
+    t = F.normalize(tokens, dim=-1)
+    d2 = (2.0 - 2.0 * t @ t.transpose(1, 2)).clamp_min(0)  # (B, N, N) squared cosine distance
+    yy, xx = torch.meshgrid(torch.arange(h, device=t.device), torch.arange(w, device=t.device), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1)
+    near = (pos[:, None, :] - pos[None, :, :]).abs().amax(-1) <= exclude  # (N, N)
+    d2 = d2.masked_fill(near, float("inf"))
+    n_other = int((~near).sum(1).min())
+    ks = sorted({min(n_other, 1 + int(f * h * w)) for f in fracs})
+    vals = d2.topk(max(ks), dim=-1, largest=False).values  # (B, N, kmax) ascending
+    feats = torch.stack([vals[..., k - 1] for k in ks], -1).sqrt()  # (B, N, F)
+    feats = feats / feats.median(dim=1, keepdim=True).values.clamp_min(1e-6)
+    if len(ks) < len(fracs):  # tiny grids: repeat the last statistic
+        feats = torch.cat([feats, feats[..., -1:].expand(*feats.shape[:2], len(fracs) - len(ks))], -1)
+    return torch.log(feats.clamp_min(1e-3))
+
+
 class PrototypeHead(nn.Module):
     """Zero-shot head for towers without text: normal/abnormal prototypes conditioned on the global feature.
 
-    Patch features of every level are projected to `dim`, summed and compared (cosine) with two
-    prototypes = learned base + an offset computed from the image's global feature; the logit is
-    (cos_abnormal - cos_normal) / temperature. A second input is the patch's deviation from the image
-    mean (a cheap self-reference), which makes the head sensitive to local outliers on any part.
+    Each patch is described by its projected features (layer-normed, plus the deviation from the image
+    mean) and by in-image outlier statistics (`self_distances`: how far its nearest look-alikes in the
+    same image are); the description is compared (cosine) with two prototypes = learned base + an offset
+    from the image's global feature (Anomaly-OV's look-back idea); logit = (cos_abn - cos_norm) / T.
+    Runs on the patch grid average-pooled by `pool` (speed).
     """
 
-    def __init__(self, level_dims: list[int], global_dim: int, dim: int = 64):
+    n_stats = 3  # self-distance statistics per level
+
+    def __init__(self, level_dims: list[int], global_dim: int, dim: int = 64, pool: int = 2):
         super().__init__()
+        self.pool = pool
         self.proj = nn.ModuleList(nn.Linear(2 * c, dim) for c in level_dims)  # [token, token - image mean]
+        self.stats = nn.Sequential(nn.Linear(self.n_stats * len(level_dims), dim), nn.GELU(), nn.Linear(dim, dim))
         self.mix = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
         self.base = nn.Parameter(torch.randn(2, dim) * 0.1)  # (normal, abnormal) prototypes
         self.cond = nn.Sequential(nn.Linear(global_dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim))
@@ -87,16 +114,27 @@ class PrototypeHead(nn.Module):
         self.log_temp = nn.Parameter(torch.tensor(math.log(0.07)))
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor) -> torch.Tensor:
-        """tokens: L x (B, N, C_l) -> anomaly logits (B, N)."""
+    def pooled(self, tokens: list[torch.Tensor], grid: tuple[int, int]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        if self.pool <= 1 or min(grid) < 2 * self.pool:
+            return tokens, grid
+        b = tokens[0].shape[0]
+        maps = [F.avg_pool2d(t.transpose(1, 2).reshape(b, -1, *grid), self.pool, ceil_mode=True) for t in tokens]
+        return [m.flatten(2).transpose(1, 2) for m in maps], tuple(maps[0].shape[-2:])
+
+    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor, grid: tuple[int, int]):
+        """tokens: L x (B, N, C_l) on `grid` -> (anomaly logits (B, N'), grid') on the pooled grid."""
+        tokens, grid = self.pooled(tokens, grid)
         z = 0
+        stats = []
         for proj, t in zip(self.proj, tokens):
             t = F.layer_norm(t, t.shape[-1:])
             z = z + proj(torch.cat([t, t - t.mean(dim=1, keepdim=True)], dim=-1))  # (B, N, D)
+            stats.append(self_distances(t, grid))
+        z = z + self.stats(torch.cat(stats, -1))
         z = F.normalize(z + self.mix(z), dim=-1)
         protos = self.base.unsqueeze(0) + self.cond(global_token).view(-1, 2, self.base.shape[-1])  # (B, 2, D)
         cos = torch.einsum("bnd,bkd->bnk", z, F.normalize(protos, dim=-1))  # (B, N, 2)
-        return (cos[..., 1] - cos[..., 0]) / self.log_temp.exp() + self.bias
+        return (cos[..., 1] - cos[..., 0]) / self.log_temp.exp() + self.bias, grid
 
 
 class TextHead(nn.Module):
@@ -109,14 +147,14 @@ class TextHead(nn.Module):
         self.register_buffer("text_features", F.normalize(text_features, dim=-1), persistent=False)  # (2, D)
         self.logit_scale = 100.0
 
-    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: L x (B, N, C_l) -> anomaly logits (B, N) (log-odds of abnormal vs normal, mean of levels)."""
+    def forward(self, tokens: list[torch.Tensor], global_token: torch.Tensor | None, grid: tuple[int, int]):
+        """tokens: L x (B, N, C_l) -> (anomaly logits (B, N) = abnormal minus normal similarity, grid)."""
         logits = []
         for adapter, t in zip(self.adapters, tokens):
             z = F.normalize(adapter(t), dim=-1)  # (B, N, D)
             sim = self.logit_scale * z @ self.text_features.t()  # (B, N, 2)
             logits.append(sim[..., 1] - sim[..., 0])
-        return torch.stack(logits).mean(0)
+        return torch.stack(logits).mean(0), grid
 
 
 def prompt_text_features(text_encoder, object_name: str) -> torch.Tensor:
@@ -180,17 +218,14 @@ def dihedral_views(img: Image.Image) -> list[Image.Image]:
     return views
 
 
-def jitter_view(img: Image.Image, rng: random.Random) -> Image.Image:
-    """A plausible new normal shot: small rotation, shift, scale and brightness change (reflect-padded)."""
+def mild_jitter(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A lightly different shot of the same part: rotation within 8 degrees, 3% shift, 4% scale, brightness, noise."""
     w, h = img.size
-    arr = np.asarray(img)
-    angle = rng.uniform(-20, 20)
-    scale = rng.uniform(0.93, 1.07)
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-    m[:, 2] += (rng.uniform(-0.04, 0.04) * w, rng.uniform(-0.04, 0.04) * h)
-    out = cv2.warpAffine(arr, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-    out = np.clip(out.astype(np.float32) * rng.uniform(0.92, 1.08), 0, 255).astype(np.uint8)
-    return Image.fromarray(out)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-8, 8), rng.uniform(0.96, 1.04))
+    m[:, 2] += (rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.03, 0.03) * h)
+    out = cv2.warpAffine(np.asarray(img), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 2.0, out.shape)
+    return Image.fromarray(np.clip(out.astype(np.float32) * rng.uniform(0.95, 1.05) + noise, 0, 255).astype(np.uint8))
 
 
 def synthesize_anomaly(img: Image.Image, rng: random.Random) -> tuple[Image.Image, np.ndarray]:
@@ -254,7 +289,7 @@ class AnomalyExpert(nn.Module):
         self.trained = False  # True once heads were loaded/trained; untrained heads are not used for maps
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
-        self.patch_pool = 1  # pool the patch grid by this factor before the kNN (speed)
+        self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2)
 
     # -------------------------------------------------------------- checkpoint
     def save_pretrained(self, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -266,7 +301,8 @@ class AnomalyExpert(nn.Module):
         save_file(state, str(out / WEIGHTS_NAME))
         cfg = {"expert": asdict(self.cfg), "level_dims": self.level_dims, "global_dim": self.global_dim,
                "head": type(self.head).__name__ if self.head is not None else None,
-               "zero_shot_threshold": self.zero_shot_threshold, "meta": meta or self.meta}
+               "zero_shot_threshold": self.zero_shot_threshold, "calibration_margin": self.calibration_margin,
+               "meta": meta or self.meta}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
         return out
 
@@ -297,6 +333,7 @@ class AnomalyExpert(nn.Module):
                                         f"unexpected {unexpected[:4]}")
         expert.trained = expert.head is not None
         expert.zero_shot_threshold = float(meta.get("zero_shot_threshold", 0.5))
+        expert.calibration_margin = {k: float(v) for k, v in (meta.get("calibration_margin") or {}).items()}
         expert.meta = meta.get("meta", {})
         return expert.to(tower.device)
 
@@ -305,8 +342,8 @@ class AnomalyExpert(nn.Module):
         """(L x (B, N', C_l), grid') kNN features: pooled by `patch_pool`, then neighbourhood-averaged."""
         grid = out.grid
         toks = [t.float() for t in out.patch_tokens]
-        p = self.patch_pool
-        if p > 1:
+        p = self.cfg.patch_pool
+        if p > 1 and min(grid) >= 2 * p:
             b = toks[0].shape[0]
             pooled = [F.avg_pool2d(t.transpose(1, 2).reshape(b, -1, *grid), p, ceil_mode=True) for t in toks]
             grid = tuple(pooled[0].shape[-2:])
@@ -328,7 +365,8 @@ class AnomalyExpert(nn.Module):
         if self.head is None or not self.trained:
             return None
         tokens = [t.float() for t in out.patch_tokens]
-        return torch.sigmoid(self.head(tokens, out.global_token.float())).view(-1, *out.grid)
+        logits, grid = self.head(tokens, out.global_token.float(), out.grid)
+        return torch.sigmoid(logits).view(-1, *grid)
 
     def raw_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
@@ -410,59 +448,74 @@ class AnomalyExpert(nn.Module):
         rng = random.Random(seed)
         size = tower.image_size
         refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
-        views = [dihedral_views(r) if self.cfg.augment_references else [r] for r in refs]  # k x V images
-        encoded = [self.patch_features(tower.encode(v))[0] for v in views]  # k x L x (V, N, C)
+        n_views = 8 if self.cfg.augment_references else 1
+        views = [dihedral_views(r)[:n_views] for r in refs]  # k x V images
+        pf = [self.patch_features(tower.encode(v)) for v in views]
+        encoded, grid = [p[0] for p in pf], pf[0][1]  # k x L x (V, N', C), (h', w')
         L = len(self.level_dims)
-        banks = [torch.cat([e[lv].reshape(-1, e[lv].shape[-1]) for e in encoded]) for lv in range(L)]
-        banks = [self._coreset(b, seed) for b in banks]
+        flat = [[e[lv].reshape(-1, e[lv].shape[-1]) for lv in range(L)] for e in encoded]  # k x L x (V N', C)
+        banks = [self._coreset(torch.cat([f[lv] for f in flat]), seed) for lv in range(L)]
         state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k)
-        # pseudo-normal queries: leave-one-out references (k >= 2) or jittered views of the reference (k = 1)
-        normal_imgs = [jitter_view(r, rng) for r in refs for _ in range(max(1, 4 // k))]
-        normal_feats = self.patch_features(tower.encode(normal_imgs))[0]  # L x (P, N, C)
-        loo = []
+        # pseudo-normal distances: each reference against the others (k >= 2, leave-one-out) or, with one
+        # reference, each rotation/flip view against the bank of the other views (leave-view-out)
+        held_out: list[list[torch.Tensor]] = []  # per pseudo-normal image: L x (N',)
         if k >= 2:
             for i in range(k):
-                others = [torch.cat([encoded[j][lv].reshape(-1, encoded[j][lv].shape[-1]) for j in range(k) if j != i])
-                          for lv in range(L)]
-                loo.append([nn_distance(encoded[i][lv][0], others[lv], self.cfg.knn_k) for lv in range(L)])
-        # level scales: median normal nearest-neighbour distance per level
-        for lv in range(L):
-            d = [nn_distance(normal_feats[lv].reshape(-1, normal_feats[lv].shape[-1]), banks[lv], self.cfg.knn_k)]
-            d += [x[lv] for x in loo]
-            state.scales[lv] = float(torch.cat(d).median().clamp_min(1e-6))
-        self._calibrate(tower, state, refs, normal_imgs, rng)
+                others = [torch.cat([flat[j][lv] for j in range(k) if j != i]) for lv in range(L)]
+                held_out.append([nn_distance(encoded[i][lv][0], others[lv], self.cfg.knn_k) for lv in range(L)])
+        else:
+            for v in range(len(views[0])):
+                rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
+                        for lv in range(L)]
+                held_out.append([nn_distance(encoded[0][lv][v], rest[lv], self.cfg.knn_k) for lv in range(L)])
+        state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
+        normal_maps = torch.stack([torch.stack([h[lv] / state.scales[lv] for lv in range(L)]).mean(0).view(*grid)
+                                   for h in held_out])  # (P, h', w')
+        self._calibrate(tower, state, refs, normal_maps, rng)
         return state
 
     def _coreset(self, bank: torch.Tensor, seed: int) -> torch.Tensor:
         if bank.shape[0] <= self.cfg.max_bank:
             return bank
-        n = max(self.cfg.max_bank // 4, int(bank.shape[0] * self.cfg.coreset_ratio))
-        return bank[greedy_coreset(bank, min(n, self.cfg.max_bank), seed)]
+        n = min(self.cfg.max_bank, max(self.cfg.max_bank // 4, int(bank.shape[0] * self.cfg.coreset_ratio)))
+        if bank.shape[0] > 8 * n:  # greedy k-center is O(n M): pre-sample uniformly first
+            g = torch.Generator().manual_seed(seed)
+            bank = bank[torch.randperm(bank.shape[0], generator=g)[:8 * n]]
+        return bank[greedy_coreset(bank, n, seed)]
 
-    def _calibrate(self, tower, state: ReferenceState, refs: list[Image.Image], normal_imgs: list[Image.Image],
+    def _calibrate(self, tower, state: ReferenceState, refs: list[Image.Image], normal_maps: torch.Tensor,
                    rng: random.Random) -> None:
-        """Image threshold between pseudo-normal and synthesized-anomaly scores; pixel threshold by F1 on synth masks."""
+        """Image threshold from held-out normal scores and synthesized-anomaly scores; pixel threshold by F1.
+
+        threshold = n * (a / n) ** 0.7 with n = the highest held-out normal score and a = the median score
+        of anomalies synthesized on lightly jittered references (a >= n enforced): a geometric point between
+        the two, nearer the anomalies because held-out views of the references are easier than new parts.
+        """
         size = (tower.image_size, tower.image_size)
         n_synth = max(2, self.cfg.calibration_synth)
-        synth = [synthesize_anomaly(jitter_view(refs[i % len(refs)], rng), rng) for i in range(n_synth)]
-        imgs = normal_imgs + [s[0] for s in synth]
-        maps = self.upsample(self.raw_maps(tower.encode(imgs), state), size)
-        scores = np.array([self.image_score(m) for m in maps])
-        normal, anomal = scores[:len(normal_imgs)], scores[len(normal_imgs):]
-        hi_normal = float(normal.max())
-        lo_anom = float(np.median(anomal))
-        # geometric midpoint between the worst pseudo-normal and the typical synthesized anomaly, never
-        # below the worst pseudo-normal (few-shot maps are ~1 on normal patches, so ratios are meaningful)
-        thr = math.sqrt(max(hi_normal, 1e-6) * max(lo_anom, hi_normal, 1e-6))
-        state.threshold = float(thr)
-        # pixel threshold: best F1 on synthesized masks, not below the normal views' pixel maxima median
+        synth = [synthesize_anomaly(mild_jitter(refs[i % len(refs)], rng), rng) for i in range(n_synth)]
+        nmaps = self.upsample(normal_maps, size)
+        smaps = self.upsample(self.raw_maps(tower.encode([s[0] for s in synth]), state), size)
+        normal = np.array([self.image_score(m) for m in nmaps])
+        anomal = np.array([self.image_score(m) for m in smaps])
+        n = max(float(normal.max()), 1e-6)
+        a = max(float(np.median(anomal)), n)
+        margin = self.calibration_margin.get("k1" if state.n_shots == 1 else "k2")
+        if margin:  # fitted offline on synthetic categories: new normal parts score ~margin x held-out normals
+            state.threshold = float(n * margin)
+            rule = f"{margin:.3f} x highest held-out normal score (margin fitted on synthetic categories)"
+        else:
+            state.threshold = float(n * (a / n) ** CALIBRATION_BETA)
+            rule = f"geometric point {CALIBRATION_BETA} from highest held-out normal to median synthesized anomaly"
+        # pixel threshold: best F1 on synthesized masks, not below the median of normal maps' maxima
         gt = np.concatenate([s[1].reshape(-1) for s in synth])
-        pm = maps[len(normal_imgs):].reshape(-1)
+        pm = smaps.reshape(-1)
         cand = np.quantile(pm, np.linspace(0.5, 0.999, 60))
         f1 = [_f1(pm > c, gt) for c in cand]
         pix = float(cand[int(np.argmax(f1))])
-        state.pixel_threshold = max(pix, float(np.median([m.max() for m in maps[:len(normal_imgs)]])))
-        state.calibration = {"method": "pseudo-normal jitter/leave-one-out + synthesized anomalies",
+        state.pixel_threshold = max(pix, float(np.median([m.max() for m in nmaps])))
+        state.calibration = {"method": ("leave-one-out references" if state.n_shots >= 2 else "leave-view-out rotations/flips")
+                             + " + synthesized anomalies", "rule": rule,
                              "normal_scores": [round(float(x), 4) for x in normal],
                              "synth_scores": [round(float(x), 4) for x in anomal]}
 
