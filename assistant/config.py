@@ -44,7 +44,7 @@ class ExpertConfig:
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, pixels
     score_topk: float = 0.01  # image score = mean of the top fraction of map pixels
     object_name: str = "object"  # object word used in zero-shot text prompts
-    zero_shot_weight: float = 0.5  # weight of the zero-shot map when fused with few-shot
+    zero_shot_weight: float = 0.0  # weight of the zero-shot map fused into the few-shot map (0 = kNN map only)
     checkpoint: str | None = None  # directory with trained expert heads (safetensors + config.json)
     calibration_synth: int = 8  # anomalies synthesized on references for threshold calibration
     mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask

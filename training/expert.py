@@ -1,7 +1,7 @@
 """`python -m training expert --config C --data SYNTH_DIR [--out DIR]`: train the expert's zero-shot head.
 
 The vision tower stays frozen; its features for every training image are computed once and cached
-(OUT/feature_cache.pt, keyed by the manifest and the tower). The head (learned normal/abnormal prototypes
+(--cache, keyed by the manifest and the tower). The head (learned normal/abnormal prototypes
 for towers without text, per-level text adapters for CLIP towers) is trained with focal + dice loss on the
 synthesized masks at patch-grid resolution. A held-out tenth of the data sets the zero-shot image
 threshold (best balanced accuracy), stored with the weights. Runs on CPU and under `accelerate launch`.
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="SYNTH_DIR", help="data_synth build folder(s) with manifest.jsonl")
     p.add_argument("--out", default=None, help="output checkpoint folder (default: train.out_dir)")
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per folder")
+    p.add_argument("--cache", default=None, help="frozen-feature cache file (default: train.out_dir/expert_feature_cache.pt)")
 
 
 def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
@@ -173,7 +174,8 @@ def run(args) -> int:
     accelerator = Accelerator(cpu=cfg.vision.device == "cpu")
     tower = build_vision_tower(cfg.vision)
     t0 = time.time()
-    tokens, glob, grid = encode_cached(tower, recs, out_dir / "feature_cache.pt")
+    cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.pt"
+    tokens, glob, grid = encode_cached(tower, recs, cache)
     targets = grid_masks(recs, grid, tower.image_size)
     labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
     idx = list(range(len(recs)))

@@ -1,0 +1,75 @@
+"""`python -m training expert` on a tiny generated synth folder with the tiny CLIP config."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assistant.anomaly.expert import AnomalyExpert, TextHead
+from assistant.config import load_config
+from assistant.vision.base import build_vision_tower
+from training.__main__ import main as train_main
+from training.expert import best_threshold, focal_dice_loss
+
+
+def make_synth(root, n=12):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "references").mkdir()
+    refs = []
+    for j in range(2):
+        Image.fromarray(rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)).save(root / f"references/{j}.png")
+        refs.append(f"references/{j}.png")
+    lines = []
+    for i in range(n):
+        img = rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)
+        rec = {"id": f"{i:03d}", "image": f"images/{i:03d}.png", "mask": None, "label": i % 2, "category": "widget",
+               "references": refs}
+        if i % 2:
+            m = np.zeros((32, 32), np.uint8)
+            m[8:20, 10:22] = 255
+            img[m > 0] = 250
+            Image.fromarray(m).save(root / f"masks/{i:03d}.png")
+            rec["mask"] = f"masks/{i:03d}.png"
+        Image.fromarray(img).save(root / rec["image"])
+        lines.append(json.dumps(rec))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_focal_dice_loss_prefers_the_right_map():
+    target = torch.zeros(2, 16)
+    target[0, :4] = 1.0
+    good = torch.full((2, 16), -4.0)
+    good[0, :4] = 4.0
+    assert focal_dice_loss(good, target) < focal_dice_loss(-good, target)
+
+
+def test_best_threshold_separates():
+    thr = best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    assert 0.2 < thr < 0.8
+
+
+def test_train_expert_cli_saves_loadable_heads(tmp_path):
+    make_synth(tmp_path / "synth")
+    out = tmp_path / "ckpt"
+    rc = train_main(["expert", "--config", "tiny", "--data", str(tmp_path / "synth"), "--out", str(out),
+                     "--cache", str(tmp_path / "cache.pt"), "--set", "train.steps=3", "--set", "train.batch_size=4"])
+    assert rc == 0
+    meta = json.loads((out / "expert_config.json").read_text())
+    assert meta["head"] == "TextHead" and meta["meta"]["steps"] == 3 and meta["meta"]["n_samples"] == 12
+    assert set(meta["calibration_margin"]) == {"k1", "k2"}
+    cfg = load_config("tiny")
+    tower = build_vision_tower(cfg.vision)
+    expert = AnomalyExpert.from_pretrained(out, cfg.expert, tower)
+    assert isinstance(expert.head, TextHead) and expert.trained
+    assert expert.calibration_margin == pytest.approx(meta["calibration_margin"])
+    res = expert.predict(tower.encode([Image.new("RGB", (32, 32), (100, 110, 120))]), expert.fit_references(tower, []),
+                         (32, 32))[0]
+    assert res.threshold == pytest.approx(meta["zero_shot_threshold"])
+
+
+def test_train_expert_without_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
+        train_main(["expert", "--config", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
