@@ -215,3 +215,20 @@ def test_jsonl_questions_end_to_end(mmad, tmp_path):
     assert rep["mmad"]["per_type"]["Object Classification"] == pytest.approx(
         np.mean([np.mean([r["correct"] for r in recs if r["category"] == c and r["qtype"] == "Object Classification"])
                  for c in ("bottle", "screw")]))
+
+
+def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
+    from assistant.anomaly.result import AnomalyResult
+
+    def blind(image, references):  # a baseline that calls everything anomalous
+        z = np.zeros((32, 32), np.float32)
+        return AnomalyResult(anomaly_map=z, pred_score=0.5, pred_label=True, pred_mask=z > 0, threshold=0.1)
+
+    root, path = mmad
+    args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(tmp_path), "--config", "fake")
+    assert qa_cli.run(args, answerer=FakeAnswerer(), baseline=blind) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    cat = rep["categories"]["DS/bottle"]
+    assert cat["baseline_answer_balanced_accuracy"] == pytest.approx(0.5)  # all normals wrong, all anomalies right
+    assert cat["baseline_image_auroc"] == pytest.approx(0.5)  # constant score
+    assert "baseline_answer_balanced_accuracy" in (tmp_path / "report.md").read_text()

@@ -214,6 +214,7 @@ def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_c
             text = f"{frac * 100:.0f}% correct, expert score {r0['pred_score']:.3g} (thr {r0['threshold']:.3g})\n{qa}"
             resolve = (lambda p: str(root / p) if root and p and not Path(p).is_absolute() else p)
             cases.append(Case(image=resolve(img), mask=resolve(r0.get("mask")), anomaly_map=amap,
-                              threshold=float(r0["threshold"]), text=text, title=f"{tag}: {img}"))
+                              threshold=float(r0["threshold"]), text=text,
+                              title=f"{tag}: {'/'.join(Path(img).parts[-3:])}"))
     written.append(qualitative_grid(cases, out / "qualitative.png"))
     return written
