@@ -232,3 +232,17 @@ def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
     assert cat["baseline_answer_balanced_accuracy"] == pytest.approx(0.5)  # all normals wrong, all anomalies right
     assert cat["baseline_image_auroc"] == pytest.approx(0.5)  # constant score
     assert "baseline_answer_balanced_accuracy" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_errors_name_the_problem(mmad, tmp_path):
+    root, path = mmad
+    with pytest.raises(ValueError, match="exactly one of --mmad FILE or --jsonl FILE"):
+        qa_cli.run(_args("--mmad", str(path), "--jsonl", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
+    with pytest.raises(ValueError, match="--mmad needs --data-root"):
+        qa_cli.run(_args("--mmad", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
+    with pytest.raises(FileNotFoundError, match="run.json not found: nothing to merge"):
+        qa_cli.run(_args("--merge", "--out", str(tmp_path / "none")))
+    args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(tmp_path))
+    args.data = ["somewhere"]
+    with pytest.raises(ValueError, match="not both"):
+        qa_cli.run(args, answerer=FakeAnswerer())

@@ -166,6 +166,8 @@ def finish(out: Path, records: list[dict], meta: dict, plots: bool = True) -> di
 def run(args: argparse.Namespace, answerer=None, baseline=None) -> int:
     """Run (or resume) one shard, or merge; `answerer`/`baseline` may be injected (tests)."""
     out = Path(args.out)
+    if getattr(args, "data", None):
+        raise ValueError("give either --data DIR ... (folders) or --mmad/--jsonl/--merge (question sets), not both")
     if args.merge and not (args.mmad or args.jsonl):
         if not (out / "run.json").exists():
             raise FileNotFoundError(f"{out}/run.json not found: nothing to merge (wrong --out?)")
