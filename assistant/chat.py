@@ -103,6 +103,7 @@ class ChatSession:
         self._query_out: VisionOutput | None = None  # (1, N, C_l) per level
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
+        self._relabelled = None  # (raw result, sensitivity, re-labelled result)
         self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
             self.add_reference(ref, refresh=False)
@@ -177,8 +178,11 @@ class ChatSession:
     @property
     def result(self) -> AnomalyResult:
         """The result at the session's sensitivity (what the answers and pictures show)."""
-        min_area = getattr(getattr(self.assistant, "cfg", None), "expert", None)
-        return apply_sensitivity(self.raw_result, self.sensitivity, getattr(min_area, "min_box_area", 0.0))
+        raw, s = self.raw_result, self.sensitivity
+        memo = self._relabelled
+        if memo is None or memo[0] is not raw or memo[1] != s:  # re-label once per (result, sensitivity)
+            memo = self._relabelled = (raw, s, apply_sensitivity(raw, s, self.assistant.cfg.expert.min_box_area))
+        return memo[2]
 
     @property
     def evidence(self):
