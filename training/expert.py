@@ -229,7 +229,12 @@ def run(args) -> int:
 
         val_auroc = float(roc_auc_score(vlab, scores))
     expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid)
-    meta = {"data": [str(d) for d in args.data], "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
+    data_info = []
+    for d in args.data:  # folder names and their build settings, never machine paths
+        build_json = Path(d) / "build.json"
+        data_info.append({"folder": Path(d).name,
+                          "build": json.loads(build_json.read_text()) if build_json.is_file() else None})
+    meta = {"data": data_info, "max_samples": args.max_samples, "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
             "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,

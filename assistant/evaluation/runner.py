@@ -126,4 +126,11 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
 
 def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,
              pixel: bool = True) -> list[CategoryResult]:
-    return [evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel) for c in categories]
+    """Evaluate every category; a category with fewer than `shots` reference normals is skipped with a note."""
+    out = []
+    for c in categories:
+        if shots > len(c.train_good) and not all(it.references for it in c.items):
+            tqdm.write(f"skipping {c.name}: {shots}-shot needs {shots} images in train/good, found {len(c.train_good)}")
+            continue
+        out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel))
+    return out
