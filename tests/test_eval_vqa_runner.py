@@ -246,3 +246,18 @@ def test_cli_errors_name_the_problem(mmad, tmp_path):
     args.data = ["somewhere"]
     with pytest.raises(ValueError, match="not both"):
         qa_cli.run(args, answerer=FakeAnswerer())
+
+
+def test_tiny_assistant_end_to_end_resumes_identically(tiny_lm_dir, tmp_path):
+    """The real Assistant facade (tiny random models): built by the runner, batched answers, stop + resume."""
+    small = make_mmad(tmp_path / "data", n_good=1, n_bad=1, categories=("bottle",))
+    common = ["--mmad", str(small), "--data-root", str(tmp_path / "data"), "--config", "tiny", "--no-plots",
+              "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null", "--set", "expert.checkpoint=null"]
+    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "a"))) == 0
+    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "b"), "--max-questions", "3")) == 0
+    assert len(_keys(tmp_path / "b" / "answers.jsonl")) == 3
+    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "b"))) == 0
+    recs = [json.loads(x) for x in (tmp_path / "a" / "answers.jsonl").read_text().splitlines()]
+    assert len(recs) == 5 and all(isinstance(r["response"], str) for r in recs)
+    assert (tmp_path / "a" / "answers.jsonl").read_text() == (tmp_path / "b" / "answers.jsonl").read_text()
+    assert (tmp_path / "a" / "report.json").read_text() == (tmp_path / "b" / "report.json").read_text()
