@@ -76,6 +76,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
     report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict())
+    from assistant.evaluation.plots import expert_grid  # best/worst images: image, ground truth, map, verdict
+
+    expert_grid(expert, tower, cats, results, args.shots, Path(args.out) / "qualitative.png")
     if getattr(args, "baseline", None) == "knn":  # plain nearest-neighbour detector beside ours
         from assistant.evaluation.baselines import add_knn_baseline
 

@@ -92,3 +92,42 @@ def qualitative_grid(cases: list[Case], path: str | Path, side: int = 160) -> Pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def expert_grid(expert, tower, categories, results, shots: int, path: str | Path, n: int = 4) -> Path | None:
+    """Folder evaluation: grid of the n best and n worst test images of the first seed, ranked by how far
+    the score sits from the calibrated threshold on the right (best) or wrong (worst) side."""
+    from assistant.evaluation.datasets import sample_references
+    from assistant.imaging import load_image
+
+    ranked = []
+    for cat, res in zip(categories, results):
+        if not res.runs or not res.runs[0].thresholds:
+            continue
+        run = res.runs[0]
+        thr = max(float(run.thresholds[0]), 1e-8)
+        for i, it in enumerate(cat.items):
+            margin = (float(run.scores[i]) / thr - 1.0) * (1 if it.label else -1)  # > 0: right side
+            ranked.append((margin, cat, i, run))
+    if not ranked:
+        return None
+    ranked.sort(key=lambda x: (x[0], x[1].name, x[2]))
+    worst = ranked[:n]
+    best = [r for r in ranked[::-1] if r not in worst][:n]
+    states: dict = {}
+    cases = []
+    size = (tower.image_size, tower.image_size)
+    for tag, group in (("best", best), ("worst", worst)):
+        for margin, cat, i, run in group:
+            it = cat.items[i]
+            refs = tuple(it.references) or tuple(sample_references(cat.train_good, shots, run.seed))
+            if refs not in states:
+                states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=run.seed)
+            img = load_image(it.image)
+            res = expert.predict(tower.encode([img]), states[refs], size)[0]
+            text = (f"truth: {'anomalous (' + it.defect + ')' if it.label else 'normal'}\n"
+                    f"verdict: {'anomalous' if res.pred_label else 'normal'}, score {res.pred_score:.3g}, "
+                    f"threshold {res.threshold:.3g}\n{len(refs)} reference(s), seed {run.seed}")
+            cases.append(Case(image=it.image, mask=it.mask, anomaly_map=res.anomaly_map, threshold=res.threshold,
+                              text=text, title=f"{tag}: {cat.name}/{Path(it.image).parent.name}/{Path(it.image).name}"))
+    return qualitative_grid(cases, path)
