@@ -79,6 +79,9 @@ def run(args) -> int:
     from assistant.evaluation.plots import expert_grid  # best/worst images: image, ground truth, map, verdict
 
     expert_grid(expert, tower, cats, results, args.shots, Path(args.out) / "qualitative.png")
+    from assistant.evaluation.qa_report import write_csv  # report.csv: one row per category + mean
+
+    write_csv(report, Path(args.out) / "report.csv")
     if getattr(args, "baseline", None) == "knn":  # plain nearest-neighbour detector beside ours
         from assistant.evaluation.baselines import add_knn_baseline
 

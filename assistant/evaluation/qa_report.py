@@ -125,21 +125,31 @@ def _fmt(v) -> str:
     return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
 
 
+def write_csv(report: dict, path: str | Path) -> list[str]:
+    """report.csv: one row per category (metrics, then their std over seeds) and a mean row; any report
+    with the {"categories": {NAME: {metric, "std", "n_normal", "n_anomalous"}}, "mean"} schema. Returns the
+    metric columns."""
+    cats = report["categories"]
+    cols = sorted({k for e in cats.values() for k, v in e.items() if isinstance(v, float)})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["category", "n_normal", "n_anomalous", "n_questions"] + cols + [f"{c}_std" for c in cols])
+        for name, e in cats.items():
+            std = e.get("std", {})
+            w.writerow([name, e.get("n_normal", ""), e.get("n_anomalous", ""), e.get("n_questions", "")]
+                       + [f"{e[c]:.6f}" if c in e else "" for c in cols]
+                       + [f"{std[c]:.6f}" if c in std else "" for c in cols])
+        w.writerow(["mean", "", "", ""] + [f"{report['mean'][c]:.6f}" if c in report["mean"] else "" for c in cols])
+    return cols
+
+
 def write_report(report: dict, out: str | Path) -> dict[str, Path]:
     """report.json, report.md (tables in %, mean ± std over seeds) and report.csv (one row per category)."""
     out = Path(out)
     paths = {"json": out / "report.json", "md": out / "report.md", "csv": out / "report.csv"}
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     cats = report["categories"]
-    cols = sorted({k for e in cats.values() for k, v in e.items() if isinstance(v, float)})
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["category", "n_normal", "n_anomalous", "n_questions"] + cols + [f"{c}_std" for c in cols])
-        for name, e in cats.items():
-            w.writerow([name, e["n_normal"], e["n_anomalous"], e["n_questions"]]
-                       + [f"{e[c]:.6f}" if c in e else "" for c in cols]
-                       + [f"{e['std'][c]:.6f}" if c in e["std"] else "" for c in cols])
-        w.writerow(["mean", "", "", ""] + [f"{report['mean'][c]:.6f}" if c in report["mean"] else "" for c in cols])
+    cols = write_csv(report, paths["csv"])
     lines = [f"# Answer-level evaluation ({report.get('mode', 'questions')})", "",
              (f"source `{report.get('source', '')}`, config `{report.get('config', '')}`, shots {report.get('shots')}, "
               f"seeds {report['seeds']}, {report['n_questions']} questions per seed, "
