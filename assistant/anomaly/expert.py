@@ -544,5 +544,5 @@ def knn_baseline_config(cfg: ExpertConfig) -> ExpertConfig:
     map, no learned heads (used by bench/ and `evaluate --baseline knn`)."""
     from dataclasses import replace
 
-    return replace(cfg, zero_shot=False, few_shot=True, neighbourhood=1, augment_references=False,
+    return replace(cfg, zero_shot=False, few_shot=True, neighbourhood=1, patch_pool=1, augment_references=False,
                    smoothing_sigma=0.0, score_topk=0.0, knn_k=1, checkpoint=None)
