@@ -170,7 +170,7 @@ def test_two_launched_processes_equal_one_run(mmad, full_run, tmp_path):
         "from assistant.evaluation import qa_cli\n"
         "p = argparse.ArgumentParser(); qa_cli.add_arguments(p)\n"
         f"a = p.parse_args(['--mmad', {str(path)!r}, '--data-root', {str(root)!r}, '--out', {str(tmp_path / 'o')!r},"
-        " '--config', 'fake'])\n"
+        " '--config', 'fake'] + sys.argv[1:])\n"
         "sys.exit(qa_cli.run(a, answerer=FakeAnswerer()))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     import socket
@@ -178,11 +178,17 @@ def test_two_launched_processes_equal_one_run(mmad, full_run, tmp_path):
     with socket.socket() as s:  # a free loopback port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), str(script)],
-                          check=False, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    def launch(*extra):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                               "127.0.0.1", "--master_port", str(port), str(script), *extra],
+                              check=False, env=env, capture_output=True, text=True, timeout=180)
+
     out = tmp_path / "o"
+    proc = launch("--max-questions", "5")  # both processes stop early: no hang at the barrier, no report yet
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "answers.jsonl").exists() and "still unanswered" in proc.stderr
+    proc = launch()
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["answers.0-of-2.jsonl", "answers.1-of-2.jsonl"]
     assert (out / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
     assert (out / "report.json").read_text() == (full_run / "report.json").read_text()

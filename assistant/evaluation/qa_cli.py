@@ -206,18 +206,21 @@ def run(args: argparse.Namespace, answerer=None, baseline=None) -> int:
     print(f"chunk {chunk.index}/{chunk.count}: answered {stats.answered}, resumed past {stats.skipped}"
           f"{' (dropped a torn last line)' if stats.dropped_partial else ''} in {stats.seconds:.1f} s "
           f"({per_q:.2f} s/question)", file=sys.stderr)
-    if args.max_questions is not None and stats.answered >= args.max_questions:
-        print("stopped at --max-questions; rerun to continue", file=sys.stderr)
-        return 0
-    if chunk.distributed:
+    if chunk.distributed:  # every process reaches the barrier, even one stopped by --max-questions
         from accelerate import PartialState
 
         state = PartialState()
         state.wait_for_everyone()
         if state.is_main_process:
             records = merge_shards(out, order)
+            if len(records) < len(order):
+                print(f"{len(order) - len(records)} questions still unanswered; rerun to continue", file=sys.stderr)
+                return 0
             write_answers(out / "answers.jsonl", records)
             finish(out, records, meta, plots=not args.no_plots)
+        return 0
+    if args.max_questions is not None and stats.answered >= args.max_questions:
+        print("stopped at --max-questions; rerun to continue", file=sys.stderr)
         return 0
     if chunk.count > 1:
         print(f"shard {chunk.index} of {chunk.count} done; when all are, run the same command with --merge", file=sys.stderr)

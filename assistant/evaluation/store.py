@@ -11,13 +11,17 @@ answered twice with different content, and returns the records in the run's orde
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+try:
+    import fcntl  # advisory file locks (POSIX)
+except ImportError:  # pragma: no cover - Windows: no lock, one writer per answers file is up to the user
+    fcntl = None
 
 T = TypeVar("T")
 
@@ -37,7 +41,8 @@ class AnswerStore:
         self.dropped_partial = False  # True when a torn last line was removed on open
         self._fh = open(self.path, "a+b")  # noqa: SIM115 - held open for the store's lifetime
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._fh.close()
             raise StoreError(f"{self.path}: another process is writing this answers file") from None
@@ -94,7 +99,8 @@ class AnswerStore:
 
     def close(self) -> None:
         if not self._fh.closed:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
 
     def __enter__(self) -> AnswerStore:  # noqa: PYI034
