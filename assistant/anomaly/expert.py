@@ -414,7 +414,9 @@ class AnomalyExpert(nn.Module):
                                          boxes=self.boxes(amap, mask), threshold=state.threshold,
                                          pixel_threshold=state.pixel_threshold,
                                          extras={"shots": state.n_shots,
-                                                 "path": "few-shot" if state.few_shot else "zero-shot"}))
+                                                 "path": "few-shot" if state.few_shot else "zero-shot",
+                                                 "calibration": state.calibration.get("rule",
+                                                                                      state.calibration.get("method", ""))}))
         return results
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray) -> list[Box]:

@@ -75,6 +75,8 @@ def run(args) -> int:
     tower, expert = load_expert(cfg)
     t0 = time.perf_counter()
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
+    done = {r.name for r in results}
+    cats = [c for c in cats if c.name in done]  # categories skipped for lack of references drop out here
     report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict())
     from assistant.evaluation.plots import expert_grid  # best/worst images: image, ground truth, map, verdict
 
