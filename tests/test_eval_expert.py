@@ -97,3 +97,17 @@ def test_detect_cli_writes_overlay_mask_and_result(tmp_path, capsys):
     assert Image.open(tmp_path / "det/mask.png").size == (40, 40)
     printed = capsys.readouterr().out
     assert "verdict:" in printed and "threshold:" in printed and "time:" in printed
+
+
+def test_evaluate_skips_a_category_without_references(tmp_path, capsys):
+    make_category(tmp_path / "data", "widget")
+    cat = make_category(tmp_path / "data", "noref", n_train=0)
+    assert not list((cat / "train/good").iterdir())
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", "--shots", "1", "--seeds", "0",
+               "--no-pixel", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["categories"]) == ["widget"]
+    captured = capsys.readouterr()
+    assert "skipping noref: 1-shot needs 1 images in train/good, found 0" in captured.out + captured.err
