@@ -94,15 +94,18 @@ def test_training_cli_runs_resumes_and_exports(tiny_lm_dir, tmp_path):
     common = ["--config", "tiny", "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null",
               "--set", "expert.checkpoint=null", "--set", "train.max_len=400", "--set", "train.eval_every=2",
               "--data", str(data), "--out", str(out), "--heldout", "2"]
-    assert _train([*common, "--set", "train.steps=2"]) == 0
+    assert _train([*common, "--set", "train.steps=3", "--stop-after-step", "2"]) == 0
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and "heldout_answer_accuracy" in log[-1]
     assert (out / "last" / "optimizer.safetensors").is_file() and (out / "last" / "lvlm_heads.safetensors").is_file()
+    first = json.loads((out / "final" / "training_manifest.json").read_text())
+    assert first["steps"] == 2 and first["planned_steps"] == 3 and first["stopped_early"]
     assert _train([*common, "--set", "train.steps=3", "--export", str(export)]) == 0  # resumes at step 2
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     manifest = json.loads((export / "training_manifest.json").read_text())
     assert manifest["steps"] == 3 and manifest["seed"] == 0 and manifest["train_samples"] == 8
+    assert not manifest["stopped_early"] and manifest["train_seconds"] >= first["train_seconds"]
     assert {"adapter_model.safetensors", "lvlm_heads.safetensors", "config.json"} <= {p.name for p in export.iterdir()}
     from assistant.model import Assistant
 

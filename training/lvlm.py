@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maps", choices=["expert", "mask"], default="expert",
                    help="anomaly maps for the prompt learner: the real expert (default) or the blurred true mask")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much training time")
+    p.add_argument("--stop-after-step", type=int, default=0,
+                   help="stop (and save, export) once this step of the train.steps schedule is done (0 = run it all)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even when OUT/last exists")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: OUT/cache)")
     p.add_argument("--log-every", type=int, default=1, help="steps between log lines")
@@ -353,8 +355,17 @@ def run(args) -> int:
 
     step, log_path = 0, out / "log.jsonl"
     last = out / "last"
+    rec: dict = {"loss": None}
+    seconds_before = 0.0  # training time of earlier (resumed) sessions
     if (last / STATE_FILE).is_file() and not args.no_resume:
-        step = int(load_state(model, optimizer, last)["step"])
+        meta = load_state(model, optimizer, last)
+        logged = _log_records(log_path, int(meta["step"]))
+        step = int(meta["step"])
+        seconds_before = float(meta.get("train_seconds") or (logged[-1]["seconds"] if logged else 0.0))
+        held_logged = [r for r in logged if "heldout_answer_accuracy" in r]
+        rec = {"loss": meta.get("loss"), **({k: v for k, v in held_logged[-1].items() if k.startswith("heldout")}
+                                           if held_logged else {}),
+               **{k: v for k, v in meta.items() if k.startswith("heldout")}}
         accelerator.print(f"resumed from {last} at step {step}")
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -370,7 +381,9 @@ def run(args) -> int:
                       f"{tc.steps} steps x {per_step} samples; feature cache {cache.dir} ({t_cache:.0f} s)")
     bar = tqdm(total=tc.steps, initial=step, desc="lvlm", disable=not accelerator.is_main_process)
     t_train, stopped_early = time.time(), False
-    while step < tc.steps:
+    stop_at = min(tc.steps, args.stop_after_step) if args.stop_after_step else tc.steps
+    stopped_early = stop_at < tc.steps
+    while step < stop_at:
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, tc.steps, warmup)
         losses, aux_losses, ntok = [], [], 0
@@ -399,18 +412,19 @@ def run(args) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         rec = {"step": step, "loss": float(np.mean(losses)), "lr_heads": optimizer.param_groups[0]["lr"],
-               "tokens": ntok, "seconds": round(time.time() - t_train, 1)}
+               "tokens": ntok, "seconds": round(seconds_before + time.time() - t_train, 1)}
         if aux_losses:
             rec["expert_loss"] = float(np.mean(aux_losses))
-        if accelerator.is_main_process and (tc.eval_every and step % tc.eval_every == 0 or step == tc.steps):
+        if accelerator.is_main_process and (tc.eval_every and step % tc.eval_every == 0 or step == stop_at):
             rec.update(heldout_accuracy(core, cache, held))
             accelerator.print(json.dumps(rec))
         if accelerator.is_main_process and (step % args.log_every == 0 or "heldout_answer_accuracy" in rec):
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
         over_time = args.max_minutes and (time.time() - t_train) / 60 > args.max_minutes
-        if accelerator.is_main_process and (tc.save_every and step % tc.save_every == 0 or step == tc.steps or over_time):
-            save_state(core, optimizer, step, last, {"loss": rec["loss"]})
+        if accelerator.is_main_process and (tc.save_every and step % tc.save_every == 0 or step == stop_at or over_time):
+            save_state(core, optimizer, step, last, {**{k: v for k, v in rec.items() if k.startswith(("loss", "heldout"))},
+                                                     "train_seconds": rec["seconds"]})
         if over_time:
             stopped_early = True
             accelerator.print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
@@ -427,7 +441,7 @@ def run(args) -> int:
             "grad_accum": tc.grad_accum, "processes": world, "train_samples": len(train_idx),
             "heldout_samples": len(held), "maps": args.maps, "max_refs": args.max_refs,
             "trainable_parameters": n_trainable, "cache_seconds": round(t_cache, 1),
-            "train_seconds": round(time.time() - t_train, 1), "device": str(accelerator.device),
+            "train_seconds": round(seconds_before + time.time() - t_train, 1), "device": str(accelerator.device),
             "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
             "final_loss": rec["loss"], "heldout": {k: v for k, v in rec.items() if k.startswith("heldout")},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -438,6 +452,14 @@ def run(args) -> int:
             accelerator.print(f"exported to {args.export}")
         accelerator.print(json.dumps({k: manifest[k] for k in ("steps", "final_loss", "heldout", "train_seconds")}))
     return 0
+
+
+def _log_records(path: Path, upto: int) -> list[dict]:
+    """Log lines of steps <= upto (a resumed run may have logged steps after its last checkpoint)."""
+    if not path.is_file():
+        return []
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in recs if r.get("step", 0) <= upto]
 
 
 def _build_info(d) -> dict:
