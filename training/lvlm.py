@@ -476,10 +476,22 @@ def export(cfg, final: Path, dest: Path, manifest: dict) -> None:
     for f in final.iterdir():
         if f.is_file() and f.name != "README.md":  # peft's empty model-card template
             shutil.copy2(f, dest / f.name)
+    write_checkpoint_config(cfg, dest)
+    ac = dest / "adapter_config.json"
+    if ac.is_file():  # peft records the local cache path of the base LM; keep the model name instead
+        a = json.loads(ac.read_text())
+        a["base_model_name_or_path"] = cfg.lm.name
+        ac.write_text(json.dumps(a, indent=2))
+
+
+def write_checkpoint_config(cfg, dest: Path) -> None:
+    """config.json of a checkpoint: the sections that define the LVLM (vision, lm, lora, lvlm); the expert keeps
+    its own defaults and expert_config.json (only its checkpoint dir is set), training settings live in the manifest."""
     conf = cfg.to_dict()
     conf["lvlm"]["checkpoint"] = str(dest)
-    conf["train"]["out_dir"] = "runs/train"
-    (dest / "config.json").write_text(json.dumps(conf, indent=1))
+    slim = {k: conf[k] for k in ("vision", "lm", "lora", "lvlm")}
+    slim["expert"] = {"checkpoint": str(dest), "object_name": conf["expert"]["object_name"]}
+    (Path(dest) / "config.json").write_text(json.dumps(slim, indent=1))
 
 
 if __name__ == "__main__":  # `python -m training.lvlm ...` (same as `python -m training lvlm ...`)

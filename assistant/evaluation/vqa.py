@@ -152,6 +152,24 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
     return summaries
 
 
+def summarize_answers(path: str | Path) -> dict:
+    """{category: summary} recomputed from an answers.jsonl (complete (category, seed) runs only count whole)."""
+    runs: dict[tuple, dict[str, dict]] = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        rec = runs.setdefault((r["category"], r["seed"]), {}).setdefault(r["image"], dict(r))
+        if r["question"] == QUESTION_WHERE:
+            rec["answer_position"] = r.get("parsed_position")
+    out: dict = {}
+    for cat in sorted({c for c, _ in runs}):
+        seeds = sorted(s for c, s in runs if c == cat)
+        summ = _summarise([answer_metrics(list(runs[(cat, s)].values())) for s in seeds])
+        out[cat] = {**summ, "seeds": seeds, "n_images": [len(runs[(cat, s)]) for s in seeds]}
+    return out
+
+
 def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
     """Add answer metrics to OUT/report.json (creating it when absent) and write report_vqa.md."""
     out = Path(out_dir)
