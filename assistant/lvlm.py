@@ -542,8 +542,10 @@ def load_llava(cfg):
     return lm, tok, proj
 
 
-def build_lvlm(cfg, tower, lm=None, tokenizer=None, checkpoint: str | Path | None = None) -> LVLM:
-    """LVLM for `cfg` and `tower`; loads the LM unless given, then adapter + heads from `checkpoint`."""
+def build_lvlm(cfg, tower, lm=None, tokenizer=None, checkpoint: str | Path | None = None,
+               merge_lora: bool = False) -> LVLM:
+    """LVLM for `cfg` and `tower`; loads the LM unless given, then adapter + heads from `checkpoint`.
+    merge_lora folds the adapter into the LM weights (faster inference; the model can no longer be saved)."""
     proj_state = None
     if lm is None:
         lm, tokenizer, proj_state = load_language_model(cfg)
@@ -558,4 +560,6 @@ def build_lvlm(cfg, tower, lm=None, tokenizer=None, checkpoint: str | Path | Non
             model.load_adapter(ckpt)
         elif cfg.lora.enabled:
             warnings.warn(f"{ckpt} has no LoRA adapter; using the LM without one", stacklevel=2)
+    if merge_lora and hasattr(model.lm, "merge_and_unload") and not getattr(model.lm, "is_loaded_in_4bit", False):
+        model.lm = model.lm.merge_and_unload()
     return model.eval()

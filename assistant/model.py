@@ -79,7 +79,7 @@ class Assistant:
             if ckpt is not None and not (ckpt / HEADS_FILE).is_file():
                 raise FileNotFoundError(f"lvlm.checkpoint {ckpt}: expected {HEADS_FILE} there (train one with "
                                         f"`python -m training lvlm`, or set lvlm.checkpoint=null for untrained heads)")
-            lvlm = build_lvlm(cfg, tower, checkpoint=ckpt)
+            lvlm = build_lvlm(cfg, tower, checkpoint=ckpt, merge_lora=True)  # inference only: fold the adapter in
             if tower.device.type != "cpu" and lvlm.device.type == "cpu":  # follow the tower onto the GPU
                 lvlm.to(tower.device)  # (4-bit LMs are placed on the GPU when loaded and never get here)
         asst = cls(cfg, tower, expert, lvlm)
@@ -142,10 +142,10 @@ class Assistant:
         yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
-               sensitivity: float = 0.0, max_new_tokens: int | None = None) -> str:
+               sensitivity: float = 0.0, max_new_tokens: int | None = None, **generate_kwargs) -> str:
         lvlm = self._need_lvlm()
         vis = visual_inputs(evidence.features, self._result(evidence, sensitivity))
-        return lvlm.generate([vis], [question], [list(history)], max_new_tokens=max_new_tokens)[0]
+        return lvlm.generate([vis], [question], [list(history)], max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def answer_batch(self, evidences: Sequence[Evidence], questions: Sequence[str],
                      histories: Sequence[Sequence[tuple[str, str]]] | None = None,
