@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The chat app on the embedded default (checkpoints/offline-small), 127.0.0.1; prints the URL.
+# `python -m assistant doctor` stays available for checking the environment.
 demo: $(STAMP)
-	$(BIN)/python -m assistant doctor
+	$(BIN)/python -m assistant serve
 
 doctor: $(STAMP)
 	$(BIN)/python -m assistant doctor
