@@ -310,7 +310,11 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train
     out = Path(args.out or tc.out_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # the verdict head only gets gradients with train.expert_loss_weight > 0: let DDP skip unused parameters
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
