@@ -447,14 +447,19 @@ def _shading(h, w, cy, cx, ry, rx, light, depth_sign):
     return (nx * lx + ny * ly) / np.sqrt(nx * nx + ny * ny + 1)
 
 
-def _hole(img, fg, is_obj, rng, other, cfg):
+def _sunken_ellipse(img, fg, rng, radius: tuple, aspect: tuple, irregular: float):
+    """Radius, mask (H, W) bool on the foreground and Lambert shading of a pit placed on the part."""
     h, w = img.shape[:2]
-    s = min(h, w)
-    r = s * rng.uniform(0.025, 0.08)
-    ry, rx = r, r * rng.uniform(0.7, 1.3)
+    r = min(h, w) * rng.uniform(*radius)
+    ry, rx = r, r * rng.uniform(*aspect)
     cy, cx = pick_point(fg, rng, erode=int(r))
-    mask = blob_mask(h, w, cy, cx, ry, rx, rng, irregular=0.15) & fg
+    mask = blob_mask(h, w, cy, cx, ry, rx, rng, irregular=irregular) & fg
     shade = _shading(h, w, cy, cx, ry, rx, rng.uniform(0, 2 * np.pi), -1.0)
+    return r, mask, shade
+
+
+def _hole(img, fg, is_obj, rng, other, cfg):
+    r, mask, shade = _sunken_ellipse(img, fg, rng, (0.025, 0.08), (0.7, 1.3), irregular=0.15)
     dark = rng.uniform(10, 45)
     alt = dark + 35 * np.clip(shade, -1, 1)[..., None] + np.zeros_like(img, np.float32)
     # a thin bright rim on the lit side
@@ -464,13 +469,7 @@ def _hole(img, fg, is_obj, rng, other, cfg):
 
 
 def _dent(img, fg, is_obj, rng, other, cfg):
-    h, w = img.shape[:2]
-    s = min(h, w)
-    r = s * rng.uniform(0.05, 0.12)
-    ry, rx = r, r * rng.uniform(0.6, 1.4)
-    cy, cx = pick_point(fg, rng, erode=int(r))
-    mask = blob_mask(h, w, cy, cx, ry, rx, rng, irregular=0.1) & fg
-    shade = _shading(h, w, cy, cx, ry, rx, rng.uniform(0, 2 * np.pi), -1.0)
+    r, mask, shade = _sunken_ellipse(img, fg, rng, (0.05, 0.12), (0.6, 1.4), irregular=0.1)
     k = rng.uniform(0.5, 0.9)
     factor = (rng.uniform(0.65, 0.8) + k * shade)[..., None]
     alt = np.clip(img.astype(np.float32) * factor + 25 * np.clip(shade, 0, 1)[..., None], 0, 255).astype(np.uint8)
