@@ -1,13 +1,10 @@
 """End to end in a real browser: Debian's Chromium (headless) driven by Playwright against the app.
 
-Uses /usr/bin/chromium (installed with `apt-get install -y chromium` when missing and we are root);
-Playwright's own browser downloads are never used. Saves a screenshot under the test's tmp dir.
+Uses /usr/bin/chromium (Debian's package; `.ci/run` installs it with apt before the tests, so the tests
+themselves never touch the network); Playwright's own browser downloads are never used. Saves a screenshot under the test's tmp dir.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,14 +20,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 
 
 def ensure_chromium() -> Path:
-    """Debian's chromium, installed through apt when missing (needs root and the package mirror)."""
-    if not CHROMIUM.exists() and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):  # retry once with fresh package lists
-            subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=170)
-            if CHROMIUM.exists():
-                break
+    """Debian's chromium; skipped with the install line when missing (.ci/run installs it)."""
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (/usr/bin/chromium); run `apt-get install -y chromium`")
     return CHROMIUM
