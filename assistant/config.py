@@ -49,6 +49,8 @@ class ExpertConfig:
     calibration_synth: int = 8  # anomalies synthesized on references for threshold calibration
     mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
+    self_reference: bool = False  # also match each query patch against its own image's other patches
+    self_exclude: float = 0.15  # ... leaving out those within this fraction of the grid side (the defect itself)
 
 
 @dataclass

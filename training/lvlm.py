@@ -14,6 +14,7 @@ state, all safetensors) and automatic resume. Runs on CPU and under `accelerate 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after-step", type=int, default=0,
                    help="stop (and save, export) once this step of the train.steps schedule is done (0 = run it all)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even when OUT/last exists")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="warm start: load adapter + heads from this checkpoint before step 1 (not a resume: "
+                        "fresh optimizer and schedule)")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: OUT/cache)")
     p.add_argument("--log-every", type=int, default=1, help="steps between log lines")
 
@@ -341,7 +345,18 @@ def run(args) -> int:
     accelerator.wait_for_everyone()
     t_cache = time.time() - t_start
 
-    model = build_lvlm(cfg, tower, checkpoint=None)
+    build_cfg = cfg
+    if accelerator.device.type == "cpu" and cfg.lm.dtype != "float32" and not cfg.lm.load_in_4bit:
+        # CPU training keeps float32 weights (bf16 updates lose the small LoRA steps); the exported config
+        # keeps the run's lm.dtype for inference
+        build_cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, dtype="float32"))
+        accelerator.print(f"training on CPU in float32 (lm.dtype={cfg.lm.dtype} is kept for inference)")
+    model = build_lvlm(build_cfg, tower, checkpoint=None)
+    if args.init_from:
+        model.load_heads(Path(args.init_from))
+        if cfg.lora.enabled:
+            model.load_adapter(Path(args.init_from))
+        accelerator.print(f"initialised from {args.init_from}")
     lm = model.lm
     if getattr(lm, "is_loaded_in_4bit", False):
         from peft import prepare_model_for_kbit_training
@@ -438,7 +453,7 @@ def run(args) -> int:
         final = out / "final"
         core.save_pretrained(final)
         manifest = {
-            "command": "python -m training " + " ".join(sys.argv[1:]),
+            "command": "python -m training " + " ".join(sys.argv[1:]), "init_from": args.init_from,
             "config": args.config, "overrides": args.overrides, "data": [str(d) for d in args.data],
             "data_builds": [_build_info(d) for d in args.data], "seed": tc.seed, "steps": step,
             "planned_steps": tc.steps, "stopped_early": stopped_early, "batch_size": tc.batch_size,

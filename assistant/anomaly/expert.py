@@ -89,6 +89,19 @@ def self_distances(tokens: torch.Tensor, grid: tuple[int, int], fracs=(0.0, 0.03
     return torch.log(feats.clamp_min(1e-3))
 
 
+def self_nn_distance(feats: torch.Tensor, grid: tuple[int, int], exclude: float) -> torch.Tensor:
+    """(B, N, C) -> (B, N) L2 distance of each patch to its nearest patch of the same image that lies more
+    than `exclude` x grid side away (Chebyshev, in grid steps). Normal patches of textures and of repeated
+    structure find a look-alike elsewhere in the image, under the query's own lighting; a small defect does not."""
+    h, w = grid
+    r = max(1, int(round(exclude * max(h, w))))
+    yy, xx = torch.meshgrid(torch.arange(h, device=feats.device), torch.arange(w, device=feats.device), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1)
+    near = (pos[:, None, :] - pos[None, :, :]).abs().amax(-1) <= r  # (N, N)
+    d = torch.cdist(feats, feats)  # (B, N, N)
+    return d.masked_fill(near, float("inf")).amin(-1)
+
+
 class PrototypeHead(nn.Module):
     """Zero-shot head for towers without text: normal/abnormal prototypes conditioned on the global feature.
 
@@ -356,7 +369,9 @@ class AnomalyExpert(nn.Module):
         b = feats[0].shape[0]
         maps = []
         for f, bank, s in zip(feats, state.banks, state.scales):
-            d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k)
+            d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k).view(b, -1)
+            if self.cfg.self_reference:
+                d = torch.minimum(d, self_nn_distance(f, grid, self.cfg.self_exclude))
             maps.append(d.view(b, *grid) / s)
         return torch.stack(maps, 1)
 
@@ -464,17 +479,24 @@ class AnomalyExpert(nn.Module):
         if k >= 2:
             for i in range(k):
                 others = [torch.cat([flat[j][lv] for j in range(k) if j != i]) for lv in range(L)]
-                held_out.append([nn_distance(encoded[i][lv][0], others[lv], self.cfg.knn_k) for lv in range(L)])
+                held_out.append([self._held_out(encoded[i][lv][0], others[lv], grid) for lv in range(L)])
         else:
             for v in range(len(views[0])):
                 rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
                         for lv in range(L)]
-                held_out.append([nn_distance(encoded[0][lv][v], rest[lv], self.cfg.knn_k) for lv in range(L)])
+                held_out.append([self._held_out(encoded[0][lv][v], rest[lv], grid) for lv in range(L)])
         state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
         normal_maps = torch.stack([torch.stack([h[lv] / state.scales[lv] for lv in range(L)]).mean(0).view(*grid)
                                    for h in held_out])  # (P, h', w')
         self._calibrate(tower, state, refs, normal_maps, rng)
         return state
+
+    def _held_out(self, feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(N', C) patches of a held-out normal -> (N',) distances, scored like a query (few_shot_maps)."""
+        d = nn_distance(feats, bank, self.cfg.knn_k)
+        if self.cfg.self_reference:
+            d = torch.minimum(d, self_nn_distance(feats[None], grid, self.cfg.self_exclude)[0])
+        return d
 
     def _coreset(self, bank: torch.Tensor, seed: int) -> torch.Tensor:
         if bank.shape[0] <= self.cfg.max_bank:
