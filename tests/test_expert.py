@@ -81,7 +81,7 @@ def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
     state = expert.fit_references(tower, [texture(0)], seed=0)
     assert isinstance(state, ReferenceState) and state.n_shots == 1 and state.few_shot
     assert state.threshold > 0 and state.pixel_threshold > 0
-    assert len(state.banks) == 2 and state.banks[0].shape[0] == 8 * 4 * 4  # 8 views x (8x8 grid pooled by 2)
+    assert len(state.banks) == 3 and state.banks[0].shape[0] == 8 * 4 * 4  # 3 levels; 8 views x (8x8 grid pooled by 2)
     out = tower.encode([texture(5), texture(6, blob=True)])
     normal, defect = expert.predict(out, state, (64, 48))
     assert isinstance(normal, AnomalyResult) and normal.anomaly_map.shape == (64, 48)

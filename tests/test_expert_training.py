@@ -55,7 +55,7 @@ def test_train_expert_cli_saves_loadable_heads(tmp_path):
     make_synth(tmp_path / "synth")
     out = tmp_path / "ckpt"
     rc = train_main(["expert", "--config", "tiny", "--data", str(tmp_path / "synth"), "--out", str(out),
-                     "--cache", str(tmp_path / "cache.pt"), "--set", "train.steps=3", "--set", "train.batch_size=4"])
+                     "--cache", str(tmp_path / "cache.safetensors"), "--set", "train.steps=3", "--set", "train.batch_size=4"])
     assert rc == 0
     meta = json.loads((out / "expert_config.json").read_text())
     assert meta["head"] == "TextHead" and meta["meta"]["steps"] == 3 and meta["meta"]["n_samples"] == 12

@@ -30,7 +30,7 @@ def test_efficientnet_lite0_classifies_coffee_as_espresso():
     top5 = logits.topk(5).indices[0].tolist()
     assert top5[0] == 967, f"expected ImageNet 967 (espresso) top-1, got top-5 {top5}"
     out = tower.encode([img])  # the embedded default's feature levels at 256 px
-    assert out.grid == (32, 32) and out.dims == [40, 112] and out.global_token.shape == (1, 1280)
+    assert out.grid == (32, 32) and out.dims == [40, 112, 320] and out.global_token.shape == (1, 1280)
 
 
 def test_smollm2_answers_in_english():

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="SYNTH_DIR", help="data_synth build folder(s) with manifest.jsonl")
     p.add_argument("--out", default=None, help="output checkpoint folder (default: train.out_dir)")
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per folder")
-    p.add_argument("--cache", default=None, help="frozen-feature cache file (default: train.out_dir/expert_feature_cache.pt)")
+    p.add_argument("--cache", default=None, help="frozen-feature cache file (default: train.out_dir/expert_feature_cache.safetensors)")
 
 
 def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
@@ -60,9 +60,14 @@ def encode_cached(tower, recs: list[dict], cache: Path, batch: int = 16):
     key = hashlib.sha1(json.dumps([tower.name, tower.image_size, getattr(tower, "levels", None),
                                    [r["image"] for r in recs]]).encode()).hexdigest()[:16]
     if cache.is_file():
-        data = torch.load(cache, weights_only=True)
-        if data.get("key") == key:
-            return data["tokens"], data["global"], tuple(data["grid"])
+        from safetensors import safe_open
+
+        with safe_open(str(cache), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") == key:
+                n = int(meta["levels"])
+                grid = tuple(int(x) for x in meta["grid"].split(","))
+                return [f.get_tensor(f"tokens_{i}") for i in range(n)], f.get_tensor("global"), grid
     toks, globs, grid = None, [], None
     for i in tqdm(range(0, len(recs), batch), desc="encode (frozen tower)", unit="batch"):
         out = tower.encode([load_image(r["image"]) for r in recs[i:i + batch]])
@@ -74,7 +79,10 @@ def encode_cached(tower, recs: list[dict], cache: Path, batch: int = 16):
     tokens = [torch.cat(t) for t in toks]
     glob = torch.cat(globs)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "tokens": tokens, "global": glob, "grid": list(grid)}, cache)
+    from safetensors.torch import save_file
+
+    save_file({**{f"tokens_{i}": t.contiguous() for i, t in enumerate(tokens)}, "global": glob.contiguous()},
+              str(cache), metadata={"key": key, "levels": str(len(tokens)), "grid": f"{grid[0]},{grid[1]}"})
     return tokens, glob, grid
 
 
@@ -174,7 +182,7 @@ def run(args) -> int:
     accelerator = Accelerator(cpu=cfg.vision.device == "cpu")
     tower = build_vision_tower(cfg.vision)
     t0 = time.time()
-    cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.pt"
+    cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.safetensors"
     tokens, glob, grid = encode_cached(tower, recs, cache)
     targets = grid_masks(recs, grid, tower.image_size)
     labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
