@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from assistant.cli import main
@@ -111,3 +112,36 @@ def test_evaluate_skips_a_category_without_references(tmp_path, capsys):
     assert list(rep["categories"]) == ["widget"]
     captured = capsys.readouterr()
     assert "skipping noref: 1-shot needs 1 images in train/good, found 0" in captured.out + captured.err
+
+
+def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_path, tiny_lm_dir, capsys):
+    """`evaluate --mode vqa` (tiny assistant): answers.jsonl + report; a run stopped half-way (torn last line
+    included) resumes to the same answers; an OUT of a run with other settings is refused."""
+    make_category(tmp_path / "data", "widget")
+    base = ["evaluate", "--mode", "vqa", "--data", str(tmp_path / "data"), "--config", "tiny", "--seeds", "0",
+            "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null", "--set", "expert.checkpoint=null"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    torch.manual_seed(0)  # the tiny config's random weights: the same in both runs
+    assert main(base + ["--shots", "1", "--out", str(full)]) == 0
+    lines = (full / "answers.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == 2 * 6 and len({r["key"] for r in recs}) == 12
+    assert {r["question"] for r in recs} == {"Is there any anomaly in the image?", "Where is it?"}
+    rep = json.loads((full / "report.json").read_text())["categories"]["widget"]
+    assert 0.0 <= rep["answer_balanced_accuracy"] <= 1.0 and 0.0 <= rep["consistency"] <= 1.0
+    # stopped after 2.5 images: 5 whole lines and half of the 6th
+    part.mkdir()
+    (part / "answers.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    (part / "vqa_run.json").write_text((full / "vqa_run.json").read_text())
+    torch.manual_seed(0)
+    assert main(base + ["--shots", "1", "--out", str(part)]) == 0
+    assert "resuming: 2 image(s) already answered" in capsys.readouterr().out
+    got = {json.loads(x)["key"]: json.loads(x) for x in (part / "answers.jsonl").read_text().splitlines()}
+    want = {r["key"]: r for r in recs}
+    assert set(got) == set(want)
+    for k in want:
+        diff = {f: (got[k].get(f), want[k].get(f)) for f in want[k] if got[k].get(f) != want[k].get(f)}
+        assert not diff, (k, diff)
+    assert json.loads((part / "report.json").read_text())["categories"]["widget"] == rep
+    with pytest.raises(ValueError, match="other settings \\(shots differ"):
+        main(base + ["--shots", "2", "--out", str(part)])

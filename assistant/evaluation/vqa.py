@@ -100,32 +100,64 @@ def _summarise(runs: list[dict]) -> dict:
     return out
 
 
+RUN_FILE = "vqa_run.json"  # settings of the run that owns OUT/answers.jsonl (a resume must match them)
+
+
+def _check_run(out: Path, settings: dict) -> None:
+    """Refuse to resume answers written under other settings (they would mix into one report)."""
+    path = out / RUN_FILE
+    if (out / "answers.jsonl").is_file() and path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise ValueError(f"{out}/answers.jsonl was written with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: old.get(k) for k in diff} } vs { {k: settings.get(k) for k in diff} }); "
+                             f"use another --out or delete that folder")
+    path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+
+
 def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, batch_size: int = 8,
-                 max_new_tokens: int = 32) -> dict:
-    """Run the two questions on every test image of every category and seed; returns {category: summary}."""
+                 max_new_tokens: int = 32, settings: dict | None = None) -> dict:
+    """Run the two questions on every test image of every category and seed; returns {category: summary}.
+
+    Answers go to OUT/answers.jsonl through an AnswerStore (one fsynced line per answer): a run that was
+    stopped resumes where it stopped, answering only images not yet answered. `settings` (shots, config,
+    checkpoint) are kept in OUT/vqa_run.json and must match on resume."""
     from tqdm import tqdm
 
     from assistant.evaluation.datasets import sample_references
+    from assistant.evaluation.store import AnswerStore
     from assistant.imaging import load_image, load_mask
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_run(out, {"shots": shots, "max_new_tokens": max_new_tokens, **(settings or {})})
     summaries = {}
-    with (out / "answers.jsonl").open("w") as f:
+    with AnswerStore(out / "answers.jsonl") as store:
+        done = {(r["category"], r["seed"], r["image"]): r for r in store.records if r["question"] == QUESTION_WHERE}
+        if done:
+            print(f"resuming: {len(done)} image(s) already answered in {out / 'answers.jsonl'}")
         for cat in categories:
-            imgs = [load_image(it.image) for it in cat.items]
-            q_outs = [assistant.tower.encode([im]) for im in tqdm(imgs, desc=f"{cat.name}: encode", leave=False)]
+            imgs: dict[int, object] = {}
+            q_outs: dict[int, object] = {}
             gt_pos = [mask_position(load_mask(it.mask)) if (it.label and it.mask) else None for it in cat.items]
             runs = []
             for seed in seeds:
+                todo = [i for i, it in enumerate(cat.items) if (cat.name, seed, it.image) not in done]
+                for i in todo:  # encode lazily: a resumed run skips finished images
+                    if i not in imgs:
+                        imgs[i] = load_image(cat.items[i].image)
+                        q_outs[i] = assistant.tower.encode([imgs[i]])
                 ref_paths = sample_references(cat.train_good, shots, seed)
                 refs = [load_image(p) for p in ref_paths]
-                r_out = assistant.tower.encode(refs) if refs else None
-                state = assistant.expert.fit_references(assistant.tower, refs, r_out, seed=seed)
-                records = []
-                bar = tqdm(total=len(imgs), desc=f"{cat.name} seed {seed}", leave=False)
-                for b in range(0, len(imgs), batch_size):
-                    idx = list(range(b, min(b + batch_size, len(imgs))))
+                state = r_out = None
+                if todo:
+                    r_out = assistant.tower.encode(refs) if refs else None
+                    state = assistant.expert.fit_references(assistant.tower, refs, r_out, seed=seed)
+                bar = tqdm(total=len(cat.items), initial=len(cat.items) - len(todo), desc=f"{cat.name} seed {seed}",
+                           leave=False)
+                for b in range(0, len(todo), batch_size):
+                    idx = todo[b:b + batch_size]
                     side = assistant.tower.image_size  # maps at the tower's size, as in the expert evaluation
                     evs = [assistant.evidence_from_features(imgs[i], q_outs[i], refs, r_out, seed=seed, state=state,
                                                             map_size=(side, side)) for i in idx]
@@ -139,15 +171,17 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
                                "expert_score": float(res.pred_score), "threshold": float(res.threshold),
                                "expert_position": res.position, "gt_position": gt_pos[i],
                                "answer_label": parse_verdict(x1), "answer_position": parse_position(x2)}
-                        records.append(rec)
-                        f.write(json.dumps({**rec, "question": QUESTION_DETECT, "answer": x1,
-                                            "parsed_label": rec["answer_label"]}) + "\n")
-                        f.write(json.dumps({**rec, "question": QUESTION_WHERE, "answer": x2,
-                                            "parsed_position": rec["answer_position"]}) + "\n")
-                    f.flush()
+                        base = f"{cat.name}|{seed}|{it.image}|"
+                        if base + "detect" not in store:  # (a run stopped between the two lines wrote this one)
+                            store.add({**rec, "key": base + "detect", "question": QUESTION_DETECT, "answer": x1,
+                                       "parsed_label": rec["answer_label"]})
+                        where = {**rec, "key": base + "where", "question": QUESTION_WHERE, "answer": x2,
+                                 "parsed_position": rec["answer_position"]}
+                        store.add(where)
+                        done[(cat.name, seed, it.image)] = where
                     bar.update(len(idx))
                 bar.close()
-                runs.append(answer_metrics(records))
+                runs.append(answer_metrics([done[(cat.name, seed, it.image)] for it in cat.items]))
             summaries[cat.name] = {**_summarise(runs), "n_normal": cat.n_normal, "n_anomalous": cat.n_anomalous}
     return summaries
 
@@ -212,7 +246,9 @@ def run(args, cfg) -> int:
     cats = discover(args.data)
     t0 = time.perf_counter()
     asst = Assistant.from_pretrained(args.config, overrides=args.overrides)
-    summaries = evaluate_vqa(asst, cats, args.shots, args.seeds, args.out, batch_size=min(args.batch_size, 8))
+    settings = {"config": asst.cfg.to_dict(), "lvlm_checkpoint": asst.cfg.lvlm.checkpoint}
+    summaries = evaluate_vqa(asst, cats, args.shots, args.seeds, args.out, batch_size=min(args.batch_size, 8),
+                             settings=json.loads(json.dumps(settings, default=str)))
     meta = {"shots": args.shots, "seeds": args.seeds, "config": cfg.to_dict(), "lvlm_checkpoint": asst.cfg.lvlm.checkpoint,
             "seconds": round(time.perf_counter() - t0, 1)}
     report = merge_report(args.out, summaries, meta)
