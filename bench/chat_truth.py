@@ -1,0 +1,149 @@
+"""Are chat answers truthful to the overlay? Multi-turn sessions on real images, each answer checked against
+the expert result the app shows beside it (verdict, 3x3 position, area, number of regions).
+
+    python bench/chat_truth.py --data DIR [DIR ...] [--checkpoint checkpoints/offline-small] [--per-category 10]
+
+For each MVTec-layout category, up to --per-category test images (half normal, half anomalous, sorted, evenly
+spaced) are opened in a ChatSession with one reference from train/good (random.Random(seed).sample, as in
+`evaluate`), and asked, in this order, as a user of the app would:
+  detect "Is there any anomaly in the image?", where "Where is it?", size "How large is it?",
+  ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?".
+An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
+the language side; the expert's own accuracy is `evaluate`'s job):
+  detect/where/size/count on a normal verdict: the answer says there is no defect;
+  detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
+  as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
+  count: the number of regions = the evidence's.
+Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where is it?"),
+             ("size", "How large is it?"), ("ship", "Is it safe to ship?"),
+             ("reject", "Would you reject this part?"), ("count", "How many defects are there?")]
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+
+
+def leading(answer: str) -> str | None:
+    m = re.match(r"^\W*(yes|no)\b", answer.lower())
+    return m.group(1) if m else None
+
+
+def says_count(answer: str) -> int | None:
+    text = answer.lower()
+    if re.search(r"\bno (?:defects?|defective regions?|anomal\w*)\b|\bthere (?:are|is) no\b", text):
+        return 0
+    m = re.search(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine)\b", text)
+    if not m:
+        return None
+    return int(m.group(1)) if m.group(1).isdigit() else NUMBERS[m.group(1)]
+
+
+def expected(result) -> dict:
+    """Facts of the overlay, worded as the LM's evidence states them (assistant.anomaly.look_twice)."""
+    from assistant.anomaly.look_twice import percent_text, result_evidence
+
+    ev = result_evidence(result)
+    pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
+    regions = re.search(r"regions: (\d+)", ev)
+    return {"anomalous": bool(result.pred_label), "position": pos.group(1) if pos else None,
+            "percent": percent_text(result.area_fraction) if result.size else None,
+            "regions": int(regions.group(1)) if regions else None, "evidence": ev}
+
+
+def truthful(kind: str, answer: str, fact: dict) -> bool:
+    from assistant.evaluation.vqa import parse_position, parse_verdict
+
+    bad = fact["anomalous"]
+    verdict = parse_verdict(answer)
+    if kind == "detect":
+        return verdict is bad
+    if kind == "ship":
+        return leading(answer) == ("no" if bad else "yes")
+    if kind == "reject":
+        return leading(answer) == ("yes" if bad else "no")
+    if not bad:  # where / size / count on a normal part: nothing to locate, measure or count
+        return verdict is False or says_count(answer) == 0
+    if kind == "where":
+        return fact["position"] is not None and parse_position(answer) == fact["position"]
+    if kind == "size":
+        return fact["percent"] is not None and fact["percent"] in answer
+    if kind == "count":
+        return says_count(answer) == (fact["regions"] or 1)
+    raise ValueError(kind)
+
+
+def pick_items(cat, n: int) -> list:
+    goods = [it for it in cat.items if not it.label]
+    bads = [it for it in cat.items if it.label]
+
+    def spaced(xs, k):
+        return [xs[round(i * (len(xs) - 1) / max(k - 1, 1))] for i in range(min(k, len(xs)))] if xs and k else []
+
+    return spaced(goods, n // 2) + spaced(bads, n - n // 2)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", required=True, help="MVTec-layout category folders (or roots)")
+    p.add_argument("--checkpoint", default="checkpoints/offline-small")
+    p.add_argument("--per-category", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="reference draw (random.Random(seed).sample of train/good)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSONL of every question, answer and check")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from assistant.chat import ChatSession
+    from assistant.evaluation.datasets import discover, sample_references
+    from assistant.model import Assistant
+
+    asst = Assistant.from_pretrained(args.checkpoint, overrides=args.overrides)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for cat in discover(args.data):
+        refs = sample_references(cat.train_good, 1, args.seed) if cat.train_good else []
+        for it in pick_items(cat, args.per_category):
+            session = ChatSession(asst, it.image, references=refs)
+            fact = expected(session.result)
+            for kind, q in QUESTIONS:
+                answer = "".join(session.ask(q)).strip()
+                rows.append({"category": cat.name, "image": it.image, "kind": kind, "question": q, "answer": answer,
+                             "expert_anomalous": fact["anomalous"], "evidence": fact["evidence"],
+                             "truthful": truthful(kind, answer, fact)})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    n_img = len(rows) // len(QUESTIONS)
+    print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions, 1 reference, "
+          f"{time.perf_counter() - t0:.0f} s")
+    print("| question | expert: anomalous | expert: normal | all |")
+    print("|---|---|---|---|")
+    for kind, q in QUESTIONS + [("all", "all questions")]:
+        sel = [r for r in rows if kind in ("all", r["kind"])]
+        cells = []
+        for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]], sel):
+            cells.append(f"{sum(r['truthful'] for r in part) / len(part):.3f} ({len(part)})" if part else "-")
+        print(f"| {q} | " + " | ".join(cells) + " |")
+    wrong = [r for r in rows if not r["truthful"]]
+    for r in wrong[:12]:
+        print(f"- {Path(r['image']).parent.name}/{Path(r['image']).name} [{r['evidence']}] {r['question']} -> {r['answer']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

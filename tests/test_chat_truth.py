@@ -1,0 +1,56 @@
+"""The checks of bench/chat_truth.py: an answer is truthful when it agrees with the overlay's AnomalyResult."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.anomaly.result import AnomalyResult, Box
+
+spec = importlib.util.spec_from_file_location("chat_truth", Path(__file__).resolve().parent.parent / "bench" / "chat_truth.py")
+ct = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ct)
+
+
+def _result(anomalous: bool) -> AnomalyResult:
+    mask = np.zeros((100, 100), bool)
+    if anomalous:
+        mask[5:15, 70:90] = True  # top right, 2% of the image
+    return AnomalyResult(anomaly_map=mask.astype(np.float32), pred_score=2.0 if anomalous else 0.5,
+                         pred_label=anomalous, pred_mask=mask, threshold=1.0, pixel_threshold=0.5,
+                         boxes=[Box(70, 5, 90, 15, 1.0, 0.02)] if anomalous else [])
+
+
+@pytest.mark.parametrize("kind,answer,ok", [
+    ("detect", "Yes, there is an anomaly: a scratch at the top right of the image.", True),
+    ("detect", "No, the object looks normal.", False),
+    ("where", "It is at the top right of the image.", True),
+    ("where", "It is in the center of the image.", False),
+    ("size", "It is a small scratch, covering about 2.0% of the image.", True),
+    ("size", "It is 1.9 mm in length.", False),
+    ("ship", "No, it is not safe to ship: it has a moderate scratch.", True),
+    ("ship", "Yes, it is safe to ship.", False),
+    ("reject", "Yes, I would reject it: it has a moderate scratch.", True),
+    ("reject", "No, it should be rejected.", False),
+    ("count", "There is one defective region.", True),
+    ("count", "There are three: a stain, a hole and a missing region.", False),
+])
+def test_checks_on_an_anomalous_overlay(kind, answer, ok):
+    fact = ct.expected(_result(True))
+    assert fact["position"] == "top right" and fact["percent"] == "2.0%" and fact["regions"] == 1
+    assert ct.truthful(kind, answer, fact) is ok
+
+
+@pytest.mark.parametrize("kind,answer,ok", [
+    ("detect", "No, the object looks normal.", True),
+    ("where", "There is no defect to locate; the object looks normal everywhere.", True),
+    ("where", "It is in the center of the image.", False),
+    ("size", "There is no defect, so there is nothing to measure.", True),
+    ("ship", "Yes, it looks normal and is safe to ship.", True),
+    ("reject", "No, it looks normal; I would accept it.", True),
+    ("reject", "Yes, I would reject it.", False),
+    ("count", "There are no defects.", True),
+    ("count", "There is one defective region.", False),
+])
+def test_checks_on_a_normal_overlay(kind, answer, ok):
+    assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok
