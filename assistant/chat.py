@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult, Box
+from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput
 
@@ -61,7 +61,7 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
     sensitivity s in [-1, 1]: both thresholds are multiplied by 2**-s (s = +1 halves them: more defects
     flagged; s = -1 doubles them: stricter). Thresholds that are not positive are shifted instead, by s
     times the map's standard deviation. s = 0 returns `result` itself. The mask is empty when the verdict
-    is normal, so the picture never disagrees with the verdict.
+    is normal, so the picture never disagrees with the verdict (`verdict_mask`).
     """
     s = float(np.clip(sensitivity, *SENSITIVITY_RANGE))
     if s == 0.0:
@@ -72,7 +72,7 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
 
     threshold, pixel_threshold = move(result.threshold), move(result.pixel_threshold)
     label = bool(result.pred_score > threshold)
-    mask = (result.anomaly_map > pixel_threshold) if label else np.zeros_like(result.pred_mask, dtype=bool)
+    mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
     boxes = boxes_from_mask(mask, result.anomaly_map, min_box_area) if label else []
     extras = dict(result.extras, sensitivity=s, calibrated_threshold=float(result.threshold),
                   calibrated_pixel_threshold=float(result.pixel_threshold))

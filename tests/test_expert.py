@@ -186,3 +186,14 @@ def test_text_head_on_tiny_openclip():
     res = expert.predict(out, expert.fit_references(tower, []), (32, 32))
     assert len(res) == 2 and res[0].anomaly_map.shape == (32, 32)
     assert 0.0 <= res[0].anomaly_map.min() and res[0].anomaly_map.max() <= 1.0
+
+
+def test_verdict_mask_never_leaves_a_flagged_part_without_a_region():
+    from assistant.anomaly.result import verdict_mask
+
+    amap = np.zeros((10, 10), np.float32)
+    amap[2, 7] = 1.0  # the hottest pixel
+    assert not verdict_mask(amap, False, 0.5).any()  # normal verdict: empty mask
+    assert verdict_mask(amap, True, 0.5).sum() == 1  # above the pixel threshold
+    fallback = verdict_mask(amap, True, 2.0, topk=0.01)  # nothing above it: the top 1% (one pixel) instead
+    assert fallback.sum() == 1 and fallback[2, 7]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from torch import nn
 
-from assistant.anomaly.result import AnomalyResult, Box
+from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
 from assistant.config import ExpertConfig
 from assistant.vision.base import VisionOutput
 
@@ -424,11 +424,11 @@ class AnomalyExpert(nn.Module):
         for amap in maps:
             score = self.image_score(amap)
             label = score > state.threshold
-            mask = (amap > state.pixel_threshold) if label else np.zeros(amap.shape, bool)
+            mask = verdict_mask(amap, bool(label), state.pixel_threshold, self.cfg.score_topk)
             results.append(AnomalyResult(anomaly_map=amap, pred_score=score, pred_label=bool(label), pred_mask=mask,
                                          boxes=self.boxes(amap, mask), threshold=state.threshold,
                                          pixel_threshold=state.pixel_threshold,
-                                         extras={"shots": state.n_shots,
+                                         extras={"shots": state.n_shots, "score_topk": self.cfg.score_topk,
                                                  "path": "few-shot" if state.few_shot else "zero-shot",
                                                  "calibration": state.calibration.get("rule",
                                                                                       state.calibration.get("method", ""))}))

@@ -8,6 +8,20 @@ import numpy as np
 from assistant.constants import position_word, size_word
 
 
+def verdict_mask(anomaly_map: np.ndarray, label: bool, pixel_threshold: float, topk: float = 0.01) -> np.ndarray:
+    """(H, W) bool pred_mask for a verdict: empty when normal (the picture never contradicts the verdict);
+    when anomalous, the pixels above the pixel threshold, or, if none is, the top `topk` fraction of the map:
+    the pixels the image score was pooled from, so a flagged part always shows (and states) where."""
+    if not label:
+        return np.zeros(anomaly_map.shape, bool)
+    mask = anomaly_map > pixel_threshold
+    if not mask.any() and anomaly_map.size:
+        flat = anomaly_map.reshape(-1)
+        k = max(1, int(round(topk * flat.size)))
+        mask = anomaly_map >= np.partition(flat, flat.size - k)[flat.size - k]
+    return mask
+
+
 @dataclass
 class Box:
     x0: int  # left, pixels of the image the map was computed for
