@@ -169,7 +169,7 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
 def run(args) -> int:
     from accelerate import Accelerator
 
-    from assistant.anomaly.expert import AnomalyExpert, ReferenceState
+    from assistant.anomaly.expert import AnomalyExpert, ReferenceState, level_scale
     from assistant.config import load_config
     from assistant.vision.base import VisionOutput, build_vision_tower
 
@@ -192,6 +192,7 @@ def run(args) -> int:
     val, train = idx[:n_val], idx[n_val:] or idx
     expert = AnomalyExpert(cfg.expert, tower.level_dims, tower.global_dim,
                            text_encoder=getattr(tower, "encode_text", None))
+    expert.level_scale = level_scale(tower)
     if expert.head is None:
         raise ValueError("expert.zero_shot is false: there is no head to train")
     head = expert.head

@@ -303,6 +303,9 @@ class AnomalyExpert(nn.Module):
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
         self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2)
+        # per level: native stride / finest stride (a stride-32 level on a stride-8 grid is 4x upsampled);
+        # the kNN of a coarse level runs on its native grid, not on interpolated copies (set from the tower)
+        self.level_scale: list[int] = [1] * len(self.level_dims)
 
     # -------------------------------------------------------------- checkpoint
     def save_pretrained(self, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -324,6 +327,7 @@ class AnomalyExpert(nn.Module):
         """Build for `tower` and load trained heads from ckpt_dir (when it holds expert weights)."""
         text_encoder = getattr(tower, "encode_text", None)
         expert = cls(cfg, tower.level_dims, tower.global_dim, text_encoder=text_encoder)
+        expert.level_scale = level_scale(tower)
         if ckpt_dir is None:
             return expert
         path = Path(ckpt_dir)
@@ -351,28 +355,46 @@ class AnomalyExpert(nn.Module):
         return expert.to(tower.device)
 
     # -------------------------------------------------------------- maps
-    def patch_features(self, out: VisionOutput) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """(L x (B, N', C_l), grid') kNN features: pooled by `patch_pool`, then neighbourhood-averaged."""
+    def patch_features(self, out: VisionOutput) -> tuple[list[torch.Tensor], list[tuple[int, int]], tuple[int, int]]:
+        """kNN features: (L x (B, N_l, C_l), L x grid_l, common grid). Every level is average-pooled by
+        `patch_pool`, a coarse level further down to its native resolution (level_scale), then
+        neighbourhood-averaged; maps are fused on the common grid (the grid pooled by `patch_pool`)."""
         grid = out.grid
-        toks = [t.float() for t in out.patch_tokens]
-        p = self.cfg.patch_pool
-        if p > 1 and min(grid) >= 2 * p:
-            b = toks[0].shape[0]
-            pooled = [F.avg_pool2d(t.transpose(1, 2).reshape(b, -1, *grid), p, ceil_mode=True) for t in toks]
-            grid = tuple(pooled[0].shape[-2:])
-            toks = [x.flatten(2).transpose(1, 2) for x in pooled]
-        return [aggregate(t, grid, self.cfg.neighbourhood) for t in toks], grid
+        b = out.patch_tokens[0].shape[0]
+        p = self.cfg.patch_pool if self.cfg.patch_pool > 1 and min(grid) >= 2 * self.cfg.patch_pool else 1
+        common = (math.ceil(grid[0] / p), math.ceil(grid[1] / p))
+        feats, grids = [], []
+        for t, scale in zip(out.patch_tokens, self.level_scale):
+            pool = max(p, scale) if min(grid) >= 2 * max(p, scale) else p
+            t = t.float()
+            if pool > 1:
+                t = F.avg_pool2d(t.transpose(1, 2).reshape(b, -1, *grid), pool, ceil_mode=True)
+                g = tuple(t.shape[-2:])
+                t = t.flatten(2).transpose(1, 2)
+            else:
+                g = tuple(grid)
+            feats.append(aggregate(t, g, self.cfg.neighbourhood))
+            grids.append(g)
+        return feats, grids, common
+
+    @staticmethod
+    def _to_grid(d: torch.Tensor, grid_l: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N_l) per-patch values on grid_l -> (B, h, w) on the common grid (bilinear when coarser)."""
+        m = d.reshape(-1, 1, *grid_l)
+        if tuple(grid_l) != tuple(grid):
+            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        return m[:, 0]
 
     def few_shot_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, L, h', w') per-level nearest-neighbour distance divided by the level's normal scale."""
-        feats, grid = self.patch_features(out)
+        feats, grids, grid = self.patch_features(out)
         b = feats[0].shape[0]
         maps = []
-        for f, bank, s in zip(feats, state.banks, state.scales):
+        for f, g, bank, s in zip(feats, grids, state.banks, state.scales):
             d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k).view(b, -1)
             if self.cfg.self_reference:
-                d = torch.minimum(d, self_nn_distance(f, grid, self.cfg.self_exclude))
-            maps.append(d.view(b, *grid) / s)
+                d = torch.minimum(d, self_nn_distance(f, g, self.cfg.self_exclude))
+            maps.append(self._to_grid(d, g, grid) / s)
         return torch.stack(maps, 1)
 
     def zero_shot_map(self, out: VisionOutput) -> torch.Tensor | None:
@@ -468,7 +490,7 @@ class AnomalyExpert(nn.Module):
         n_views = 8 if self.cfg.augment_references else 1
         views = [dihedral_views(r)[:n_views] for r in refs]  # k x V images
         pf = [self.patch_features(tower.encode(v)) for v in views]
-        encoded, grid = [p[0] for p in pf], pf[0][1]  # k x L x (V, N', C), (h', w')
+        encoded, grids, grid = [p[0] for p in pf], pf[0][1], pf[0][2]  # k x L x (V, N_l, C), L x grid_l, (h', w')
         L = len(self.level_dims)
         flat = [[e[lv].reshape(-1, e[lv].shape[-1]) for lv in range(L)] for e in encoded]  # k x L x (V N', C)
         banks = [self._coreset(torch.cat([f[lv] for f in flat]), seed) for lv in range(L)]
@@ -479,15 +501,15 @@ class AnomalyExpert(nn.Module):
         if k >= 2:
             for i in range(k):
                 others = [torch.cat([flat[j][lv] for j in range(k) if j != i]) for lv in range(L)]
-                held_out.append([self._held_out(encoded[i][lv][0], others[lv], grid) for lv in range(L)])
+                held_out.append([self._held_out(encoded[i][lv][0], others[lv], grids[lv]) for lv in range(L)])
         else:
             for v in range(len(views[0])):
                 rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
                         for lv in range(L)]
-                held_out.append([self._held_out(encoded[0][lv][v], rest[lv], grid) for lv in range(L)])
+                held_out.append([self._held_out(encoded[0][lv][v], rest[lv], grids[lv]) for lv in range(L)])
         state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
-        normal_maps = torch.stack([torch.stack([h[lv] / state.scales[lv] for lv in range(L)]).mean(0).view(*grid)
-                                   for h in held_out])  # (P, h', w')
+        normal_maps = torch.stack([torch.stack([self._to_grid(h[lv][None], grids[lv], grid)[0] / state.scales[lv]
+                                                for lv in range(L)]).mean(0) for h in held_out])  # (P, h', w')
         self._calibrate(tower, state, refs, normal_maps, rng)
         return state
 
@@ -547,6 +569,12 @@ class AnomalyExpert(nn.Module):
 def _f1(pred: np.ndarray, gt: np.ndarray) -> float:
     tp = float(np.logical_and(pred, gt).sum())
     return 2 * tp / max(float(pred.sum() + gt.sum()), 1.0)
+
+
+def level_scale(tower) -> list[int]:
+    """Per level of `tower`: its native stride / the finest selected stride (AnomalyExpert.level_scale)."""
+    strides = tower.level_strides
+    return [max(1, round(st / min(strides))) for st in strides]
 
 
 def build_expert(cfg, tower) -> AnomalyExpert:

@@ -69,6 +69,11 @@ class VisionTower(nn.Module):
         raise NotImplementedError
 
     @property
+    def level_strides(self) -> list[int]:
+        """Pixel stride of each selected level before resampling to the common grid (equal for ViT towers)."""
+        return [1] * len(self.level_dims)
+
+    @property
     def global_dim(self) -> int:
         raise NotImplementedError
 

@@ -88,6 +88,10 @@ class EfficientNetTower(VisionTower):
         return feats, head
 
     @property
+    def level_strides(self) -> list[int]:
+        return [STRIDES[lv] for lv in self.levels]
+
+    @property
     def level_dims(self) -> list[int]:
         return [self._dims[lv] for lv in self.levels]
 
