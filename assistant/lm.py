@@ -175,13 +175,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             indent=1))
         if _cache_matches(target, gguf):  # a concurrent run finished first: keep its cache
             return
-        if target.exists():  # stale cache (from another GGUF) or a half-written one
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _cache_complete(target):
-                raise
+        _install_dir(tmp, target)
     finally:
         hf_logging.set_verbosity(verbosity)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,13 +194,25 @@ def _cache_matches(path: Path, gguf: Path | None) -> bool:
 
 
 def _atomic_dir(target: Path):
-    """A fresh temp dir next to `target` (ordinary permissions); move it into place with _install_dir."""
+    """A fresh temp dir next to `target` (ordinary permissions); _install_dir moves it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
     return tmp
+
+
+def _install_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temp dir into place, replacing a stale or half-written `target`; a concurrent run that
+    installed a complete one first wins."""
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not _cache_complete(target):
+            raise
 
 
 def _cast_cache(base: Path, target: Path, dtype: torch.dtype) -> None:
@@ -221,13 +227,7 @@ def _cast_cache(base: Path, target: Path, dtype: torch.dtype) -> None:
         AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
         shutil.copy(base / "source.json", tmp / "source.json")
         del model
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _cache_complete(target):
-                raise
+        _install_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
