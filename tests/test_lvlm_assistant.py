@@ -112,6 +112,16 @@ def test_training_cli_runs_resumes_and_exports(tiny_lm_dir, tmp_path):
     asst = Assistant.from_pretrained(str(export))
     ev = asst.analyze(_img(3, defect=True), [_img(4)])
     assert isinstance(asst.answer(ev, "Is there any anomaly?", max_new_tokens=3), str)
+    # warm start from the export: a fresh run (new optimizer and schedule) that begins with its weights
+    from safetensors.torch import load_file
+
+    warm = tmp_path / "warm"
+    assert _train([*common[:-4], "--out", str(warm), "--heldout", "2", "--set", "train.steps=1", "--set", "train.lr=0",
+                   "--set", "train.lora_lr=0", "--init-from", str(export), "--export", str(warm / "ckpt")]) == 0
+    assert json.loads((warm / "ckpt" / "training_manifest.json").read_text())["init_from"] == str(export)
+    for name in ("lvlm_heads.safetensors", "adapter_model.safetensors"):  # lr 0: the weights come through unchanged
+        a, b = load_file(export / name), load_file(warm / "ckpt" / name)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_training_data_errors_are_clear(tmp_path):

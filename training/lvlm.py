@@ -351,11 +351,8 @@ def run(args) -> int:
         # keeps the run's lm.dtype for inference
         build_cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, dtype="float32"))
         accelerator.print(f"training on CPU in float32 (lm.dtype={cfg.lm.dtype} is kept for inference)")
-    model = build_lvlm(build_cfg, tower, checkpoint=None)
+    model = build_lvlm(build_cfg, tower, checkpoint=args.init_from)  # heads + adapter of a warm start, if any
     if args.init_from:
-        model.load_heads(Path(args.init_from))
-        if cfg.lora.enabled:
-            model.load_adapter(Path(args.init_from))
         accelerator.print(f"initialised from {args.init_from}")
     lm = model.lm
     if getattr(lm, "is_loaded_in_4bit", False):
@@ -376,11 +373,13 @@ def run(args) -> int:
     last = out / "last"
     rec: dict = {"loss": None}
     seconds_before = 0.0  # training time of earlier (resumed) sessions
+    # training time as of the last saved state: what a resume continues from, and what the manifest reports
+    trained_s = 0.0
     if (last / STATE_FILE).is_file() and not args.no_resume:
         meta = load_state(model, optimizer, last)
         logged = _log_records(log_path, int(meta["step"]))
         step = int(meta["step"])
-        seconds_before = float(meta.get("train_seconds") or (logged[-1]["seconds"] if logged else 0.0))
+        seconds_before = trained_s = float(meta.get("train_seconds") or (logged[-1]["seconds"] if logged else 0.0))
         held_logged = [r for r in logged if "heldout_answer_accuracy" in r]
         rec = {"loss": meta.get("loss"), **({k: v for k, v in held_logged[-1].items() if k.startswith("heldout")}
                                            if held_logged else {}),
@@ -442,8 +441,9 @@ def run(args) -> int:
                 f.write(json.dumps(rec) + "\n")
         over_time = args.max_minutes and (time.time() - t_train) / 60 > args.max_minutes
         if accelerator.is_main_process and (tc.save_every and step % tc.save_every == 0 or step == stop_at or over_time):
+            trained_s = round(seconds_before + time.time() - t_train, 1)  # through this step and its held-out eval
             save_state(core, optimizer, step, last, {**{k: v for k, v in rec.items() if k.startswith(("loss", "heldout"))},
-                                                     "train_seconds": rec["seconds"]})
+                                                     "train_seconds": trained_s})
         if over_time:
             stopped_early = True
             accelerator.print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
@@ -460,7 +460,7 @@ def run(args) -> int:
             "grad_accum": tc.grad_accum, "processes": world, "train_samples": len(train_idx),
             "heldout_samples": len(held), "maps": args.maps, "max_refs": args.max_refs,
             "trainable_parameters": n_trainable, "cache_seconds": round(t_cache, 1),
-            "train_seconds": round(seconds_before + time.time() - t_train, 1), "device": str(accelerator.device),
+            "train_seconds": trained_s, "device": str(accelerator.device),
             "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
             "final_loss": rec["loss"], "heldout": {k: v for k, v in rec.items() if k.startswith("heldout")},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
