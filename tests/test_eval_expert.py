@@ -132,7 +132,7 @@ def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_pat
     # stopped after 2.5 images: 5 whole lines and half of the 6th
     part.mkdir()
     (part / "answers.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
-    (part / "vqa_run.json").write_text((full / "vqa_run.json").read_text())
+    (part / "run.json").write_text((full / "run.json").read_text())
     torch.manual_seed(0)
     assert main(base + ["--shots", "1", "--out", str(part)]) == 0
     assert "resuming: 2 image(s) already answered" in capsys.readouterr().out
@@ -143,5 +143,5 @@ def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_pat
         diff = {f: (got[k].get(f), want[k].get(f)) for f in want[k] if got[k].get(f) != want[k].get(f)}
         assert not diff, (k, diff)
     assert json.loads((part / "report.json").read_text())["categories"]["widget"] == rep
-    with pytest.raises(ValueError, match="other settings \\(shots differ"):
+    with pytest.raises(ValueError, match="different run \\(shots: 1 vs 2\\)"):
         main(base + ["--shots", "2", "--out", str(part)])

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from assistant.evaluation.qa_runner import make_units, run_order, run_units
-from assistant.evaluation.store import StoreError, merge_shards, read_answers, resolve_chunk, write_answers
+from assistant.evaluation.store import (StoreError, check_run_file, merge_shards, read_answers, resolve_chunk,
+                                        write_answers)
 
 
 def _add(parser: argparse.ArgumentParser, *flags, **kw) -> None:
@@ -89,27 +90,6 @@ def run_meta(args: argparse.Namespace) -> dict:
         "config": str(args.config), "overrides": list(getattr(args, "overrides", []) or []),
         "baseline": args.baseline,
     }
-
-
-def check_run_file(out: Path, meta: dict) -> None:
-    """Create OUT/run.json, or check that an existing one describes the same run."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
-        if diff:
-            raise ValueError(f"{out} holds answers of a different run ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(diff.items()))}); "
-                             "use another --out or remove it")
-        return
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    try:
-        os.link(tmp, path)  # atomic create: concurrent shards cannot both write it
-    except FileExistsError:
-        check_run_file(out, meta)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_items(meta: dict) -> dict[int, list]:

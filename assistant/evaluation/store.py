@@ -7,7 +7,8 @@ answered: nothing lost, nothing duplicated. An advisory lock stops two processes
 Sharding splits a list of units (e.g. images) sorted by key into `num_chunks` round-robin chunks;
 under `accelerate launch` the process index picks the chunk. Each shard writes
 `OUT/shards/answers.<i>-of-<n>.jsonl`; `merge_shards` checks that all n are there, that no key is
-answered twice with different content, and returns the records in the run's order.
+answered twice with different content, and returns the records in the run's order. `check_run_file`
+keeps OUT/run.json, so answers of a run with other settings are never mixed into the same folder.
 """
 from __future__ import annotations
 
@@ -108,6 +109,27 @@ class AnswerStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_run_file(out: Path, meta: dict) -> None:
+    """Create OUT/run.json, or check that an existing one describes the same run."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
+        if diff:
+            raise ValueError(f"{out} holds answers of a different run ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(diff.items()))}); "
+                             "use another --out or remove it")
+        return
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    try:
+        os.link(tmp, path)  # atomic create: concurrent shards cannot both write it
+    except FileExistsError:
+        check_run_file(out, meta)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass

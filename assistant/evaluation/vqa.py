@@ -100,38 +100,21 @@ def _summarise(runs: list[dict]) -> dict:
     return out
 
 
-RUN_FILE = "vqa_run.json"  # settings of the run that owns OUT/answers.jsonl (a resume must match them)
-
-
-def _check_run(out: Path, settings: dict) -> None:
-    """Refuse to resume answers written under other settings (they would mix into one report)."""
-    path = out / RUN_FILE
-    if (out / "answers.jsonl").is_file() and path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise ValueError(f"{out}/answers.jsonl was written with other settings ({', '.join(diff)} differ: "
-                             f"{ {k: old.get(k) for k in diff} } vs { {k: settings.get(k) for k in diff} }); "
-                             f"use another --out or delete that folder")
-    path.write_text(json.dumps(settings, indent=1, sort_keys=True))
-
-
 def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, batch_size: int = 8,
                  max_new_tokens: int = 32, settings: dict | None = None) -> dict:
     """Run the two questions on every test image of every category and seed; returns {category: summary}.
 
     Answers go to OUT/answers.jsonl through an AnswerStore (one fsynced line per answer): a run that was
     stopped resumes where it stopped, answering only images not yet answered. `settings` (shots, config,
-    checkpoint) are kept in OUT/vqa_run.json and must match on resume."""
+    checkpoint) are kept in OUT/run.json and must match on resume (store.check_run_file)."""
     from tqdm import tqdm
 
     from assistant.evaluation.datasets import sample_references
-    from assistant.evaluation.store import AnswerStore
+    from assistant.evaluation.store import AnswerStore, check_run_file
     from assistant.imaging import load_image, load_mask
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_run(out, {"shots": shots, "max_new_tokens": max_new_tokens, **(settings or {})})
+    check_run_file(out, {"mode": "vqa", "shots": shots, "max_new_tokens": max_new_tokens, **(settings or {})})
     summaries = {}
     with AnswerStore(out / "answers.jsonl") as store:
         done = {(r["category"], r["seed"], r["image"]): r for r in store.records if r["question"] == QUESTION_WHERE}
