@@ -388,13 +388,9 @@ class AnomalyExpert(nn.Module):
     def few_shot_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, L, h', w') per-level nearest-neighbour distance divided by the level's normal scale."""
         feats, grids, grid = self.patch_features(out)
-        b = feats[0].shape[0]
         maps = []
         for f, g, bank, s in zip(feats, grids, state.banks, state.scales):
-            d = nn_distance(f.reshape(-1, f.shape[-1]), bank.to(f.device), self.cfg.knn_k).view(b, -1)
-            if self.cfg.self_reference:
-                d = torch.minimum(d, self_nn_distance(f, g, self.cfg.self_exclude))
-            maps.append(self._to_grid(d, g, grid) / s)
+            maps.append(self._to_grid(self._distances(f, bank.to(f.device), g), g, grid) / s)
         return torch.stack(maps, 1)
 
     def zero_shot_map(self, out: VisionOutput) -> torch.Tensor | None:
@@ -501,23 +497,24 @@ class AnomalyExpert(nn.Module):
         if k >= 2:
             for i in range(k):
                 others = [torch.cat([flat[j][lv] for j in range(k) if j != i]) for lv in range(L)]
-                held_out.append([self._held_out(encoded[i][lv][0], others[lv], grids[lv]) for lv in range(L)])
+                held_out.append([self._distances(encoded[i][lv][:1], others[lv], grids[lv])[0] for lv in range(L)])
         else:
             for v in range(len(views[0])):
                 rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
                         for lv in range(L)]
-                held_out.append([self._held_out(encoded[0][lv][v], rest[lv], grids[lv]) for lv in range(L)])
+                held_out.append([self._distances(encoded[0][lv][v:v + 1], rest[lv], grids[lv])[0] for lv in range(L)])
         state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
         normal_maps = torch.stack([torch.stack([self._to_grid(h[lv][None], grids[lv], grid)[0] / state.scales[lv]
                                                 for lv in range(L)]).mean(0) for h in held_out])  # (P, h', w')
         self._calibrate(tower, state, refs, normal_maps, rng)
         return state
 
-    def _held_out(self, feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(N', C) patches of a held-out normal -> (N',) distances, scored like a query (few_shot_maps)."""
-        d = nn_distance(feats, bank, self.cfg.knn_k)
+    def _distances(self, feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N_l, C) patches on `grid` -> (B, N_l) distance to the bank (and, with self_reference, to the
+        image's own far-away patches): the same score for queries and held-out references."""
+        d = nn_distance(feats.reshape(-1, feats.shape[-1]), bank, self.cfg.knn_k).view(feats.shape[0], -1)
         if self.cfg.self_reference:
-            d = torch.minimum(d, self_nn_distance(feats[None], grid, self.cfg.self_exclude)[0])
+            d = torch.minimum(d, self_nn_distance(feats, grid, self.cfg.self_exclude))
         return d
 
     def _coreset(self, bank: torch.Tensor, seed: int) -> torch.Tensor:
