@@ -361,22 +361,25 @@ def load_lm(cfg, tokenizer_dir: str | None = None):
 
 def add_special_tokens(model, tokenizer) -> dict[str, int]:
     """Add the placeholder tokens of assistant.constants (as special, never split) and resize the embeddings
-    (new rows = mean of the old ones). Idempotent. Returns {token: id}."""
+    when needed; the placeholders' rows (new, or unused padding rows of a padded vocabulary) get the mean of
+    the trained rows (they are always replaced by features, never read). Idempotent. Returns {token: id}."""
     from transformers import AddedToken
 
     vocab = tokenizer.get_vocab()
+    rows = model.get_input_embeddings().weight.shape[0]
+    first = min(len(tokenizer), rows)  # rows below this are trained; above: new ids or vocabulary padding
     new = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS if t not in vocab]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     n = len(tokenizer)
-    n_old = model.get_input_embeddings().weight.shape[0]
-    if n_old < n:
+    if rows < n:
         # mean_resizing=False: HF's default samples new rows from the embeddings' covariance, which costs
         # a transient copy of the whole matrix; the mean row is deterministic and enough for placeholders
         model.resize_token_embeddings(n, mean_resizing=False)
+    if first < n:
         with torch.no_grad():
             for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
-                layer.weight[n_old:] = layer.weight[:n_old].mean(0)
+                layer.weight[first:n] = layer.weight[:first].mean(0)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     for t, i in ids.items():
         if i is None or i == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(i) != t:

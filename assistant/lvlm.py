@@ -27,6 +27,7 @@ from torch import nn
 from assistant.anomaly.look_twice import LookTwice, result_evidence, suspicious_crop
 from assistant.anomaly.prompt_learner import MAP_SIZE, PromptLearner, normalise_map
 from assistant.constants import IGNORE_INDEX, IMAGE_TOKEN, LOOK_TOKEN, PROMPT_TOKEN, REF_TOKEN, SPECIAL_TOKENS
+from assistant.lm import add_special_tokens, load_lm
 
 HEADS_FILE = "lvlm_heads.safetensors"
 HEADS_CONFIG = "lvlm_heads.json"
@@ -156,22 +157,6 @@ class LVLMHeads(nn.Module):
         self.verdict = nn.Linear(hidden, 1)  # anomaly logit from the look-twice queries (optional training loss)
 
 
-def _add_placeholders(model, tokenizer) -> None:
-    """Add the placeholder tokens; new embedding rows get the mean embedding (deterministic; never used,
-    since placeholders are always replaced by features and suppressed in generation)."""
-    from assistant.lm import add_special_tokens
-
-    n_old = min(model.get_input_embeddings().weight.shape[0], len(tokenizer))
-    add_special_tokens(model, tokenizer)
-    if len(tokenizer) > n_old:
-        with torch.no_grad():
-            emb = model.get_input_embeddings().weight
-            emb[n_old:] = emb[:n_old].mean(0)
-            out = model.get_output_embeddings()
-            if out is not None and out.weight.data_ptr() != emb.data_ptr():
-                out.weight[n_old:] = out.weight[:n_old].mean(0)
-
-
 def wrap_lora(lm, lora_cfg):
     from peft import LoraConfig, get_peft_model
 
@@ -198,8 +183,7 @@ class LVLM(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-        if any(t not in tokenizer.get_vocab() for t in SPECIAL_TOKENS) or len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-            _add_placeholders(base, tokenizer)
+        add_special_tokens(base, tokenizer)  # placeholders (idempotent; their rows are never read)
         self.tokenizer = tokenizer
         self.token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         hidden = base.get_input_embeddings().weight.shape[1]
@@ -481,8 +465,6 @@ def load_language_model(cfg):
         warnings.warn("lm.load_in_4bit needs CUDA (bitsandbytes); no GPU here, loading in "
                       f"{cfg.lm.dtype} instead", stacklevel=2)
         cfg.lm.load_in_4bit = False
-    from assistant.lm import load_lm
-
     lm, tok = load_lm(cfg.lm)
     return lm, tok, None
 
