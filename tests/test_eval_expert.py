@@ -116,8 +116,10 @@ def test_evaluate_skips_a_category_without_references(tmp_path, capsys):
 
 def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_path, tiny_lm_dir, capsys):
     """`evaluate --mode vqa` (tiny assistant): answers.jsonl + report; a run stopped half-way (torn last line
-    included) resumes to the same answers; an OUT of a run with other settings is refused."""
+    included) resumes to the same answers; an OUT of a run with other settings is refused; a category without
+    references is skipped with a note, as in the expert evaluation, and the others still run."""
     make_category(tmp_path / "data", "widget")
+    make_category(tmp_path / "data", "noref", n_train=0)
     base = ["evaluate", "--mode", "vqa", "--data", str(tmp_path / "data"), "--config", "tiny", "--seeds", "0",
             "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null", "--set", "expert.checkpoint=null"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -127,6 +129,9 @@ def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_pat
     recs = [json.loads(x) for x in lines]
     assert len(recs) == 2 * 6 and len({r["key"] for r in recs}) == 12
     assert {r["question"] for r in recs} == {"Is there any anomaly in the image?", "Where is it?"}
+    printed = capsys.readouterr()
+    assert "skipping noref: 1-shot needs 1 images in train/good, found 0" in printed.out + printed.err
+    assert list(json.loads((full / "report.json").read_text())["categories"]) == ["widget"]
     rep = json.loads((full / "report.json").read_text())["categories"]["widget"]
     assert 0.0 <= rep["answer_balanced_accuracy"] <= 1.0 and 0.0 <= rep["consistency"] <= 1.0
     # stopped after 2.5 images: 5 whole lines and half of the 6th

@@ -117,6 +117,13 @@ def discover(paths: list[str | Path]) -> list[EvalCategory]:
     return cats
 
 
+def skip_reason(cat: EvalCategory, shots: int) -> str | None:
+    """Why `cat` cannot be evaluated k-shot (too few train/good images and no per-item references), or None."""
+    if shots > len(cat.train_good) and not all(it.references for it in cat.items):
+        return f"skipping {cat.name}: {shots}-shot needs {shots} images in train/good, found {len(cat.train_good)}"
+    return None
+
+
 def sample_references(candidates: list[str], k: int, seed: int) -> list[str]:
     """k reference normals: random.Random(seed).sample(sorted(files), k); clear error when too few."""
     if k <= 0:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from assistant.evaluation.datasets import EvalCategory, EvalItem, sample_references
+from assistant.evaluation.datasets import EvalCategory, EvalItem, sample_references, skip_reason
 from assistant.evaluation.metrics import METRIC_KEYS, image_metrics, pixel_metrics
 from assistant.imaging import load_image, load_mask
 from assistant.vision.base import VisionOutput
@@ -129,8 +129,9 @@ def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: I
     """Evaluate every category; a category with fewer than `shots` reference normals is skipped with a note."""
     out = []
     for c in categories:
-        if shots > len(c.train_good) and not all(it.references for it in c.items):
-            tqdm.write(f"skipping {c.name}: {shots}-shot needs {shots} images in train/good, found {len(c.train_good)}")
+        reason = skip_reason(c, shots)
+        if reason:
+            tqdm.write(reason)
             continue
         out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel))
     return out

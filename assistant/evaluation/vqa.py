@@ -109,7 +109,7 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
     checkpoint) are kept in OUT/run.json and must match on resume (store.check_run_file)."""
     from tqdm import tqdm
 
-    from assistant.evaluation.datasets import sample_references
+    from assistant.evaluation.datasets import sample_references, skip_reason
     from assistant.evaluation.store import AnswerStore, check_run_file
     from assistant.imaging import load_image, load_mask
 
@@ -121,6 +121,10 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
         if done:
             print(f"resuming: {len(done)} image(s) already answered in {out / 'answers.jsonl'}")
         for cat in categories:
+            reason = skip_reason(cat, shots)
+            if reason:  # as in the expert evaluation: noted, and the other categories still run
+                tqdm.write(reason)
+                continue
             imgs: dict[int, object] = {}
             q_outs: dict[int, object] = {}
             gt_pos = [mask_position(load_mask(it.mask)) if (it.label and it.mask) else None for it in cat.items]
@@ -237,4 +241,4 @@ def run(args, cfg) -> int:
     report = merge_report(args.out, summaries, meta)
     print((Path(args.out) / "report_vqa.md").read_text())
     print(f"answers: {Path(args.out) / 'answers.jsonl'}; report: {Path(args.out) / 'report.json'}")
-    return 0 if report else 1
+    return 0 if summaries else 1
