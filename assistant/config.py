@@ -51,6 +51,8 @@ class ExpertConfig:
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     self_reference: bool = False  # also match each query patch against its own image's other patches
     self_exclude: float = 0.15  # ... leaving out those within this fraction of the grid side (the defect itself)
+    mutual_frac: float = 0.3  # batch zero-shot (mutual scoring): mean of this fraction of the nearest other images (MuSc)
+    mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
 
 
 @dataclass

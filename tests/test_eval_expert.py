@@ -87,6 +87,34 @@ def test_evaluate_cli_writes_the_report_schema(tmp_path, capsys):
     assert "I-AUROC" in capsys.readouterr().out
 
 
+def test_evaluate_mutual_zero_shot_needs_no_references(tmp_path, capsys):
+    """--shots 0 --mutual: each test image is scored against the others; a category without train/good runs."""
+    cat_dir = make_category(tmp_path / "data", "widget", n_train=0)
+    rng = np.random.default_rng(1)
+    for i, (y, x) in enumerate([(4, 4), (24, 8), (8, 26)]):  # defects at different places, as on real parts
+        a = rng.integers(90, 130, (40, 40, 3)).astype(np.uint8)
+        m = np.zeros((40, 40), np.uint8)
+        m[y:y + 10, x:x + 10] = 255
+        a[m > 0] = 250
+        Image.fromarray(a).save(cat_dir / f"test/scratch/{i:03d}.png")
+        Image.fromarray(m).save(cat_dir / f"ground_truth/scratch/{i:03d}_mask.png")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", "--shots", "0", "--mutual",
+               "--seeds", "0,1", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["zero_shot_mode"] == "mutual" and rep["shots"] == 0
+    cat = rep["categories"]["widget"]
+    assert cat["image_auroc"] == 1.0 and cat["pixel_auroc"] > 0.9  # the bright squares are the odd ones out
+    assert cat["std"]["image_auroc"] == 0.0  # no references are drawn: every seed gives the same result
+    md = (out / "report.md").read_text()
+    assert "0-shot (mutual scoring" in md and "two clusters of log scores" in md
+    assert (out / "qualitative.png").is_file()
+    with pytest.raises(ValueError, match="--mutual is a zero-shot mode: expected --shots 0, got --shots 1"):
+        main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", "--shots", "1", "--mutual",
+              "--out", str(tmp_path / "o2")])
+
+
 def test_detect_cli_writes_overlay_mask_and_result(tmp_path, capsys):
     cat = make_category(tmp_path, "widget")
     rc = main(["detect", "--image", str(cat / "test/scratch/000.png"), "--reference", str(cat / "train/good/000.png"),

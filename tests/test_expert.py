@@ -197,3 +197,40 @@ def test_verdict_mask_never_leaves_a_flagged_part_without_a_region():
     assert verdict_mask(amap, True, 0.5).sum() == 1  # above the pixel threshold
     fallback = verdict_mask(amap, True, 2.0, topk=0.01)  # nothing above it: the top 1% (one pixel) instead
     assert fallback.sum() == 1 and fallback[2, 7]
+
+
+def test_mutual_scoring_ranks_the_defective_parts_first_without_references(tower, expert_cfg):
+    """Batch zero-shot: 6 good parts and 2 with a defect, no references; the defects score highest, their map
+    peaks on the square, and the two-cluster split flags exactly them."""
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    imgs = [texture(s) for s in range(6)] + [texture(10, blob=True), texture(11, blob=True)]
+    res = expert.mutual_predict(tower.encode(imgs), (64, 64))
+    scores = np.array([r.pred_score for r in res])
+    assert scores[6:].min() > scores[:6].max()
+    for r in res[6:]:
+        peak = np.unravel_index(r.anomaly_map.argmax(), r.anomaly_map.shape)
+        assert 16 <= peak[0] < 48 and 16 <= peak[1] < 48
+        assert r.extras["path"] == "mutual" and "two-cluster" in r.extras["calibration"]
+    assert [r.pred_label for r in res] == [False] * 6 + [True] * 2
+    assert len({r.threshold for r in res}) == 1
+    with pytest.raises(ValueError, match="at least 2 unlabeled images of the same kind, got 1"):
+        expert.mutual_maps(tower.encode(imgs[:1]))
+
+
+def test_mutual_scoring_caps_the_images_compared(tower, expert_cfg):
+    """With more images than mutual_max_others, each is compared with a fixed sample; the ranking holds."""
+    expert_cfg.mutual_max_others = 3
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    imgs = [texture(s) for s in range(6)] + [texture(10, blob=True)]
+    maps = expert.mutual_maps(tower.encode(imgs))
+    assert maps.shape[0] == 7 and torch.isfinite(maps).all()
+    assert maps[6].amax() > maps[:6].amax(dim=(1, 2)).max()
+
+
+def test_batch_split_separates_two_clusters():
+    from assistant.anomaly.expert import batch_split
+
+    scores = np.array([1.0, 1.1, 0.95, 1.05, 3.0, 3.3])
+    t = batch_split(scores)
+    assert 1.1 < t < 3.0
+    assert batch_split(np.array([2.0, 2.0])) == 2.0  # no spread: nothing above the threshold

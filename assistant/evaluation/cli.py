@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for report.json, report.md, roc.png")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics (faster)")
+    p.add_argument("--mutual", action="store_true",
+                   help="with --shots 0: score each test image against the category's other test images, unlabeled "
+                        "(batch zero-shot, MuSc-style mutual scoring) instead of the single-image zero-shot head")
     p.add_argument("--mode", default="expert", choices=["expert", *EXTRA_MODES],
                    help="expert = anomaly maps and verdicts; other modes are added by later modules")
     from assistant.evaluation import qa_cli  # --mmad/--jsonl question sets, shards, --merge, --baseline knn
@@ -74,13 +77,16 @@ def run(args) -> int:
     cats = discover(args.data)
     tower, expert = load_expert(cfg)
     t0 = time.perf_counter()
-    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
+    if args.mutual and args.shots != 0:
+        raise ValueError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
+    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
+                       mutual=args.mutual)
     done = {r.name for r in results}
     cats = [c for c in cats if c.name in done]  # categories skipped for lack of references drop out here
-    report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict())
+    report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict(), mutual=args.mutual)
     from assistant.evaluation.plots import expert_grid  # best/worst images: image, ground truth, map, verdict
 
-    expert_grid(expert, tower, cats, results, args.shots, Path(args.out) / "qualitative.png")
+    expert_grid(expert, tower, cats, results, args.shots, Path(args.out) / "qualitative.png", mutual=args.mutual)
     from assistant.evaluation.qa_report import write_csv  # report.csv: one row per category + mean
 
     write_csv(report, Path(args.out) / "report.csv")

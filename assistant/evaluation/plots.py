@@ -94,9 +94,11 @@ def qualitative_grid(cases: list[Case], path: str | Path, side: int = 160) -> Pa
     return path
 
 
-def expert_grid(expert, tower, categories, results, shots: int, path: str | Path, n: int = 4) -> Path | None:
+def expert_grid(expert, tower, categories, results, shots: int, path: str | Path, n: int = 4,
+                mutual: bool = False) -> Path | None:
     """Folder evaluation: grid of the n best and n worst test images of the first seed, ranked by how far
-    the score sits from the calibrated threshold on the right (best) or wrong (worst) side."""
+    the score sits from the calibrated threshold on the right (best) or wrong (worst) side. With `mutual`
+    (batch zero-shot) a shown image's map is recomputed with its whole category, as it was evaluated."""
     from assistant.evaluation.datasets import sample_references
     from assistant.imaging import load_image
 
@@ -115,19 +117,27 @@ def expert_grid(expert, tower, categories, results, shots: int, path: str | Path
     worst = ranked[:n]
     best = [r for r in ranked[::-1] if r not in worst][:n]
     states: dict = {}
+    batches: dict = {}  # category name -> mutual-scoring results of all its items
     cases = []
     size = (tower.image_size, tower.image_size)
     for tag, group in (("best", best), ("worst", worst)):
         for margin, cat, i, run in group:
             it = cat.items[i]
-            refs = tuple(it.references) or tuple(sample_references(cat.train_good, shots, run.seed))
-            if refs not in states:
-                states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=run.seed)
-            img = load_image(it.image)
-            res = expert.predict(tower.encode([img]), states[refs], size)[0]
+            if mutual:
+                from assistant.evaluation.runner import encode_items
+
+                if cat.name not in batches:
+                    batches[cat.name] = expert.mutual_predict(encode_items(tower, cat.items), size)
+                refs, res = (), batches[cat.name][i]
+            else:
+                refs = tuple(it.references) or tuple(sample_references(cat.train_good, shots, run.seed))
+                if refs not in states:
+                    states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=run.seed)
+                res = expert.predict(tower.encode([load_image(it.image)]), states[refs], size)[0]
             text = (f"truth: {'anomalous (' + it.defect + ')' if it.label else 'normal'}\n"
                     f"verdict: {'anomalous' if res.pred_label else 'normal'}, score {res.pred_score:.3g}, "
-                    f"threshold {res.threshold:.3g}\n{len(refs)} reference(s), seed {run.seed}")
+                    f"threshold {res.threshold:.3g}\n"
+                    + ("mutual scoring, no references" if mutual else f"{len(refs)} reference(s), seed {run.seed}"))
             cases.append(Case(image=it.image, mask=it.mask, anomaly_map=res.anomaly_map, threshold=res.threshold,
                               text=text, title=f"{tag}: {cat.name}/{Path(it.image).parent.name}/{Path(it.image).name}"))
     return qualitative_grid(cases, path)

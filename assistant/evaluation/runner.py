@@ -85,15 +85,27 @@ def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
 
 
 def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Iterable[int], batch_size: int = 16,
-                      pixel: bool = True) -> CategoryResult:
-    """Evaluate one category for every seed; maps are compared with masks at the tower's image size."""
+                      pixel: bool = True, mutual: bool = False) -> CategoryResult:
+    """Evaluate one category for every seed; maps are compared with masks at the tower's image size.
+    `mutual` (k = 0 only): every test image is scored against the category's other test images, unlabeled
+    (expert.mutual_predict); no references are drawn, so every seed gives the same result."""
     size = tower.image_size
     items = cat.items
     feats = encode_items(tower, items, batch_size, cat.name)
     masks = load_masks(items, size) if (pixel and cat.has_masks) else None
     labels = np.array([it.label for it in items])
     res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
+    if mutual and shots > 0:
+        raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
+    batch_results = None
+    if mutual:
+        t0 = time.perf_counter()
+        batch_results = expert.mutual_predict(feats, (size, size))
+        t_batch = (time.perf_counter() - t0) / max(len(items), 1)
     for seed in tqdm(list(seeds), desc=cat.name, unit="seed"):
+        if batch_results is not None:
+            res.runs.append(_seed_run(seed, [], labels, batch_results, masks, t_batch))
+            continue
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
             refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
@@ -124,8 +136,20 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
     return res
 
 
+def _seed_run(seed: int, references: list[str], labels: np.ndarray, results, masks, seconds: float) -> SeedRun:
+    """SeedRun of one AnomalyResult per item (the batch zero-shot path)."""
+    scores = np.array([r.pred_score for r in results])
+    preds = np.array([int(r.pred_label) for r in results])
+    metrics = image_metrics(labels, scores, preds)
+    if masks is not None:
+        metrics.update(pixel_metrics(masks, np.stack([r.anomaly_map for r in results])))
+    calib = results[0].extras.get("calibration", "") if results else ""
+    return SeedRun(seed, references, labels, scores, preds, [results[0].threshold] if results else [], metrics, seconds,
+                   [{"rule": calib, "threshold": results[0].threshold if results else None}])
+
+
 def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,
-             pixel: bool = True) -> list[CategoryResult]:
+             pixel: bool = True, mutual: bool = False) -> list[CategoryResult]:
     """Evaluate every category; a category with fewer than `shots` reference normals is skipped with a note."""
     out = []
     for c in categories:
@@ -133,5 +157,5 @@ def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: I
         if reason:
             tqdm.write(reason)
             continue
-        out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel))
+        out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel, mutual))
     return out
