@@ -189,3 +189,16 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_verdict_badge_cautions_a_zero_shot_verdict():
+    """With no reference the badge says the verdict is zero-shot and asks for a good part; with one it does not."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app
+
+    summary = {"pred_label": True, "pred_score": 0.8, "threshold": 0.5, "size": "small", "position": "center",
+               "references": 0, "extras": {}}
+    badge = app.verdict_badge(summary)
+    assert "ANOMALOUS" in badge and "zero-shot-caution" in badge and "Add a photo of a good part" in badge
+    assert "zero-shot-caution" not in app.verdict_badge({**summary, "references": 1})
