@@ -18,6 +18,10 @@ COMMANDS = {
 }
 
 
+class UsageError(ValueError):
+    """Options that do not go together or are out of range: `main` prints the message, no traceback."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inspection-assistant",
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args._run(args) or 0)
-    except (ConfigError, ImageError, FileNotFoundError) as e:
+    except (ConfigError, ImageError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -110,9 +110,12 @@ def test_evaluate_mutual_zero_shot_needs_no_references(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "0-shot (mutual scoring" in md and "two clusters of log scores" in md
     assert (out / "qualitative.png").is_file()
-    with pytest.raises(ValueError, match="--mutual is a zero-shot mode: expected --shots 0, got --shots 1"):
-        main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", "--shots", "1", "--mutual",
-              "--out", str(tmp_path / "o2")])
+    capsys.readouterr()
+    for argv, msg in ((["--shots", "1", "--mutual"], "--mutual is a zero-shot mode: expected --shots 0, got --shots 1"),
+                      (["--shots", "0", "--baseline", "knn"], "--baseline knn is a nearest-neighbour detector")):
+        rc = main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", *argv, "--out", str(tmp_path / "o2")])
+        assert rc == 2 and msg in capsys.readouterr().err  # a clear message, no traceback
+    assert not (tmp_path / "o2").exists()  # refused before any work
 
 
 def test_detect_cli_writes_overlay_mask_and_result(tmp_path, capsys):

@@ -70,8 +70,10 @@ def add_knn_baseline(args, cfg, cats, tower) -> dict:
 
     bcfg = load_config(args.config, list(args.overrides) + KNN_OVERRIDES)
     expert = build_expert(bcfg, tower).eval()
-    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel)
-    base = build_report(results, args.shots, args.seeds, {"overrides": KNN_OVERRIDES})
+    mutual = bool(getattr(args, "mutual", False))  # 0-shot: the same mutual scoring on the plain features
+    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
+                       mutual=mutual)
+    base = build_report(results, args.shots, args.seeds, {"overrides": KNN_OVERRIDES}, mutual)
     out = Path(args.out)
     report = json.loads((out / "report.json").read_text())
     report["baseline"] = {"name": "knn", "overrides": KNN_OVERRIDES, "categories": base["categories"], "mean": base["mean"]}

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from assistant.cli import add_config_arguments
+from assistant.cli import UsageError, add_config_arguments
 
 # name -> (module, help): other evaluation modes plug in here with add_arguments(parser) / run(args, cfg)
 EXTRA_MODES: dict[str, tuple[str, str]] = {
@@ -69,7 +69,7 @@ def run(args) -> int:
     if not args.data:
         raise FileNotFoundError("evaluate --mode expert: expected --data DIR [DIR ...] (MVTec-layout folders)")
     if args.shots < 0:
-        raise ValueError(f"--shots: expected k >= 0, got {args.shots}")
+        raise UsageError(f"--shots: expected k >= 0, got {args.shots}")
     from assistant.evaluation.datasets import discover
     from assistant.evaluation.report import write_reports
     from assistant.evaluation.runner import evaluate
@@ -78,7 +78,10 @@ def run(args) -> int:
     tower, expert = load_expert(cfg)
     t0 = time.perf_counter()
     if args.mutual and args.shots != 0:
-        raise ValueError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
+        raise UsageError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
+    if getattr(args, "baseline", None) == "knn" and args.shots == 0 and not args.mutual:
+        raise UsageError("--baseline knn is a nearest-neighbour detector: it needs references (--shots 1 or more) "
+                         "or the other test images (--shots 0 --mutual)")
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
                        mutual=args.mutual)
     done = {r.name for r in results}
