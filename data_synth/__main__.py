@@ -1,7 +1,7 @@
 """python -m data_synth build | preview | check
 
   build   --normal DIR [DIR ...] | --source procedural,textiles,skimage,gimp  --out OUT --n N --seed S
-          [--methods nsa,cutpaste,...] [--size 256] [--anomaly-ratio 0.5] [--refs 4] [--workers 2]
+          [--methods nsa,cutpaste,...] [--size 256] [--anomaly-ratio 0.5] [--multi-ratio 0] [--refs 4] [--workers 2]
           [--synth max_area=0.2 min_contrast=20 ...]   (SynthConfig fields)
   preview OUT [--grid 6x6] [-o preview.png]
   check   OUT      (independent re-computation of positions/areas from the masks vs. the texts)
@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
     b.add_argument("--size", type=int, default=256, help="square image side in pixels")
     b.add_argument("--anomaly-ratio", type=float, default=0.5, help="fraction of anomalous samples")
+    b.add_argument("--multi-ratio", type=float, default=0.0,
+                   help="fraction of anomalous samples with 2-3 separate defects (default 0: one defect each)")
     b.add_argument("--refs", type=int, default=4, help="reference normals written per category")
     b.add_argument("--workers", type=int, default=1, help="processes (output is identical for any number)")
     b.add_argument("--synth", nargs="*", default=[], metavar="KEY=VALUE",
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             sources = make_sources(names, args.normal)
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             settings = BuildSettings(seed=args.seed, size=args.size, methods=methods,
-                                     anomaly_ratio=args.anomaly_ratio, n_refs=args.refs)
+                                     anomaly_ratio=args.anomaly_ratio, n_refs=args.refs, multi_ratio=args.multi_ratio)
             cfg = synth_config(args.synth)
             t = time.time()
             summary = build(sources, args.out, args.n, settings, cfg=cfg, workers=args.workers,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_synth.conversations import make_conversation
 from data_synth.sources import Category, NormalSource
-from data_synth.synth import METHODS, SynthConfig, SynthError, synthesize
+from data_synth.synth import METHODS, SynthConfig, SynthError, synthesize, synthesize_multi
 from data_synth.text import describe
 
 cv2.setNumThreads(1)
@@ -42,6 +42,7 @@ class BuildSettings:
     anomaly_ratio: float = 0.5  # fraction of anomalous samples (0.5 = normal:anomalous 1:1)
     n_refs: int = 4  # reference normals written per category (pool for k-shot and the expert)
     sources: tuple = ()  # source names (recorded so a resume with other sources is refused)
+    multi_ratio: float = 0.0  # fraction of anomalous samples with 2-3 separate defects (synthesize_multi)
 
 
 def check_settings(n: int, s: BuildSettings) -> None:
@@ -52,6 +53,8 @@ def check_settings(n: int, s: BuildSettings) -> None:
         raise SynthError(f"--methods: unknown method(s) {bad or '(none given)'}; expected some of {', '.join(METHODS)}")
     if s.size < 32:
         raise SynthError(f"--size: expected at least 32 pixels, got {s.size}")
+    if not 0.0 <= s.multi_ratio <= 1.0:
+        raise SynthError(f"--multi-ratio: expected a fraction in [0, 1], got {s.multi_ratio}")
     if not 0.0 <= s.anomaly_ratio <= 1.0:
         raise SynthError(f"--anomaly-ratio: expected a fraction in [0, 1], got {s.anomaly_ratio}")
     if s.n_refs < 0:
@@ -100,7 +103,11 @@ def make_sample(i: int) -> dict:
     if label:
         method = s.methods[int(rng.integers(len(s.methods)))]
         other = src.sample(cat, rng, s.size) if method == "nsa" else None
-        res = synthesize(img, method, rng, other=other, is_object=cat.is_object, cfg=st["cfg"])
+        if s.multi_ratio > 0 and rng.random() < s.multi_ratio:  # (no extra draw otherwise: same seed, same bytes)
+            res = synthesize_multi(img, list(s.methods), int(rng.integers(2, 4)), rng, other=other,
+                                   is_object=cat.is_object, cfg=st["cfg"])
+        else:
+            res = synthesize(img, method, rng, other=other, is_object=cat.is_object, cfg=st["cfg"])
         m = res.meta
         rec.update(mask=f"masks/{sid}.png", method=m["method"], defect_type=m["defect_type"], bbox=m["bbox"],
                    area_fraction=m["area_fraction"], n_components=m["n_components"], position=m["position"],
@@ -165,7 +172,8 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
     for d in ("images", "masks", "references"):
         (out / d).mkdir(parents=True, exist_ok=True)
     cats: list[tuple[int, Category]] = [(si, c) for si, src in enumerate(sources) for c in src.categories()]
-    info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()},
+    info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
+                         if not (k == "multi_ratio" and v == 0)},  # builds without it keep their build.json
             "synth": asdict(cfg), "categories": [c.key for _, c in cats]}
     info_path = out / "build.json"
     if info_path.exists():

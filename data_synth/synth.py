@@ -633,6 +633,36 @@ def synthesize(image: np.ndarray, method: str, rng: np.random.Generator, other: 
     return SynthResult(image=out, mask=mask, meta=meta)
 
 
+def synthesize_multi(image: np.ndarray, methods: list[str], n: int, rng: np.random.Generator,
+                     other: np.ndarray | None = None, is_object: bool | None = None,
+                     cfg: SynthConfig | None = None) -> SynthResult:
+    """`n` separate defects on one image (methods drawn from `methods`): each one after the first is kept only
+    when its mask stays clear of the earlier ones (a gap of 2% of the image side), so the mask has at least
+    as many connected regions as defects were kept; up to cfg.max_tries draws per extra defect.
+    meta is the first defect's, with the union mask's statistics, `n_defects`, and defect_type "defect" when the
+    kept defects are of different types."""
+    cfg = cfg or SynthConfig()
+    if n < 1:
+        raise SynthError(f"synthesize_multi: expected n >= 1 defects, got {n}")
+    first = synthesize(image, methods[int(rng.integers(len(methods)))], rng, other=other, is_object=is_object, cfg=cfg)
+    out, union, types = first.image, first.mask.copy(), [first.meta["defect_type"]]
+    gap = max(1, int(0.02 * max(image.shape[:2])))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
+    for _ in range(n - 1):
+        for _try in range(cfg.max_tries):
+            res = synthesize(out, methods[int(rng.integers(len(methods)))], rng, other=other, is_object=is_object,
+                             cfg=cfg)
+            if not (res.mask & (cv2.dilate(union.astype(np.uint8), kernel) > 0)).any():
+                out, union = res.image, union | res.mask
+                types.append(res.meta["defect_type"])
+                break
+    stats = mask_stats(union)
+    meta = {**first.meta, **stats, "n_defects": len(types),
+            "defect_type": types[0] if len(set(types)) == 1 else "defect",
+            "severity": severity_word(stats["area_fraction"], first.meta["contrast"])}
+    return SynthResult(image=out, mask=union, meta=meta)
+
+
 def synthesize_many(normals: list[np.ndarray], n: int, rng: np.random.Generator, methods: list[str] | None = None,
                     is_object: bool | None = None, cfg: SynthConfig | None = None) -> list[SynthResult]:
     """`n` anomalies on a user's normal images (e.g. the references, for threshold calibration): image

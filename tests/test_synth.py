@@ -259,3 +259,35 @@ def test_conversation_ship_polarity_and_noun():
                         assert a.startswith(want), (q, a)
                         seen.add((ship_q, label))
     assert len(seen) == 2 * len(SHIP_QA)
+
+
+def test_synthesize_multi_gives_separate_regions_and_truthful_counts(images, tmp_path):
+    """2-3 defects kept apart: the union mask has at least as many regions as defects kept; a build with
+    --multi-ratio writes those counts, and its texts state them (check recomputes from the masks)."""
+    from data_synth.synth import synthesize_multi
+
+    img = images["woven"][0]
+    kept = []
+    for seed in range(6):
+        res = synthesize_multi(img, ["stain", "hole", "scratch"], 3, np.random.default_rng(seed))
+        n, _ = cv2.connectedComponents(res.mask.astype(np.uint8), connectivity=8)
+        assert 1 <= res.meta["n_defects"] <= 3 and n - 1 >= res.meta["n_defects"]
+        assert res.meta["n_components"] == n - 1 and res.meta["area_fraction"] == pytest.approx(res.mask.mean(), abs=1e-5)
+        kept.append(res.meta["n_defects"])
+    assert max(kept) >= 2
+    with pytest.raises(SynthError, match="n >= 1"):
+        synthesize_multi(img, ["stain"], 0, np.random.default_rng(0))
+    s = BuildSettings(seed=0, size=SIZE, n_refs=1, multi_ratio=1.0, anomaly_ratio=1.0)
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 8, s, progress=False)
+    recs = read_manifest(tmp_path)
+    assert json.loads((tmp_path / "build.json").read_text())["settings"]["multi_ratio"] == 1.0
+    assert sum(r["n_components"] >= 2 for r in recs) >= 4
+    convs = json.loads((tmp_path / "conversations.json").read_text())
+    for r, c in zip(recs, convs):
+        for q, a in zip(c["conversations"][::2], c["conversations"][1::2]):
+            if "how many" in q["value"].lower():
+                n = r["n_components"]
+                assert a["value"] == ("There is one defective region." if n == 1 else f"There are {n} defective regions.")
+    assert cli_main(["check", str(tmp_path)]) == 0
+    with pytest.raises(SynthError, match="--multi-ratio"):
+        build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(multi_ratio=2.0), progress=False)
