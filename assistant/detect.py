@@ -1,11 +1,15 @@
-"""`python -m assistant detect --image Q [--reference R ...] [--config C] --out DIR`.
+"""`python -m assistant detect --image Q [Q ...] [--reference R ...] [--config C] --out DIR`.
 
-Writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints the
-verdict, score, calibrated threshold and time.
+One image: writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints
+the verdict, score, calibrated threshold and time. Several images (files or folders): the same three files in
+DIR/<image stem>/ for each, plus DIR/summary.csv and a printed table. Without references, several images are
+scored against each other (the expert's mutual scoring, zero-shot over the batch); one image alone uses the
+zero-shot head.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -13,45 +17,108 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from assistant.cli import add_config_arguments
+from assistant.cli import UsageError, add_config_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", required=True, help="query image")
+    p.add_argument("--image", required=True, nargs="+", metavar="Q",
+                   help="query image(s) or folder(s) of images; several without --reference are scored against "
+                        "each other (zero-shot over the batch)")
     p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
 
 
+def query_paths(items: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); clear error when nothing is found."""
+    from assistant.imaging import list_images
+
+    paths: list[Path] = []
+    for it in items:
+        p = Path(it)
+        paths.extend(list_images(p) if p.is_dir() else [p])
+    if not paths:
+        raise UsageError(f"--image: expected image files or folders holding images, found none in {items}")
+    return paths
+
+
+def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
+    from assistant.overlay import render_mask, render_overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(render_overlay(img, result, caption=True), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / "mask.png"), render_mask(result))
+    (out / "result.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
+
+
 def run(args) -> int:
     from assistant.config import load_config
     from assistant.evaluation.cli import load_expert
-    from assistant.imaging import load_image
-    from assistant.overlay import render_mask, render_overlay
+    from assistant.imaging import ImageError, load_image
 
     cfg = load_config(args.config, args.overrides)
-    query = load_image(args.image, cfg.serve.max_pixels)
+    paths = query_paths(args.image)
+    if len(paths) == 1:
+        queries = [load_image(paths[0], cfg.serve.max_pixels)]
+    else:  # a batch: an unreadable file is reported and skipped, the others are still inspected
+        kept, queries = [], []
+        for p in paths:
+            try:
+                queries.append(load_image(p, cfg.serve.max_pixels))
+                kept.append(p)
+            except ImageError as e:
+                print(f"skipped {p}: {e}")
+        if not queries:
+            raise ImageError(f"--image: none of the {len(paths)} files could be read as an image")
+        paths = kept
     refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
     tower, expert = load_expert(cfg)
-    t0 = time.perf_counter()
-    state = expert.fit_references(tower, refs)
-    t1 = time.perf_counter()
-    result = expert.predict(tower.encode([query]), state, (query.height, query.width))[0]
-    t2 = time.perf_counter()
     out = Path(args.out)
+    t0 = time.perf_counter()
+    mutual = len(queries) >= 2 and not refs
+    state = None if mutual else expert.fit_references(tower, refs)
+    t1 = time.perf_counter()
+    sizes = [(q.height, q.width) for q in queries]
+    if mutual:
+        from assistant.evaluation.runner import _cat_outputs
+
+        feats = _cat_outputs([tower.encode(queries[i:i + 16]) for i in range(0, len(queries), 16)])
+        results = expert.mutual_predict(feats, sizes)
+    else:
+        results = [expert.predict(tower.encode([q]), state, sz)[0] for q, sz in zip(queries, sizes)]
+    t2 = time.perf_counter()
+    how = (f"mutual scoring over {len(queries)} images, no references" if mutual
+           else f"calibrated, {state.n_shots} reference(s)")
+    seconds = {"references": round(t1 - t0, 3), "queries": round(t2 - t1, 3)}
+    if len(queries) == 1:
+        result = results[0]
+        write_outputs(out, np.asarray(queries[0]), result,
+                      {"image": str(paths[0]), "references": list(args.reference), "seconds": seconds})
+        print(f"verdict: {'anomalous' if result.pred_label else 'normal'} ({result.severity})")
+        print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how})")
+        if result.pred_label and result.boxes:
+            print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
+                  f"{len(result.boxes)} region(s)")
+        print(f"time: references {t1 - t0:.2f} s, query {t2 - t1:.3f} s -> {out}/overlay.png, mask.png, result.json")
+        return 0
+    rows = []
+    names: dict[str, int] = {}
+    for p, q, r in zip(paths, queries, results):
+        stem = p.stem if p.stem not in names else f"{p.stem}-{names[p.stem]}"  # same stem in two folders
+        names[p.stem] = names.get(p.stem, 0) + 1
+        write_outputs(out / stem, np.asarray(q), r, {"image": str(p), "references": list(args.reference), "method": how})
+        rows.append({"image": str(p), "folder": stem, "verdict": "anomalous" if r.pred_label else "normal",
+                     "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4), "position": r.position or "",
+                     "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2), "regions": len(r.boxes)})
     out.mkdir(parents=True, exist_ok=True)
-    img = np.asarray(query)
-    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(render_overlay(img, result, caption=True), cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(out / "mask.png"), render_mask(result))
-    info = result.to_dict()
-    info.update({"image": str(args.image), "references": list(args.reference),
-                 "seconds": {"references": round(t1 - t0, 3), "query": round(t2 - t1, 3)}})
-    (out / "result.json").write_text(json.dumps(info, indent=2))
-    verdict = "anomalous" if result.pred_label else "normal"
-    print(f"verdict: {verdict} ({result.severity})")
-    print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} (calibrated, {state.n_shots} reference(s))")
-    if result.pred_label and result.boxes:
-        print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
-              f"{len(result.boxes)} region(s)")
-    print(f"time: references {t1 - t0:.2f} s, query {t2 - t1:.3f} s -> {out}/overlay.png, mask.png, result.json")
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} images ({how}); threshold {results[0].threshold:.4f}")
+    print("| image | verdict | score | where | size | regions |\n|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: -r["score"]):
+        print(f"| {r['image']} | {r['verdict']} | {r['score']:.3f} | {r['position']} | {r['size']} | {r['regions']} |")
+    n_bad = sum(r["verdict"] == "anomalous" for r in rows)
+    print(f"{n_bad} of {len(rows)} flagged; time {t2 - t0:.2f} s -> {out}/summary.csv and one folder per image")
     return 0

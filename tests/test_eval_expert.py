@@ -131,6 +131,45 @@ def test_detect_cli_writes_overlay_mask_and_result(tmp_path, capsys):
     assert "verdict:" in printed and "threshold:" in printed and "time:" in printed
 
 
+def _part(rng, defect_at=None, size=(40, 48)):
+    a = rng.integers(90, 130, (*size, 3)).astype(np.uint8)
+    if defect_at:
+        y, x = defect_at
+        a[y:y + 10, x:x + 10] = 250
+    return Image.fromarray(a)
+
+
+def test_detect_batch_without_references_scores_the_parts_against_each_other(tmp_path, capsys):
+    """A folder of unlabeled parts: mutual scoring flags the two with a defect, writes one folder per image
+    (maps at each image's own size) and summary.csv; an unreadable file is skipped with a note."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "lot"
+    folder.mkdir()
+    for i in range(6):
+        _part(rng).save(folder / f"ok{i}.png")
+    _part(rng, (4, 4)).save(folder / "bad0.png")
+    _part(rng, (24, 30), size=(40, 56)).save(folder / "bad1.png")
+    (folder / "notes.png").write_text("not a picture")
+    rc = main(["detect", "--image", str(folder), "--config", "tiny", "--out", str(tmp_path / "det")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "notes.png" in printed
+    assert "mutual scoring over 8 images, no references" in printed
+    import csv
+
+    rows = {r["folder"]: r for r in csv.DictReader(open(tmp_path / "det/summary.csv"))}
+    assert set(rows) == {f"ok{i}" for i in range(6)} | {"bad0", "bad1"}
+    assert rows["bad0"]["verdict"] == rows["bad1"]["verdict"] == "anomalous"
+    assert max(float(rows[f"ok{i}"]["score"]) for i in range(6)) < min(float(rows[b]["score"]) for b in ("bad0", "bad1"))
+    assert Image.open(tmp_path / "det/bad1/overlay.png").size == (56, 40)
+    assert json.loads((tmp_path / "det/bad1/result.json").read_text())["verdict"] == "anomalous"
+    # with a reference the same batch is judged image by image against it
+    rc = main(["detect", "--image", str(folder / "ok0.png"), str(folder / "bad0.png"), "--reference",
+               str(folder / "ok1.png"), "--config", "tiny", "--out", str(tmp_path / "det2")])
+    assert rc == 0 and "calibrated, 1 reference(s)" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "det2").iterdir()} == {"ok0", "bad0", "summary.csv"}
+
+
 def test_evaluate_skips_a_category_without_references(tmp_path, capsys):
     make_category(tmp_path / "data", "widget")
     cat = make_category(tmp_path / "data", "noref", n_train=0)
