@@ -13,7 +13,7 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count on a normal verdict: the answer says there is no defect;
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
   as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
-  count: the number of regions = the evidence's.
+  count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail).
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
 """
 from __future__ import annotations
@@ -50,6 +50,13 @@ def says_count(answer: str) -> int | None:
     return int(m.group(1)) if m.group(1).isdigit() else NUMBERS[m.group(1)]
 
 
+def number_agrees(answer: str) -> bool:
+    """False for a verb that disagrees with its count: "there are 1/one ...", "there is 2/two ..."."""
+    text = answer.lower()
+    many = r"(?:[2-9]|\d{2,}|two|three|four|five|six|seven|eight|nine)"
+    return not (re.search(r"\bthere are (?:1|one)\b", text) or re.search(rf"\bthere is {many}\b", text))
+
+
 def expected(result) -> dict:
     """Facts of the overlay, worded as the LM's evidence states them (assistant.anomaly.look_twice)."""
     from assistant.anomaly.look_twice import percent_text, result_evidence
@@ -80,7 +87,7 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
     if kind == "size":
         return fact["percent"] is not None and fact["percent"] in answer
     if kind == "count":
-        return says_count(answer) == (fact["regions"] or 1)
+        return says_count(answer) == (fact["regions"] or 1) and number_agrees(answer)
     raise ValueError(kind)
 
 

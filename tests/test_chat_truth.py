@@ -34,6 +34,7 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("reject", "No, it should be rejected.", False),
     ("count", "There is one defective region.", True),
     ("count", "There are three: a stain, a hole and a missing region.", False),
+    ("count", "There are 1 defective region.", False),  # right number, broken English
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
@@ -54,3 +55,9 @@ def test_checks_on_an_anomalous_overlay(kind, answer, ok):
 ])
 def test_checks_on_a_normal_overlay(kind, answer, ok):
     assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok
+
+
+def test_count_answers_must_agree_in_number():
+    assert ct.number_agrees("There are 2 defective regions.") and ct.number_agrees("There is one defective region.")
+    assert not ct.number_agrees("There is 2 defective regions.") and not ct.number_agrees("There are one defect.")
+    assert not ct.number_agrees("there is three of them") and ct.number_agrees("There are no defects.")
