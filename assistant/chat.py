@@ -21,12 +21,11 @@ from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
-from assistant.vision.base import VisionOutput
+from assistant.vision.base import VisionOutput, cat_outputs
 
 SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresholds, -1 doubles them
 
@@ -78,14 +77,6 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
                   calibrated_pixel_threshold=float(result.pixel_threshold))
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=threshold,
                                pixel_threshold=pixel_threshold, extras=extras)
-
-
-def _cat_outputs(outs: Sequence[VisionOutput]) -> VisionOutput | None:
-    """Concatenate per-image VisionOutputs along the batch dimension."""
-    if not outs:
-        return None
-    levels = [torch.cat([o.patch_tokens[i] for o in outs], dim=0) for i in range(len(outs[0].patch_tokens))]
-    return VisionOutput(levels, torch.cat([o.global_token for o in outs], dim=0), outs[0].grid)  # (k, N, C_l)
 
 
 class ChatSession:
@@ -152,7 +143,7 @@ class ChatSession:
         r_imgs, r_outs = refs or (self.references, self._ref_outs)
         evidence = None
         if q_img is not None:
-            evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), _cat_outputs(r_outs))
+            evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), cat_outputs(r_outs))
         return self._assign(query, refs, evidence)
 
     def _assign(self, query, refs, evidence) -> AnomalyResult | None:

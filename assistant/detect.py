@@ -80,9 +80,9 @@ def run(args) -> int:
     t1 = time.perf_counter()
     sizes = [(q.height, q.width) for q in queries]
     if mutual:
-        from assistant.evaluation.runner import _cat_outputs
+        from assistant.vision.base import cat_outputs
 
-        feats = _cat_outputs([tower.encode(queries[i:i + 16]) for i in range(0, len(queries), 16)])
+        feats = cat_outputs([tower.encode(queries[i:i + 16]) for i in range(0, len(queries), 16)])
         results = expert.mutual_predict(feats, sizes)
     else:
         results = [expert.predict(tower.encode([q]), state, sz)[0] for q, sz in zip(queries, sizes)]

@@ -70,6 +70,11 @@ def run(args) -> int:
         raise FileNotFoundError("evaluate --mode expert: expected --data DIR [DIR ...] (MVTec-layout folders)")
     if args.shots < 0:
         raise UsageError(f"--shots: expected k >= 0, got {args.shots}")
+    if args.mutual and args.shots != 0:
+        raise UsageError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
+    if getattr(args, "baseline", None) == "knn" and args.shots == 0 and not args.mutual:
+        raise UsageError("--baseline knn is a nearest-neighbour detector: it needs references (--shots 1 or more) "
+                         "or the other test images (--shots 0 --mutual)")
     from assistant.evaluation.datasets import discover
     from assistant.evaluation.report import write_reports
     from assistant.evaluation.runner import evaluate
@@ -77,11 +82,6 @@ def run(args) -> int:
     cats = discover(args.data)
     tower, expert = load_expert(cfg)
     t0 = time.perf_counter()
-    if args.mutual and args.shots != 0:
-        raise UsageError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
-    if getattr(args, "baseline", None) == "knn" and args.shots == 0 and not args.mutual:
-        raise UsageError("--baseline knn is a nearest-neighbour detector: it needs references (--shots 1 or more) "
-                         "or the other test images (--shots 0 --mutual)")
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
                        mutual=args.mutual)
     done = {r.name for r in results}

@@ -12,13 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from assistant.evaluation.datasets import EvalCategory, EvalItem, sample_references, skip_reason
 from assistant.evaluation.metrics import METRIC_KEYS, image_metrics, pixel_metrics
 from assistant.imaging import load_image, load_mask
-from assistant.vision.base import VisionOutput
+from assistant.vision.base import VisionOutput, cat_outputs
 
 
 @dataclass
@@ -56,11 +55,6 @@ class CategoryResult:
         return out
 
 
-def _cat_outputs(outs: list[VisionOutput]) -> VisionOutput:
-    return VisionOutput([torch.cat([o.patch_tokens[i] for o in outs]) for i in range(len(outs[0].patch_tokens))],
-                        torch.cat([o.global_token for o in outs]), outs[0].grid)
-
-
 def _slice(out: VisionOutput, idx: list[int]) -> VisionOutput:
     return VisionOutput([t[idx] for t in out.patch_tokens], out.global_token[idx], out.grid)
 
@@ -72,7 +66,7 @@ def encode_items(tower, items: list[EvalItem], batch_size: int = 16, desc: str =
         imgs = [load_image(it.image) for it in items[i:i + batch_size]]
         o = tower.encode(imgs)
         outs.append(VisionOutput([t.cpu() for t in o.patch_tokens], o.global_token.cpu(), o.grid))
-    return _cat_outputs(outs)
+    return cat_outputs(outs)
 
 
 def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
@@ -89,23 +83,27 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
     """Evaluate one category for every seed; maps are compared with masks at the tower's image size.
     `mutual` (k = 0 only): every test image is scored against the category's other test images, unlabeled
     (expert.mutual_predict); no references are drawn, so every seed gives the same result."""
+    if mutual and shots > 0:
+        raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
     size = tower.image_size
     items = cat.items
     feats = encode_items(tower, items, batch_size, cat.name)
     masks = load_masks(items, size) if (pixel and cat.has_masks) else None
     labels = np.array([it.label for it in items])
     res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
-    if mutual and shots > 0:
-        raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
-    batch_results = None
-    if mutual:
+    if mutual:  # no references: one scoring of the batch stands for every seed
         t0 = time.perf_counter()
-        batch_results = expert.mutual_predict(feats, (size, size))
-        t_batch = (time.perf_counter() - t0) / max(len(items), 1)
+        batch = expert.mutual_predict(feats, (size, size))
+        seconds = (time.perf_counter() - t0) / max(len(items), 1)
+        scores = np.array([r.pred_score for r in batch])
+        preds = np.array([int(r.pred_label) for r in batch])
+        maps = np.stack([r.anomaly_map for r in batch]) if masks is not None else None
+        metrics = _metrics(labels, scores, preds, masks, maps)
+        calib = [{"rule": batch[0].extras.get("calibration", ""), "threshold": batch[0].threshold}]
+        res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib)
+                    for seed in seeds]
+        return res
     for seed in tqdm(list(seeds), desc=cat.name, unit="seed"):
-        if batch_results is not None:
-            res.runs.append(_seed_run(seed, [], labels, batch_results, masks, t_batch))
-            continue
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
             refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
@@ -128,24 +126,18 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
                     scores[i], preds[i] = r.pred_score, int(r.pred_label)
                     if maps is not None:
                         maps[i] = r.anomaly_map
-        metrics = image_metrics(labels, scores, preds)
-        if maps is not None:
-            metrics.update(pixel_metrics(masks, maps))
+        metrics = _metrics(labels, scores, preds, masks, maps)
         res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
                                 thresholds, metrics, t_pred / max(len(items), 1), calib))
     return res
 
 
-def _seed_run(seed: int, references: list[str], labels: np.ndarray, results, masks, seconds: float) -> SeedRun:
-    """SeedRun of one AnomalyResult per item (the batch zero-shot path)."""
-    scores = np.array([r.pred_score for r in results])
-    preds = np.array([int(r.pred_label) for r in results])
+def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps) -> dict:
+    """Image metrics, plus pixel metrics when the category has masks."""
     metrics = image_metrics(labels, scores, preds)
     if masks is not None:
-        metrics.update(pixel_metrics(masks, np.stack([r.anomaly_map for r in results])))
-    calib = results[0].extras.get("calibration", "") if results else ""
-    return SeedRun(seed, references, labels, scores, preds, [results[0].threshold] if results else [], metrics, seconds,
-                   [{"rule": calib, "threshold": results[0].threshold if results else None}])
+        metrics.update(pixel_metrics(masks, maps))
+    return metrics
 
 
 def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,

@@ -238,7 +238,7 @@ def run(args, cfg) -> int:
                              settings=json.loads(json.dumps(settings, default=str)))
     meta = {"shots": args.shots, "seeds": args.seeds, "config": cfg.to_dict(), "lvlm_checkpoint": asst.cfg.lvlm.checkpoint,
             "seconds": round(time.perf_counter() - t0, 1)}
-    report = merge_report(args.out, summaries, meta)
+    merge_report(args.out, summaries, meta)
     print((Path(args.out) / "report_vqa.md").read_text())
     print(f"answers: {Path(args.out) / 'answers.jsonl'}; report: {Path(args.out) / 'report.json'}")
     return 0 if summaries else 1

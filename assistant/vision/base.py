@@ -6,6 +6,7 @@ levels are a list; `stacked()` gives (B, L, N, C) when the channels agree (ViTs)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,14 @@ class VisionOutput:
     @property
     def dims(self) -> list[int]:
         return [t.shape[-1] for t in self.patch_tokens]
+
+
+def cat_outputs(outs: Sequence[VisionOutput]) -> VisionOutput | None:
+    """Concatenate VisionOutputs along the batch dimension (None for none)."""
+    if not outs:
+        return None
+    levels = [torch.cat([o.patch_tokens[i] for o in outs], dim=0) for i in range(len(outs[0].patch_tokens))]
+    return VisionOutput(levels, torch.cat([o.global_token for o in outs], dim=0), outs[0].grid)  # (B, N, C_l)
 
 
 class VisionTower(nn.Module):
