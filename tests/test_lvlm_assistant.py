@@ -124,6 +124,26 @@ def test_training_cli_runs_resumes_and_exports(tiny_lm_dir, tmp_path):
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_export_carries_the_trained_expert_it_points_to(tmp_path):
+    """The exported config.json sends expert.checkpoint to the export itself, so the expert files the run
+    used are copied there; otherwise loading the export would silently build an untrained expert."""
+    from assistant.config import load_config
+    from training.lvlm import export
+
+    src, final = tmp_path / "expert", tmp_path / "final"
+    src.mkdir()
+    final.mkdir()
+    (src / "expert.safetensors").write_bytes(b"weights")
+    (src / "expert_config.json").write_text('{"head": "PrototypeHead"}')
+    (final / "lvlm_heads.safetensors").write_bytes(b"heads")
+    export(load_config("tiny", [f"expert.checkpoint={src}"]), final, tmp_path / "a", {})
+    assert (tmp_path / "a" / "expert.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "a" / "expert_config.json").read_text() == '{"head": "PrototypeHead"}'
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["expert"]["checkpoint"] == str(tmp_path / "a")
+    export(load_config("tiny", ["expert.checkpoint=null"]), final, tmp_path / "b", {})  # no trained expert: none
+    assert not (tmp_path / "b" / "expert.safetensors").exists()
+
+
 def test_training_data_errors_are_clear(tmp_path):
     from training.lvlm import load_samples
 

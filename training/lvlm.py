@@ -490,11 +490,20 @@ def _build_info(d) -> dict:
 
 
 def export(cfg, final: Path, dest: Path, manifest: dict) -> None:
-    """Copy adapter + heads + manifest to a checkpoint dir and write its config.json (the run config)."""
+    """Copy adapter + heads + manifest to a checkpoint dir and write its config.json (the run config). The
+    config points the expert at `dest`, so the trained expert the run used is copied along with it (without
+    it the exported checkpoint would load an untrained expert with other thresholds)."""
+    from assistant.anomaly.expert import CONFIG_NAME, WEIGHTS_NAME, trained_expert_dir
+
     dest.mkdir(parents=True, exist_ok=True)
     for f in final.iterdir():
         if f.is_file() and f.name != "README.md":  # peft's empty model-card template
             shutil.copy2(f, dest / f.name)
+    src = trained_expert_dir(cfg)
+    if src is not None and src.resolve() != dest.resolve():
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if (src / name).is_file():
+                shutil.copy2(src / name, dest / name)
     write_checkpoint_config(cfg, dest)
     ac = dest / "adapter_config.json"
     if ac.is_file():  # peft records the local cache path of the base LM; keep the model name instead

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 from torch import nn
 
 from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
@@ -632,17 +632,25 @@ def level_scale(tower) -> list[int]:
     return [max(1, round(st / min(strides))) for st in strides]
 
 
+def trained_expert_dir(cfg) -> Path | None:
+    """The folder of cfg.expert.checkpoint (relative paths also against the repository) when it holds trained
+    expert weights, else None."""
+    ckpt = cfg.expert.checkpoint
+    if not ckpt:
+        return None
+    p = Path(ckpt)
+    if not p.is_absolute() and not p.exists():
+        from assistant.config import REPO_ROOT
+
+        p = REPO_ROOT / ckpt
+    return p if (p / WEIGHTS_NAME).is_file() else None
+
+
 def build_expert(cfg, tower) -> AnomalyExpert:
     """The expert for a full Config and its tower, with the trained heads of cfg.expert.checkpoint when present."""
-    ckpt = cfg.expert.checkpoint
-    if ckpt:
-        p = Path(ckpt)
-        if not p.is_absolute() and not p.exists():
-            from assistant.config import REPO_ROOT
-
-            p = REPO_ROOT / ckpt
-        if (p / WEIGHTS_NAME).is_file():
-            return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
+    p = trained_expert_dir(cfg)
+    if p is not None:
+        return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
     return AnomalyExpert.from_pretrained(None, cfg.expert, tower).to(tower.device)
 
 
