@@ -51,8 +51,15 @@ class ExpertConfig:
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     self_reference: bool = False  # also match each query patch against its own image's other patches
     self_exclude: float = 0.15  # ... leaving out those within this fraction of the grid side (the defect itself)
+    zero_shot_source: str = "auto"  # one image, no reference: self (in-image rarity) | head | auto (head if CLIP text)
+    zero_shot_exclude: float = 0.05  # self: neighbours within this fraction of the grid side (>= 1 step) left out
     mutual_frac: float = 0.3  # batch zero-shot (mutual scoring): mean of this fraction of the nearest other images (MuSc)
     mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
+
+    def __post_init__(self):
+        if self.zero_shot_source not in ("auto", "self", "head"):
+            raise ConfigError("config key 'expert.zero_shot_source': expected 'auto', 'self' or 'head', "
+                              f"got {self.zero_shot_source!r}")
 
 
 @dataclass

@@ -3,8 +3,8 @@
 One image: writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints
 the verdict, score, calibrated threshold and time. Several images (files or folders): the same three files in
 DIR/<image stem>/ for each, plus DIR/summary.csv and a printed table. Without references, several images are
-scored against each other (the expert's mutual scoring, zero-shot over the batch); one image alone uses the
-zero-shot head.
+scored against each other (the expert's mutual scoring, zero-shot over the batch); one image alone is judged by
+the expert's single-image zero-shot path (in-image rarity, threshold from anomalies synthesized on the image).
 """
 from __future__ import annotations
 
@@ -85,10 +85,12 @@ def run(args) -> int:
         feats = cat_outputs([tower.encode(queries[i:i + 16]) for i in range(0, len(queries), 16)])
         results = expert.mutual_predict(feats, sizes)
     else:
-        results = [expert.predict(tower.encode([q]), state, sz)[0] for q, sz in zip(queries, sizes)]
+        results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0] for q, sz in zip(queries, sizes)]
     t2 = time.perf_counter()
     how = (f"mutual scoring over {len(queries)} images, no references" if mutual
-           else f"calibrated, {state.n_shots} reference(s)")
+           else f"calibrated, {state.n_shots} reference(s)" if state.n_shots
+           else "zero-shot, calibrated on anomalies synthesized on the image" if expert.self_calibrated()
+           else "zero-shot threshold from training")
     seconds = {"references": round(t1 - t0, 3), "queries": round(t2 - t1, 3)}
     if len(queries) == 1:
         result = results[0]

@@ -110,7 +110,8 @@ class Assistant:
         if state is None:
             state = self.expert.fit_references(self.tower, list(references), ref_out, seed=seed)
         t1 = time.perf_counter()
-        result = self.expert.predict(query_out, state, map_size or (query.size[1], query.size[0]))[0]
+        result = self.expert.predict(query_out, state, map_size or (query.size[1], query.size[0]),
+                                     images=[query], tower=self.tower)[0]
         t2 = time.perf_counter()
         feats = None
         if self.lvlm is not None:

@@ -220,3 +220,30 @@ def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_pat
     assert json.loads((part / "report.json").read_text())["categories"]["widget"] == rep
     with pytest.raises(ValueError, match="different run \\(shots: 1 vs 2\\)"):
         main(base + ["--shots", "2", "--out", str(part)])
+
+
+def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_path):
+    """--shots 0 without --mutual on a tower without text: each test image is judged alone (in-image rarity,
+    its own threshold from anomalies synthesized on it); the report names that mode and its rule."""
+    from assistant.anomaly.expert import AnomalyExpert, level_scale
+    from assistant.config import load_config
+    from assistant.evaluation.report import build_report, markdown
+    from assistant.evaluation.runner import evaluate_category
+    from assistant.vision.efficientnet import EfficientNetTower
+
+    cfg = load_config("offline-small", ["vision.image_size=64", "vision.device=cpu", "expert.calibration_synth=2",
+                                        "expert.smoothing_sigma=1.0"])
+    tower = EfficientNetTower(cfg.vision, pretrained=False).eval()
+    expert = AnomalyExpert(cfg.expert, tower.level_dims, tower.global_dim)
+    expert.level_scale = level_scale(tower)
+    expert.self_scales = [1.0, 1.0, 1.0]
+    cat = discover([make_category(tmp_path / "data", "widget", n_train=0)])[0]
+    res = evaluate_category(expert, tower, cat, 0, [0])
+    run = res.runs[0]
+    assert len(run.thresholds) == len(cat.items) and all(np.isfinite(run.thresholds))
+    assert "synthesized on this image" in run.calibration[0]["rule"]
+    assert run.calibration[0]["threshold_range"][0] <= run.calibration[0]["threshold_median"]
+    assert run.metrics["image_auroc"] == 1.0  # the bright squares are the rarest patches of their images
+    rep = build_report([res], 0, [0], cfg.to_dict(), single="self")
+    assert rep["zero_shot_mode"] == "self"
+    assert "each image alone: in-image rarity" in markdown(rep) and "synthesized on it" in markdown(rep)

@@ -101,10 +101,51 @@ def test_two_references_use_leave_one_out(tower, expert_cfg):
     assert "leave-one-out" in state.calibration["method"]
 
 
-def test_zero_shot_without_trained_heads_is_a_clear_error(tower, expert_cfg):
+@pytest.mark.parametrize("source", ["head", "self"])
+def test_zero_shot_without_trained_heads_is_a_clear_error(tower, expert_cfg, source):
+    expert_cfg.zero_shot_source = source
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
     with pytest.raises(RuntimeError, match="reference normal image"):
         expert.fit_references(tower, [])
+
+
+def _with_self_scales(expert, tower):
+    """Set the per-level in-image scales as training does: median over normal images."""
+    d, _, _ = expert.self_level_distances(tower.encode([texture(s) for s in range(4)]))
+    expert.self_scales = [float(x[torch.isfinite(x)].median()) for x in d]
+    return expert
+
+
+def test_single_image_zero_shot_finds_the_defect_and_sets_a_threshold_per_image(tower, expert_cfg):
+    """No reference, one image at a time (zero_shot_source auto -> self on EfficientNet): the square is rarer
+    than anything else in its image, so its image scores higher and its map peaks there; each image gets its
+    own threshold from anomalies synthesized on it, recorded with the result."""
+    expert_cfg.calibration_synth = 4
+    expert = _with_self_scales(AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim), tower)
+    assert expert.self_calibrated()
+    state = expert.fit_references(tower, [])
+    assert state.n_shots == 0 and not state.few_shot and "synthesized" in state.calibration["method"]
+    imgs = [texture(20), texture(21, blob=True)]
+    normal, defect = expert.predict(tower.encode(imgs), state, (64, 64), images=imgs, tower=tower)
+    assert defect.pred_score > normal.pred_score
+    peak = np.unravel_index(defect.anomaly_map.argmax(), defect.anomaly_map.shape)
+    assert 16 <= peak[0] < 48 and 16 <= peak[1] < 48
+    for r in (normal, defect):
+        assert np.isfinite(r.threshold) and r.threshold > 0 and r.pred_label == (r.pred_score > r.threshold)
+        assert r.extras["path"] == "zero-shot" and "synthesized on this image" in r.extras["calibration"]
+    assert defect.pred_label and defect.pred_mask.any()  # the bright square stands out above light synthetic defects
+    # the same image always gets the same threshold (fixed seed), whatever it is batched with
+    again = expert.predict(tower.encode(imgs[1:]), state, (64, 64), images=imgs[1:], tower=tower)[0]
+    assert again.threshold == pytest.approx(defect.threshold) and again.pred_score == pytest.approx(defect.pred_score, rel=1e-4)
+    with pytest.raises(ValueError, match="images=<2 query image"):
+        expert.predict(tower.encode(imgs), state, (64, 64))
+
+
+def test_zero_shot_source_is_validated():
+    from assistant.config import ConfigError
+
+    with pytest.raises(ConfigError, match="expected 'auto', 'self' or 'head', got 'selff'"):
+        load_config("offline-small", ["expert.zero_shot_source=selff"])
 
 
 def test_self_distances_flag_the_odd_patch():
@@ -145,7 +186,9 @@ def test_self_reference_only_lowers_the_map_and_flags_the_defect(tower, expert_c
 
 
 def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
+    expert_cfg.zero_shot_source = "head"  # the head's stored threshold decides at k = 0
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    expert.self_scales = [1.5, 2.5, 3.5]
     assert isinstance(expert.head, PrototypeHead)
     with torch.no_grad():
         for p in expert.parameters():
@@ -155,6 +198,7 @@ def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     expert.save_pretrained(tmp_path, meta={"steps": 1})
     loaded = AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)
     assert loaded.trained and loaded.zero_shot_threshold == pytest.approx(0.42) and loaded.meta == {"steps": 1}
+    assert loaded.self_scales == pytest.approx([1.5, 2.5, 3.5])
     out = tower.encode([texture(3)])
     assert torch.allclose(expert.zero_shot_map(out), loaded.zero_shot_map(out))
     state = loaded.fit_references(tower, [])

@@ -60,6 +60,7 @@ def test_train_expert_cli_saves_loadable_heads(tmp_path):
     meta = json.loads((out / "expert_config.json").read_text())
     assert meta["head"] == "TextHead" and meta["meta"]["steps"] == 3 and meta["meta"]["n_samples"] == 12
     assert set(meta["calibration_margin"]) == {"k1", "k2"}
+    assert len(meta["self_scales"]) == len(meta["level_dims"]) and min(meta["self_scales"]) > 0
     cfg = load_config("tiny")
     tower = build_vision_tower(cfg.vision)
     expert = AnomalyExpert.from_pretrained(out, cfg.expert, tower)

@@ -86,6 +86,25 @@ def encode_cached(tower, recs: list[dict], cache: Path, batch: int = 16):
     return tokens, glob, grid
 
 
+@torch.no_grad()
+def self_scales(expert, normal_idx: list[int], tokens, glob, grid) -> list[float]:
+    """Per level: median in-image nearest distance (expert.self_level_distances) over normal training images,
+    the constants that make the single-image zero-shot map ~1 on ordinary patches."""
+    from assistant.vision.base import VisionOutput
+
+    if not normal_idx:
+        raise ValueError("the training data has no normal images: the zero-shot scales need some (label 0)")
+    per_level: list[list[torch.Tensor]] = []
+    for i in range(0, len(normal_idx), 32):
+        b = normal_idx[i:i + 32]
+        d, _, _ = expert.self_level_distances(VisionOutput([t[b].float() for t in tokens], glob[b].float(), grid))
+        per_level = per_level or [[] for _ in d]
+        for lv, x in enumerate(d):
+            per_level[lv].append(x[torch.isfinite(x)])
+    cat = [torch.cat(x) for x in per_level]
+    return [float(x.median().clamp_min(1e-6)) if x.numel() else 1.0 for x in cat]  # 1.0: grid too small to leave out
+
+
 def grid_masks(recs: list[dict], grid: tuple[int, int], size: int) -> torch.Tensor:
     """(S, h*w) soft targets: fraction of each patch covered by the defect mask."""
     from assistant.imaging import load_mask
@@ -169,7 +188,7 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
 def run(args) -> int:
     from accelerate import Accelerator
 
-    from assistant.anomaly.expert import AnomalyExpert, ReferenceState, level_scale
+    from assistant.anomaly.expert import AnomalyExpert, level_scale
     from assistant.config import load_config
     from assistant.vision.base import VisionOutput, build_vision_tower
 
@@ -222,15 +241,15 @@ def run(args) -> int:
     expert.trained = True
     # held-out: image scores with the inference pipeline -> zero-shot threshold and validation AUROC
     expert.eval()
-    state = ReferenceState(banks=[torch.zeros(0, c) for c in expert.level_dims], scales=[1.0] * len(expert.level_dims),
-                           threshold=0.5, pixel_threshold=0.5, n_shots=0)
     scores = []
-    with torch.no_grad():
+    with torch.no_grad():  # the head's own map (zero_shot_source: head), scored as at inference
         for i in range(0, len(val), 32):
             b = val[i:i + 32]
             vo = VisionOutput([t[b].float() for t in tokens], glob[b].float(), grid)
-            scores += [r.pred_score for r in expert.predict(vo, state, (tower.image_size, tower.image_size))]
+            maps = expert.upsample(expert.zero_shot_map(vo), (tower.image_size, tower.image_size))
+            scores += [expert.image_score(m) for m in maps]
     scores, vlab = np.array(scores), labels[val]
+    expert.self_scales = self_scales(expert, [i for i in train if labels[i] == 0][:512], tokens, glob, grid)
     expert.zero_shot_threshold = best_threshold(scores, vlab)
     val_auroc = None
     if len(set(vlab.tolist())) == 2:
@@ -247,7 +266,7 @@ def run(args) -> int:
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
             "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,
-            "calibration_margin": expert.calibration_margin, "loss_log": log}
+            "calibration_margin": expert.calibration_margin, "self_scales": expert.self_scales, "loss_log": log}
     if accelerator.is_main_process:
         expert.save_pretrained(out_dir, meta=meta)
         print(json.dumps({k: v for k, v in meta.items() if k != "loss_log"}))

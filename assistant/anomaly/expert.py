@@ -8,6 +8,10 @@ Paths, fused into one map:
   adapters mapping patch tokens into the text space (AnomalyGPT style);
 - zero-shot, towers without text (EfficientNet): learned normal/abnormal prototypes shifted by the image's
   own global feature (Anomaly-OV's look-back idea), trained on synthesized anomalies (training/expert.py);
+- zero-shot, one image, towers without text (`zero_shot_source: auto` or `self`): in-image rarity. Each patch's distance to its
+  nearest patch of the same image outside its 3x3 neighbourhood, per level divided by the typical distance on
+  normal training images. The verdict threshold is found on the image itself: the lowest score of anomalies
+  synthesized on it (a query scores above it only where it holds something rarer than a light defect);
 - zero-shot over a batch of unlabeled images of one kind (`mutual_predict`, MuSc's mutual scoring): every
   image is scored against the others; a defect is rare across parts, a normal patch has look-alikes in most.
 The verdict threshold is never set by hand: `fit_references` calibrates it from the references' own
@@ -305,6 +309,7 @@ class AnomalyExpert(nn.Module):
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
         self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2)
+        self.self_scales: list[float] = []  # per level: median in-image nearest distance on normal training images
         # per level: native stride / finest stride (a stride-32 level on a stride-8 grid is 4x upsampled);
         # the kNN of a coarse level runs on its native grid, not on interpolated copies (set from the tower)
         self.level_scale: list[int] = [1] * len(self.level_dims)
@@ -320,7 +325,7 @@ class AnomalyExpert(nn.Module):
         cfg = {"expert": asdict(self.cfg), "level_dims": self.level_dims, "global_dim": self.global_dim,
                "head": type(self.head).__name__ if self.head is not None else None,
                "zero_shot_threshold": self.zero_shot_threshold, "calibration_margin": self.calibration_margin,
-               "meta": meta or self.meta}
+               "self_scales": self.self_scales, "meta": meta or self.meta}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
         return out
 
@@ -353,6 +358,7 @@ class AnomalyExpert(nn.Module):
         expert.trained = expert.head is not None
         expert.zero_shot_threshold = float(meta.get("zero_shot_threshold", 0.5))
         expert.calibration_margin = {k: float(v) for k, v in (meta.get("calibration_margin") or {}).items()}
+        expert.self_scales = [float(v) for v in meta.get("self_scales") or []]
         expert.meta = meta.get("meta", {})
         return expert.to(tower.device)
 
@@ -403,8 +409,32 @@ class AnomalyExpert(nn.Module):
         logits, grid = self.head(tokens, out.global_token.float(), out.grid)
         return torch.sigmoid(logits).view(-1, *grid)
 
+    def self_level_distances(self, out: VisionOutput) -> tuple[list[torch.Tensor], list[tuple[int, int]], tuple[int, int]]:
+        """Per level (B, N_l) distance of each kNN feature to its nearest patch of the same image outside its
+        neighbourhood (`zero_shot_exclude`); inf where a grid is too small to leave anything out."""
+        feats, grids, grid = self.patch_features(out)
+        return [self_nn_distance(f, g, self.cfg.zero_shot_exclude) for f, g in zip(feats, grids)], grids, grid
+
+    def _require_self_scales(self) -> None:
+        if len(self.self_scales) != len(self.level_dims):
+            raise RuntimeError("zero-shot (zero_shot_source: self) needs the per-level scales stored by "
+                               "`python -m training expert`; this expert has none. Retrain it, give a reference "
+                               "normal image, or set expert.zero_shot_source=head")
+
+    def self_map(self, out: VisionOutput) -> torch.Tensor:
+        """(B, h', w') single-image zero-shot map: in-image rarity, each level divided by its typical value on
+        normal training images (self_scales), so ~1 on ordinary patches. The scales are constants, not this
+        image's own median: a part with many defects, or a busy one, must not rescale itself."""
+        self._require_self_scales()
+        dists, grids, grid = self.self_level_distances(out)
+        maps = [self._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
+                for d, g, s in zip(dists, grids, self.self_scales)]
+        return torch.stack(maps, 1).mean(1)
+
     def raw_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
+        if not (state.few_shot and self.cfg.few_shot) and self.self_calibrated():
+            return self.self_map(out)
         zs = self.zero_shot_map(out) if self.cfg.zero_shot else None
         if state.few_shot and self.cfg.few_shot:
             fs = self.few_shot_maps(out, state).mean(1)  # (B, h', w'), ~1 on normal patches
@@ -434,14 +464,62 @@ class AnomalyExpert(nn.Module):
         return float(np.partition(flat, flat.size - k)[-k:].mean())
 
     # -------------------------------------------------------------- inference
+    def self_calibrated(self) -> bool:
+        """True when a state without references is judged per image by in-image rarity (predict then needs the
+        images and the tower): zero_shot_source "self", or "auto" on a tower without text (CLIP towers keep the
+        text-prompt head, the zero-shot path they were trained for)."""
+        src = self.cfg.zero_shot_source
+        return src == "self" or (src == "auto" and not isinstance(self.head, TextHead))
+
     @torch.no_grad()
-    def predict(self, query_out: VisionOutput, state: ReferenceState, image_size: tuple[int, int]) -> list[AnomalyResult]:
-        """One AnomalyResult per query image; maps have size image_size (H, W)."""
+    def predict(self, query_out: VisionOutput, state: ReferenceState, image_size: tuple[int, int],
+                images: list[Image.Image] | None = None, tower=None) -> list[AnomalyResult]:
+        """One AnomalyResult per query image; maps have size image_size (H, W). Without references and with
+        `zero_shot_source: self`, each image gets its own threshold (`_self_threshold`), which needs the query
+        `images` and the `tower`."""
         if len(query_out.patch_tokens) != len(self.level_dims):
             raise ValueError(f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}")
         maps = self.upsample(self.raw_maps(query_out, state), tuple(image_size))
-        path = "few-shot" if state.few_shot else "zero-shot"
-        return [self._result(amap, self.image_score(amap), state, path) for amap in maps]
+        if state.few_shot or not self.self_calibrated():
+            path = "few-shot" if state.few_shot else "zero-shot"
+            return [self._result(amap, self.image_score(amap), state, path) for amap in maps]
+        if images is None or tower is None or len(images) != len(maps):
+            raise ValueError(f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
+                             f"predict(..., images=<{len(maps)} query image(s)>, tower=<the vision tower>), got "
+                             f"images={'None' if images is None else len(images)}, tower={'None' if tower is None else 'set'}")
+        out = []
+        for img, amap in zip(images, maps):
+            thr, pix, synth = self._self_threshold(tower, img, tuple(image_size))
+            st = ReferenceState(banks=[], scales=[], threshold=thr, pixel_threshold=pix, n_shots=0,
+                                calibration={"method": "in-image rarity, one image, no references",
+                                             "rule": f"lowest score of {len(synth)} anomalies synthesized on this image",
+                                             "synth_scores": [round(float(x), 4) for x in synth]})
+            out.append(self._result(amap, self.image_score(amap), st, "zero-shot"))
+        return out
+
+    def _self_threshold(self, tower, img: Image.Image, image_size: tuple[int, int]) -> tuple[float, float, np.ndarray]:
+        """(image threshold, pixel threshold, synthesized scores) for one query without references.
+
+        `calibration_synth` anomalies are synthesized on the query itself (fixed seed: the same image always gets
+        the same threshold) and scored like it. The image threshold is the lowest of their scores: on held-out
+        synthetic categories the best single cut of (query score / that lowest score) was 1.0. The pixel
+        threshold is the best F1 on their masks."""
+        rng = random.Random(0)
+        side = tower.image_size
+        base = img.convert("RGB").resize((side, side), Image.BICUBIC)
+        synth = [synthesize_anomaly(base, rng) for _ in range(max(2, self.cfg.calibration_synth))]
+        smaps = self.upsample(self.self_map(tower.encode([s[0] for s in synth])), image_size)
+        scores = np.array([self.image_score(m) for m in smaps])
+        h, w = image_size
+        gt = np.concatenate([cv2.resize(s[1].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).reshape(-1)
+                             for s in synth]) > 0
+        return float(scores.min()), self._best_f1_threshold(smaps.reshape(-1), gt), scores
+
+    @staticmethod
+    def _best_f1_threshold(values: np.ndarray, gt: np.ndarray) -> float:
+        """Map threshold with the best F1 against synthesized masks (60 quantiles between the median and the top)."""
+        cand = np.quantile(values, np.linspace(0.5, 0.999, 60))
+        return float(cand[int(np.argmax([_f1(values > c, gt) for c in cand]))])
 
     def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str) -> AnomalyResult:
         label = bool(score > state.threshold)
@@ -522,6 +600,11 @@ class AnomalyExpert(nn.Module):
             zero = ReferenceState(banks=[torch.zeros(0, c) for c in self.level_dims], scales=[1.0] * len(self.level_dims),
                                   threshold=self.zero_shot_threshold, pixel_threshold=self.zero_shot_threshold,
                                   n_shots=0, calibration={"method": "zero-shot threshold from training"})
+            if self.self_calibrated():  # thresholds are found per query image in predict
+                self._require_self_scales()
+                zero.threshold = zero.pixel_threshold = float("nan")
+                zero.calibration = {"method": "per query image: anomalies synthesized on it (in-image rarity)"}
+                return zero
             if self.head is None or not self.trained:
                 raise RuntimeError("zero-shot needs trained expert heads (expert.checkpoint); none are loaded. "
                                    "Give at least one reference normal image.")
@@ -598,10 +681,7 @@ class AnomalyExpert(nn.Module):
             rule = f"geometric point {CALIBRATION_BETA} from highest held-out normal to median synthesized anomaly"
         # pixel threshold: best F1 on synthesized masks, not below the median of normal maps' maxima
         gt = np.concatenate([s[1].reshape(-1) for s in synth])
-        pm = smaps.reshape(-1)
-        cand = np.quantile(pm, np.linspace(0.5, 0.999, 60))
-        f1 = [_f1(pm > c, gt) for c in cand]
-        pix = float(cand[int(np.argmax(f1))])
+        pix = self._best_f1_threshold(smaps.reshape(-1), gt)
         state.pixel_threshold = max(pix, float(np.median([m.max() for m in nmaps])))
         state.calibration = {"method": ("leave-one-out references" if state.n_shots >= 2 else "leave-view-out rotations/flips")
                              + " + synthesized anomalies", "rule": rule,

@@ -133,7 +133,8 @@ def expert_grid(expert, tower, categories, results, shots: int, path: str | Path
                 refs = tuple(it.references) or tuple(sample_references(cat.train_good, shots, run.seed))
                 if refs not in states:
                     states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=run.seed)
-                res = expert.predict(tower.encode([load_image(it.image)]), states[refs], size)[0]
+                img = load_image(it.image)
+                res = expert.predict(tower.encode([img]), states[refs], size, images=[img], tower=tower)[0]
             text = (f"truth: {'anomalous (' + it.defect + ')' if it.label else 'normal'}\n"
                     f"verdict: {'anomalous' if res.pred_label else 'normal'}, score {res.pred_score:.3g}, "
                     f"threshold {res.threshold:.3g}\n"

@@ -17,7 +17,9 @@ SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max"
          "miss": "Miss"}
 
 
-def build_report(results, shots: int, seeds: list[int], config: dict, mutual: bool = False) -> dict:
+def build_report(results, shots: int, seeds: list[int], config: dict, mutual: bool = False,
+                 single: str = "head") -> dict:
+    """`single`: the single-image zero-shot path the expert used at k = 0 ("self" or "head")."""
     cats = {r.name: r.summary() for r in results}
     mean = {}
     for key in METRIC_KEYS:
@@ -25,15 +27,18 @@ def build_report(results, shots: int, seeds: list[int], config: dict, mutual: bo
         if vals:
             mean[key] = float(np.mean(vals))
     out = {"shots": shots, "seeds": list(seeds), "config": config, "categories": cats, "mean": mean}
-    if shots == 0:  # which zero-shot path: the single-image head, or mutual scoring over the unlabeled test set
-        out["zero_shot_mode"] = "mutual" if mutual else "head"
+    if shots == 0:  # which zero-shot path: one image at a time (in-image rarity or the head), or mutual scoring
+        out["zero_shot_mode"] = "mutual" if mutual else single
     return out
 
 
 def markdown(report: dict) -> str:
     keys = [k for k in METRIC_KEYS if any(k in c for c in report["categories"].values())]
-    mutual = report.get("zero_shot_mode") == "mutual"
-    how = " (mutual scoring over each category's unlabeled test images)" if mutual else ""
+    mode = report.get("zero_shot_mode")
+    mutual = mode == "mutual"
+    how = {"mutual": " (mutual scoring over each category's unlabeled test images)",
+           "self": " (each image alone: in-image rarity)", "head": " (each image alone: the trained zero-shot head)"}
+    how = how.get(mode, "") if report["shots"] == 0 else ""
     lines = [f"# Expert evaluation: {report['shots']}-shot{how}, seeds {','.join(map(str, report['seeds']))}", "",
              "| category | normal | anomalous | " + " | ".join(SHORT[k] for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
@@ -50,6 +55,7 @@ def markdown(report: dict) -> str:
     lines.append("| **mean** | | | " + " | ".join(f"**{m[k]:.3f}**" if k in m else "–" for k in keys) + " |")
     source = ("the expert calibrated itself from the references" if report["shots"] > 0 else
               "split from each category's own scores (two clusters of log scores)" if mutual else
+              "found on each image: the lowest score of anomalies synthesized on it" if mode == "self" else
               "the zero-shot head stored with its weights (fitted on synthetic data at training time)")
     lines += ["", "Balanced accuracy, overkill (normals rejected) and miss (anomalies passed) use the threshold",
               f"{source}; no threshold was set by hand."]
@@ -80,10 +86,11 @@ def roc_figure(results, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(results, out_dir: str | Path, shots: int, seeds: list[int], config: dict, mutual: bool = False) -> dict:
+def write_reports(results, out_dir: str | Path, shots: int, seeds: list[int], config: dict, mutual: bool = False,
+                  single: str = "head") -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, shots, seeds, config, mutual)
+    report = build_report(results, shots, seeds, config, mutual, single)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
     roc_figure(results, out / "roc.png")

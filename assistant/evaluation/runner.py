@@ -115,17 +115,26 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         t_pred = 0.0
         for refs, idx in groups.items():
             state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
-            thresholds.append(state.threshold)
-            calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
+            per_image = not state.few_shot and expert.self_calibrated()  # zero-shot: a threshold per image
+            if not per_image:
+                thresholds.append(state.threshold)
+                calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
             for j in range(0, len(idx), batch_size):
                 part = idx[j:j + batch_size]
+                images = [load_image(items[i].image) for i in part] if per_image else None
                 t0 = time.perf_counter()
-                results = expert.predict(_slice(feats, part), state, (size, size))
+                results = expert.predict(_slice(feats, part), state, (size, size), images=images, tower=tower)
                 t_pred += time.perf_counter() - t0
                 for i, r in zip(part, results):
                     scores[i], preds[i] = r.pred_score, int(r.pred_label)
                     if maps is not None:
                         maps[i] = r.anomaly_map
+                if per_image:
+                    thresholds += [r.threshold for r in results]
+            if per_image:
+                calib.append({"method": state.calibration["method"], "rule": results[0].extras.get("calibration", ""),
+                              "threshold_median": float(np.median(thresholds)),
+                              "threshold_range": [float(min(thresholds)), float(max(thresholds))]})
         metrics = _metrics(labels, scores, preds, masks, maps)
         res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
                                 thresholds, metrics, t_pred / max(len(items), 1), calib))
