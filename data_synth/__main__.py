@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--anomaly-ratio", type=float, default=0.5, help="fraction of anomalous samples")
     b.add_argument("--multi-ratio", type=float, default=0.0,
                    help="fraction of anomalous samples with 2-3 separate defects (default 0: one defect each)")
+    b.add_argument("--opener-ratio", type=float, default=0.0,
+                   help="fraction of conversations that open with a follow-up question (how many, where, ship?) "
+                        "instead of the detection question; changes only conversations.json, so a finished build "
+                        "can be re-run with another value")
     b.add_argument("--refs", type=int, default=4, help="reference normals written per category")
     b.add_argument("--workers", type=int, default=1, help="processes (output is identical for any number)")
     b.add_argument("--synth", nargs="*", default=[], metavar="KEY=VALUE",
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             sources = make_sources(names, args.normal)
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             settings = BuildSettings(seed=args.seed, size=args.size, methods=methods,
-                                     anomaly_ratio=args.anomaly_ratio, n_refs=args.refs, multi_ratio=args.multi_ratio)
+                                     anomaly_ratio=args.anomaly_ratio, n_refs=args.refs, multi_ratio=args.multi_ratio,
+                                     opener_ratio=args.opener_ratio)
             cfg = synth_config(args.synth)
             t = time.time()
             summary = build(sources, args.out, args.n, settings, cfg=cfg, workers=args.workers,

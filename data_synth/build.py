@@ -43,6 +43,12 @@ class BuildSettings:
     n_refs: int = 4  # reference normals written per category (pool for k-shot and the expert)
     sources: tuple = ()  # source names (recorded so a resume with other sources is refused)
     multi_ratio: float = 0.0  # fraction of anomalous samples with 2-3 separate defects (synthesize_multi)
+    opener_ratio: float = 0.0  # fraction of conversations opened by a follow-up question (count, where, ship, ...)
+
+
+def _images_only(settings: dict) -> dict:
+    """Build settings that shape the images and the manifest (all but the conversation-only opener_ratio)."""
+    return {k: v for k, v in settings.items() if k != "opener_ratio"}
 
 
 def check_settings(n: int, s: BuildSettings) -> None:
@@ -53,6 +59,8 @@ def check_settings(n: int, s: BuildSettings) -> None:
         raise SynthError(f"--methods: unknown method(s) {bad or '(none given)'}; expected some of {', '.join(METHODS)}")
     if s.size < 32:
         raise SynthError(f"--size: expected at least 32 pixels, got {s.size}")
+    if not 0.0 <= s.opener_ratio <= 1.0:
+        raise SynthError(f"--opener-ratio: expected a fraction in [0, 1], got {s.opener_ratio}")
     if not 0.0 <= s.multi_ratio <= 1.0:
         raise SynthError(f"--multi-ratio: expected a fraction in [0, 1], got {s.multi_ratio}")
     if not 0.0 <= s.anomaly_ratio <= 1.0:
@@ -121,13 +129,13 @@ def make_sample(i: int) -> dict:
     return rec
 
 
-def conversation_for(rec: dict, seed: int) -> dict:
-    """The LLaVA conversation of a manifest record (deterministic in (seed, id))."""
+def conversation_for(rec: dict, seed: int, opener_ratio: float = 0.0) -> dict:
+    """The LLaVA conversation of a manifest record (deterministic in (seed, id, opener_ratio))."""
     rng = np.random.default_rng([seed, int(rec["id"]), 2])
     pool = rec["references"]
     k = min(int(SHOTS[int(rng.integers(len(SHOTS)))]), len(pool))
     refs = [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))] if k else []
-    return make_conversation(rec, rec["noun"], refs, rng)
+    return make_conversation(rec, rec["noun"], refs, rng, opener_ratio)
 
 
 def read_manifest(out: str | Path, absolute: bool = True) -> list[dict]:
@@ -173,16 +181,17 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
         (out / d).mkdir(parents=True, exist_ok=True)
     cats: list[tuple[int, Category]] = [(si, c) for si, src in enumerate(sources) for c in src.categories()]
     info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
-                         if not (k == "multi_ratio" and v == 0)},  # builds without it keep their build.json
+                         if not (k in ("multi_ratio", "opener_ratio") and v == 0)},  # builds without them keep their build.json
             "synth": asdict(cfg), "categories": [c.key for _, c in cats]}
     info_path = out / "build.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        if old != info:
+        # the opener ratio shapes only conversations.json, rewritten at the end of every build: a finished build
+        # can be given other conversations without re-synthesizing its images
+        if {**old, "settings": _images_only(old["settings"])} != {**info, "settings": _images_only(info["settings"])}:
             raise SynthError(f"{out}: already holds a build with other settings ({old['settings']}); "
                              "use a new --out folder to build with different settings")
-    else:
-        info_path.write_text(json.dumps(info, indent=1) + "\n")
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
     # reference pools: n_refs normals per category, deterministic in (seed, category index, j)
     t0 = time.perf_counter()
     pools: dict[str, list[str]] = {}
@@ -228,7 +237,7 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, man)
     recs = [json.loads(line) for line in keep]
-    convs = [conversation_for(r, s.seed) for r in recs]
+    convs = [conversation_for(r, s.seed, s.opener_ratio) for r in recs]
     tmp = out / "conversations.tmp"
     tmp.write_text(json.dumps(convs, indent=1) + "\n")
     os.replace(tmp, out / "conversations.json")

@@ -61,6 +61,25 @@ def _ref_word(k: int) -> str:
     return "reference" if k == 1 else "references"
 
 
+def _count_answer(m: dict) -> str:
+    if m["label"] != 1:
+        return "There are no defects."
+    n = m["n_components"]
+    return "There is one defective region." if n == 1 else f"There are {n} defective regions."
+
+
+def _open_with(turns: list[tuple[str, str]], kind: str, record: dict) -> list[tuple[str, str]]:
+    """Move the `kind` turn to the front (adding it for count and ship, whose answers need no earlier turn;
+    a locate/size/severity turn that was not drawn falls back to count). The detection turn follows later."""
+    if not any(t[0] == kind for t in turns):
+        if kind not in ("count", "ship"):
+            kind = "count"
+        if not any(t[0] == kind for t in turns):
+            turns = turns + [(kind, _count_answer(record) if kind == "count" else None)]
+    first = next(t for t in turns if t[0] == kind)
+    return [first] + [t for t in turns if t is not first]
+
+
 def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     t, pos = m["defect_type"], position_phrase(m["position"])
     size, pct, sev, n = m["size"], percent(m["area_fraction"]), m["severity"], m["n_components"]
@@ -77,7 +96,7 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
     extra = {
         "ship": None,  # answered per question (SHIP_QA)
-        "count": "There is one defective region." if n == 1 else f"There are {n} defective regions.",
+        "count": _count_answer(m),
         "describe": describe(m, noun, rng),
         "severity": f"It is {article(sev)} {sev} defect: {size}, about {pct} of the image.",
     }
@@ -100,7 +119,7 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         turns.append(("compare", f"It looks like a normal {noun}: no scratches, cracks, stains or missing parts."))
     extra = {
         "ship": None,  # answered per question (SHIP_QA)
-        "count": "There are no defects.",
+        "count": _count_answer(m),
         "describe": f"There is no defect to describe; the {noun} looks normal.",
         "severity": "There is no defect, so there is no severity to report.",
     }
@@ -113,13 +132,22 @@ QUESTIONS = {"locate": LOCATE_Q, "size": SIZE_Q, "ship": SHIP_Q, "count": COUNT_
              "severity": SEVERITY_Q}
 
 
-def make_conversation(record: dict, noun: str, references: list[str], rng: np.random.Generator) -> dict:
+OPENERS = ("count", "locate", "ship", "size", "severity")  # follow-ups whose answers also stand as a first answer
+
+
+def make_conversation(record: dict, noun: str, references: list[str], rng: np.random.Generator,
+                      opener_ratio: float = 0.0) -> dict:
     """LLaVA record {"id", "image", "references", "conversations": [{"from", "value"}, ...]} for one sample.
-    `record` is the manifest line (label, defect_type, position, size, area_fraction, severity, ...)."""
+    `record` is the manifest line (label, defect_type, position, size, area_fraction, severity, ...).
+    With probability `opener_ratio` the conversation opens with a follow-up question ("How many defects are
+    there?") whose answer carries the verdict itself, and the detection question moves behind it: users do not
+    always ask "is anything wrong?" first."""
     k = len(references)
     anomalous = record["label"] == 1
     # answers carry a "{noun}" placeholder, filled once the question is chosen
     turns = (_anomalous_turns if anomalous else _normal_turns)(record, "{noun}", k, rng)
+    if opener_ratio > 0 and rng.random() < opener_ratio:  # (no draw at 0: builds without it keep their bytes)
+        turns = _open_with(turns, str(rng.choice(OPENERS)), record)
     msgs, named = [], False
     for i, (kind, answer) in enumerate(turns):
         if kind == "detect":

@@ -291,3 +291,33 @@ def test_synthesize_multi_gives_separate_regions_and_truthful_counts(images, tmp
     assert cli_main(["check", str(tmp_path)]) == 0
     with pytest.raises(SynthError, match="--multi-ratio"):
         build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(multi_ratio=2.0), progress=False)
+
+
+def test_opener_ratio_rewrites_only_the_conversations(built, tmp_path):
+    """--opener-ratio: some conversations open with a follow-up question whose answer carries the verdict, the
+    detection question comes later; re-running a finished build with it keeps the images and the manifest."""
+    from data_synth.conversations import DETECT_Q, DETECT_REF_Q, OPENERS, QUESTIONS
+
+    out, _ = built
+    s = BuildSettings(seed=0, size=SIZE, n_refs=2)
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False)
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, BuildSettings(seed=0, size=SIZE, n_refs=2, opener_ratio=1.0),
+          progress=False)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
+    assert json.loads((tmp_path / "build.json").read_text())["settings"]["opener_ratio"] == 1.0
+    recs = read_manifest(tmp_path)
+    convs = json.loads((tmp_path / "conversations.json").read_text())
+    detect = {q.format(noun=r["noun"], ref=w) for r in recs for q in DETECT_Q + DETECT_REF_Q
+              for w in ("reference", "references")} | {"The reference shows a good " + r["noun"] + ". Is there any defect in the query?" for r in recs}
+    openers = {q for k in OPENERS for q in QUESTIONS[k]}
+    for r, c in zip(recs, convs):
+        first_q, first_a = c["conversations"][0]["value"].split("\n", 1)[1], c["conversations"][1]["value"]
+        assert first_q not in detect and first_q in {q.format(noun=r["noun"]) for q in openers}, first_q
+        if "how many" in first_q.lower():  # the count opener states the verdict: none, or the regions
+            assert (first_a == "There are no defects.") == (r["label"] == 0), (first_q, first_a)
+        assert any(m["value"] in detect for m in c["conversations"][2::2])  # the detection question comes later
+    # back to 0: the original conversations, byte for byte
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False)
+    assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
+    with pytest.raises(SynthError, match="--opener-ratio"):
+        build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(opener_ratio=-0.1), progress=False)
