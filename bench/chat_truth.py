@@ -14,6 +14,8 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
   as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
   count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail).
+With --first, every question is instead the first turn of the chat (the history is cleared before each): users
+do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
 """
 from __future__ import annotations
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="JSONL of every question, answer and check")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--first", action="store_true", help="ask every question as the first turn (history cleared)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
             session = ChatSession(asst, it.image, references=refs)
             fact = expected(session.result)
             for kind, q in QUESTIONS:
+                if args.first:
+                    session.history = []  # same image, references and result; no earlier turn
                 answer = "".join(session.ask(q)).strip()
                 rows.append({"category": cat.name, "image": it.image, "kind": kind, "question": q, "answer": answer,
                              "expert_anomalous": fact["anomalous"], "evidence": fact["evidence"],
@@ -135,7 +140,8 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     n_img = len(rows) // len(QUESTIONS)
-    print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions, 1 reference, "
+    order = "each question as the first turn" if args.first else "questions in this order in one chat"
+    print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
           f"{time.perf_counter() - t0:.0f} s")
     print("| question | expert: anomalous | expert: normal | all |")
     print("|---|---|---|---|")

@@ -5,7 +5,8 @@
 
 Speed: ms/image at the config's image size (tower forward + expert predict; references fitted once,
 not timed) for batch 1 and batch 16, 1-shot and 16-shot, and the peak RSS of a process that does only
-that (each row runs in a fresh subprocess). With --data, the same run also evaluates both detectors
+that (each row runs in a fresh subprocess). `--shots 0,1,16` adds the single-image zero-shot path (in-image
+rarity; its threshold comes from anomalies synthesized on each query, which the timing includes). With --data, the same run also evaluates both detectors
 (1-shot, the given seeds) and prints image/pixel AUROC and balanced accuracy side by side.
 Never part of `make test`.
 """
@@ -60,7 +61,7 @@ def one(args) -> dict:
     def step():
         with torch.no_grad():
             out = tower.encode(queries)
-            expert.predict(out, state, (size, size))
+            expert.predict(out, state, (size, size), images=queries, tower=tower)  # images: 0-shot calibrates on them
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
     rows = []
     for method in args.methods.split(","):
         for shots in (int(s) for s in args.shots.split(",")):
+            if shots == 0 and method == "knn-baseline":  # a nearest-neighbour detector needs references
+                continue
             for batch in (int(b) for b in args.batches.split(",")):
                 cmd = [sys.executable, __file__, "--one", "--config", args.config, "--method", method,
                        "--shot", str(shots), "--batch", str(batch), "--repeats", str(args.repeats),
