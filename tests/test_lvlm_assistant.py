@@ -149,3 +149,22 @@ def test_training_data_errors_are_clear(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="expected manifest.jsonl and conversations.json"):
         load_samples(tmp_path, 2)
+
+
+def test_heldout_check_asks_the_detection_question_even_after_an_opener():
+    """With --opener-ratio a conversation may open with "where?" or "is it safe to ship?" ("yes" = normal): the
+    held-out check asks the first question whose reference answer states the label."""
+    from pathlib import Path
+
+    from training.lvlm import Sample, detection_question
+
+    def sample(label, turns):
+        return Sample("0", Path("."), "q.png", None, label, [], [], turns, "")
+
+    where = ("Where is the defect located?", "There is no defect to locate; the object looks normal everywhere.")
+    ship_ok = ("Is it safe to ship?", "Yes, it looks normal and is safe to ship.")
+    detect_no = ("Is this part OK?", "No, the object looks normal.")
+    assert detection_question(sample(0, [ship_ok, detect_no])) == "Is this part OK?"
+    assert detection_question(sample(1, [("Where is it?", "It is on the left of the image."),
+                                         ("Any anomalies here?", "Yes, there is an anomaly: a hole on the left of the image.")])) == "Any anomalies here?"
+    assert detection_question(sample(0, [where, detect_no])) == where[0]  # its answer already says "normal"

@@ -275,8 +275,18 @@ def load_state(model: LVLM, optimizer, ckpt: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def detection_question(sample: Sample) -> str:
+    """The first question whose reference answer parses to the sample's label: with --opener-ratio a conversation
+    may open with "where?" (no verdict) or "is it safe to ship?" (whose "yes" means normal)."""
+    from assistant.evaluation.vqa import parse_verdict
+
+    want = bool(sample.label)
+    return next((q for q, a in sample.turns if parse_verdict(a) is want), sample.turns[0][0])
+
+
 def heldout_accuracy(model: LVLM, cache: FeatureCache, idx: list[int], batch: int = 8) -> dict:
-    """Answer the first (detection) question of held-out conversations; parse yes/no; compare with the label."""
+    """Answer the detection question of held-out conversations (`detection_question`); parse yes/no; compare
+    with the label."""
     from assistant.evaluation.vqa import parse_verdict
 
     was_training = model.training
@@ -285,7 +295,7 @@ def heldout_accuracy(model: LVLM, cache: FeatureCache, idx: list[int], batch: in
     for b in range(0, len(idx), batch):
         ids = idx[b:b + batch]
         vis = [cache.get(i) for i in ids]
-        qs = [cache.samples[i].turns[0][0] for i in ids]
+        qs = [detection_question(cache.samples[i]) for i in ids]
         outs = model.generate(vis, qs, max_new_tokens=12)
         for i, a in zip(ids, outs):
             v = parse_verdict(a)
