@@ -24,10 +24,24 @@ import numpy as np
 from PIL import Image
 
 from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
+from assistant.constants import position_phrase
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
 
 SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresholds, -1 doubles them
+
+
+DETECT_QUESTION = "Is there any anomaly in the image?"
+
+
+def verdict_turn(result: AnomalyResult) -> tuple[str, str]:
+    """The expert's verdict as an opening (question, answer) turn, in the form the LM was trained on. A chat
+    whose first question is not the detection question ("Can we ship it?") gets it as context: the LM answers
+    follow-ups truthfully, but a yes/no question asked first lost its polarity (bench/chat_truth.py --first)."""
+    if not result.pred_label:
+        return DETECT_QUESTION, "No, the object looks normal."
+    where = f" {position_phrase(result.position)} of the image" if result.position else ""
+    return DETECT_QUESTION, f"Yes, there is an anomaly: a defect{where}."
 
 
 class ChatError(ValueError):
@@ -83,8 +97,10 @@ class ChatSession:
     """A multi-turn conversation about one query image, with cached features (see module docstring)."""
 
     def __init__(self, assistant, query: ImageInput | None = None, references: Sequence[ImageInput] = (),
-                 sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS, max_history_turns: int = 3):
+                 sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS, max_history_turns: int = 3,
+                 open_with_verdict: bool = True):
         self.assistant = assistant  # shared weights only
+        self.open_with_verdict = open_with_verdict  # first question: the expert's verdict as an earlier turn (verdict_turn)
         self.max_pixels = max_pixels
         self.history: list[tuple[str, str]] = []  # (question, answer) turns
         self.max_history_turns = max_history_turns  # earlier turns the LM sees (bounds prompt length and latency)
@@ -214,6 +230,8 @@ class ChatSession:
         # no lock held across yields: a server may resume this generator on different threads
         parts: list[str] = []
         history = self.history[-self.max_history_turns:] if self.max_history_turns > 0 else []
+        if not self.history and self.open_with_verdict:  # not shown, not kept: context for the first answer only
+            history = [verdict_turn(evidence.result)]
         try:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)

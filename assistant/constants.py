@@ -28,6 +28,15 @@ def position_word(cy: float, cx: float) -> str:
     return POSITION_WORDS[r][c]
 
 
+def position_phrase(pos: str) -> str:
+    """'top left' -> 'in the top left'; 'top' -> 'at the top'; 'left' -> 'on the left'; 'center' -> 'in the center'."""
+    if pos in ("top", "bottom"):
+        return f"at the {pos}"
+    if pos in ("left", "right"):
+        return f"on the {pos}"
+    return f"in the {pos}"
+
+
 def size_word(area_fraction: float) -> str:
     for bound, word in SIZE_WORDS:
         if area_fraction < bound:

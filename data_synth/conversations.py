@@ -82,7 +82,7 @@ def _open_with(turns: list[tuple[str, str]], kind: str, record: dict) -> list[tu
 
 def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     t, pos = m["defect_type"], position_phrase(m["position"])
-    size, pct, sev, n = m["size"], percent(m["area_fraction"]), m["severity"], m["n_components"]
+    size, pct, sev = m["size"], percent(m["area_fraction"]), m["severity"]
     turns = [("detect", f"Yes, there is an anomaly: {article(t)} {t} {pos} of the image.")]
     if rng.random() < 0.9:
         turns.append(("locate", pick(rng, [f"It is {pos} of the image.", f"The {t} is {pos} of the image."])))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from assistant.constants import position_phrase  # noqa: F401  (re-exported: texts and the chat share it)
+
 TYPE_SYNONYMS = {
     "scratch": ["scratch", "scratch", "scrape", "score mark"],
     "crack": ["crack", "crack", "fracture line"],
@@ -37,15 +39,6 @@ LOOKS = {
     "scar": "a thin elongated mark with a different tone",
     "contamination": "irregular blotches of foreign material",
 }  # defect_type -> what it looks like
-
-
-def position_phrase(pos: str) -> str:
-    """'top left' -> 'in the top left'; 'top' -> 'at the top'; 'left' -> 'on the left'; 'center' -> 'in the center'."""
-    if pos in ("top", "bottom"):
-        return f"at the {pos}"
-    if pos in ("left", "right"):
-        return f"on the {pos}"
-    return f"in the {pos}"
 
 
 def percent(area_fraction: float) -> str:

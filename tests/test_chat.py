@@ -200,3 +200,36 @@ def test_chat_cli_interactive_commands(tmp_path, capsys, monkeypatch, tiny_token
     result = json.loads(out[out.index("{"):out.index("\n}") + 2])
     assert result["references"] == 2 and result["sensitivity"] == 0.5
     assert result["threshold"] == pytest.approx(result["extras"]["calibrated_threshold"] / 2 ** 0.5)
+
+
+def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
+    """The first question is answered after an unseen opening turn that states the expert's verdict (a yes/no
+    question asked first kept its polarity only that way); it is not shown or kept; later turns see the real
+    history; open_with_verdict=False sends nothing."""
+    from assistant.anomaly.result import AnomalyResult
+    from assistant.chat import DETECT_QUESTION, verdict_turn
+
+    flagged = AnomalyResult(np.zeros((30, 30), np.float32), 2.0, True, np.zeros((30, 30), bool), threshold=1.0)
+    flagged.pred_mask[0:6, 20:28] = True
+    assert verdict_turn(flagged) == (DETECT_QUESTION, "Yes, there is an anomaly: a defect in the top right of the image.")
+    flagged.pred_label = False
+    assert verdict_turn(flagged) == (DETECT_QUESTION, "No, the object looks normal.")
+    seen = []
+    orig = assistant.stream_answer
+
+    def spy(evidence, question, history=(), **kw):
+        seen.append(list(history))
+        return orig(evidence, question, history=history, **kw)
+
+    assistant.stream_answer = spy
+    try:
+        session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
+        session.answer("Can we ship it?")
+        session.answer("Where is it?")
+        quiet = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)], open_with_verdict=False)
+        quiet.answer("Can we ship it?")
+    finally:
+        del assistant.stream_answer
+    assert seen[0] == [verdict_turn(session.result)]
+    assert [q for q, _ in session.history] == ["Can we ship it?", "Where is it?"]  # the opening turn is not kept
+    assert seen[1] == session.history[:1] and seen[2] == []

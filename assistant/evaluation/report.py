@@ -47,7 +47,7 @@ def markdown(report: dict) -> str:
         for k in keys:
             if k in c:
                 sd = c["std"].get(k, 0.0)
-                cells.append(f"{c[k]:.3f}" + (f" ± {sd:.3f}" if sd > 0 else ""))
+                cells.append(f"{c[k]:.3f}" + (f" ± {sd:.3f}" if sd >= 5e-4 else ""))  # no "± 0.000" from float noise
             else:
                 cells.append("–")
         lines.append(f"| {name} | {c['n_normal']} | {c['n_anomalous']} | " + " | ".join(cells) + " |")
