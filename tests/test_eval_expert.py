@@ -238,8 +238,9 @@ def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_pat
     expert.level_scale = level_scale(tower)
     expert.self_scales = [1.0, 1.0, 1.0]
     cat = discover([make_category(tmp_path / "data", "widget", n_train=0)])[0]
-    res = evaluate_category(expert, tower, cat, 0, [0])
+    res = evaluate_category(expert, tower, cat, 0, [0, 1])
     run = res.runs[0]
+    assert [r.seed for r in res.runs] == [0, 1] and res.runs[1].scores is run.scores  # nothing drawn: scored once
     assert len(run.thresholds) == len(cat.items) and all(np.isfinite(run.thresholds))
     assert "synthesized on this image" in run.calibration[0]["rule"]
     assert run.calibration[0]["threshold_range"][0] <= run.calibration[0]["threshold_median"]

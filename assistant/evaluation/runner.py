@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -103,7 +103,9 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib)
                     for seed in seeds]
         return res
-    for seed in tqdm(list(seeds), desc=cat.name, unit="seed"):
+    seed_list = list(seeds)
+    same = shots == 0 and not any(it.references for it in items)  # nothing is drawn per seed: one run stands for all
+    for seed in tqdm(seed_list[:1] if same else seed_list, desc=cat.name, unit="seed"):
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
             refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
@@ -138,6 +140,8 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         metrics = _metrics(labels, scores, preds, masks, maps)
         res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
                                 thresholds, metrics, t_pred / max(len(items), 1), calib))
+    if same:
+        res.runs += [replace(res.runs[0], seed=s) for s in seed_list[1:]]
     return res
 
 
