@@ -41,6 +41,25 @@ def assistant(tiny_tokenizer_dir):
     return speaking_tiny_assistant()
 
 
+class HistorySpy:
+    """Records the history each stream_answer call gives the LM."""
+
+    def __init__(self, assistant):
+        self.assistant, self.seen = assistant, []
+        self._orig = assistant.stream_answer
+
+    def __enter__(self):
+        def spy(evidence, question, history=(), **kw):
+            self.seen.append(list(history))
+            return self._orig(evidence, question, history=history, **kw)
+
+        self.assistant.stream_answer = spy
+        return self
+
+    def __exit__(self, *exc):
+        del self.assistant.stream_answer  # back to the class method
+
+
 class EncodeSpy:
     """Counts tower.encode calls and records the images passed in."""
 
@@ -77,20 +96,10 @@ def test_multi_turn_streams_and_never_reencodes(assistant):
     assert [t for t, _ in session.history] == ["Is there any anomaly?", "Where is it?", "How large is it?"]
     assert session.history[0][1] == "".join(chunks).strip() and session.history[1][1] == follow[0]
     assert session.result.pred_score == result.pred_score  # evidence unchanged by questions
-    seen = []
-    orig = assistant.stream_answer
-
-    def spy(evidence, question, history=(), **kw):
-        seen.append(list(history))
-        return orig(evidence, question, history=history, **kw)
-
-    assistant.stream_answer = spy
-    try:
+    with HistorySpy(assistant) as spy:
         session.max_history_turns = 2
         session.answer("Compare it with the reference.")
-    finally:
-        del assistant.stream_answer
-    assert seen == [session.history[1:3]]  # the last two turns go to the LM, in order
+    assert spy.seen == [session.history[1:3]]  # the last two turns go to the LM, in order
 
 
 def test_references_update_evidence_without_reencoding_query(assistant):
@@ -214,22 +223,13 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
     assert verdict_turn(flagged) == (DETECT_QUESTION, "Yes, there is an anomaly: a defect in the top right of the image.")
     flagged.pred_label = False
     assert verdict_turn(flagged) == (DETECT_QUESTION, "No, the object looks normal.")
-    seen = []
-    orig = assistant.stream_answer
-
-    def spy(evidence, question, history=(), **kw):
-        seen.append(list(history))
-        return orig(evidence, question, history=history, **kw)
-
-    assistant.stream_answer = spy
-    try:
+    with HistorySpy(assistant) as spy:
         session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
         session.answer("Can we ship it?")
         session.answer("Where is it?")
         quiet = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)], open_with_verdict=False)
         quiet.answer("Can we ship it?")
-    finally:
-        del assistant.stream_answer
+    seen = spy.seen
     assert seen[0] == [verdict_turn(session.result)]
     assert [q for q, _ in session.history] == ["Can we ship it?", "Where is it?"]  # the opening turn is not kept
     assert seen[1] == session.history[:1] and seen[2] == []
