@@ -672,7 +672,8 @@ class AnomalyExpert(nn.Module):
         anomal = np.array([self.image_score(m) for m in smaps])
         n = max(float(normal.max()), 1e-6)
         a = max(float(np.median(anomal)), n)
-        margin = self.calibration_margin.get("k1" if state.n_shots == 1 else "k2")
+        key = "k1" if state.n_shots == 1 else "k4" if state.n_shots >= 4 and "k4" in self.calibration_margin else "k2"
+        margin = self.calibration_margin.get(key)
         if margin:  # fitted offline on synthetic categories: new normal parts score ~margin x held-out normals
             state.threshold = float(n * margin)
             rule = f"{margin:.3f} x highest held-out normal score (margin fitted on synthetic categories)"
