@@ -278,3 +278,17 @@ def test_batch_split_separates_two_clusters():
     t = batch_split(scores)
     assert 1.1 < t < 3.0
     assert batch_split(np.array([2.0, 2.0])) == 2.0  # no spread: nothing above the threshold
+
+
+def test_calibration_margin_follows_the_number_of_references(tower, expert_cfg):
+    """k1 for one reference, k2 for two or three, k4 (when trained) for four or more: the threshold is the margin
+    times the highest held-out normal score, and the rule says which margin."""
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    expert.calibration_margin = {"k1": 1.5, "k2": 1.25, "k4": 2.0}
+    for refs, margin in ((1, 1.5), (2, 1.25), (3, 1.25), (4, 2.0), (5, 2.0)):
+        state = expert.fit_references(tower, [texture(s) for s in range(refs)], seed=0)
+        assert state.threshold == pytest.approx(margin * max(state.calibration["normal_scores"]), rel=1e-3)
+        assert state.calibration["rule"].startswith(f"{margin:.3f} x")
+    del expert.calibration_margin["k4"]  # a checkpoint from before k4: k2 serves every k >= 2
+    state = expert.fit_references(tower, [texture(s) for s in range(4)], seed=0)
+    assert state.calibration["rule"].startswith("1.250 x")
