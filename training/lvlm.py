@@ -274,7 +274,6 @@ def load_state(model: LVLM, optimizer, ckpt: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def detection_question(sample: Sample) -> str:
     """The first question whose reference answer parses to the sample's label: with --opener-ratio a conversation
     may open with "where?" (no verdict) or "is it safe to ship?" (whose "yes" means normal)."""
@@ -284,6 +283,7 @@ def detection_question(sample: Sample) -> str:
     return next((q for q, a in sample.turns if parse_verdict(a) is want), sample.turns[0][0])
 
 
+@torch.no_grad()
 def heldout_accuracy(model: LVLM, cache: FeatureCache, idx: list[int], batch: int = 8) -> dict:
     """Answer the detection question of held-out conversations (`detection_question`); parse yes/no; compare
     with the label."""
