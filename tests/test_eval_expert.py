@@ -245,6 +245,6 @@ def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_pat
     assert "synthesized on this image" in run.calibration[0]["rule"]
     assert run.calibration[0]["threshold_range"][0] <= run.calibration[0]["threshold_median"]
     assert run.metrics["image_auroc"] == 1.0  # the bright squares are the rarest patches of their images
-    rep = build_report([res], 0, [0], cfg.to_dict(), single="self")
+    rep = build_report([res], 0, [0], cfg.to_dict(), zero_shot_mode="self")
     assert rep["zero_shot_mode"] == "self"
     assert "each image alone: in-image rarity" in markdown(rep) and "synthesized on it" in markdown(rep)

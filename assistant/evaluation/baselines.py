@@ -73,7 +73,7 @@ def add_knn_baseline(args, cfg, cats, tower) -> dict:
     mutual = bool(getattr(args, "mutual", False))  # 0-shot: the same mutual scoring on the plain features
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
                        mutual=mutual)
-    base = build_report(results, args.shots, args.seeds, {"overrides": KNN_OVERRIDES}, mutual)
+    base = build_report(results, args.shots, args.seeds, {"overrides": KNN_OVERRIDES}, "mutual" if mutual else "head")
     out = Path(args.out)
     report = json.loads((out / "report.json").read_text())
     report["baseline"] = {"name": "knn", "overrides": KNN_OVERRIDES, "categories": base["categories"], "mean": base["mean"]}

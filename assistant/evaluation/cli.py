@@ -86,8 +86,8 @@ def run(args) -> int:
                        mutual=args.mutual)
     done = {r.name for r in results}
     cats = [c for c in cats if c.name in done]  # categories skipped for lack of references drop out here
-    report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict(), mutual=args.mutual,
-                           single="self" if expert.self_calibrated() else "head")
+    mode = "mutual" if args.mutual else "self" if expert.self_calibrated() else "head"
+    report = write_reports(results, args.out, args.shots, args.seeds, cfg.to_dict(), zero_shot_mode=mode)
     from assistant.evaluation.plots import expert_grid  # best/worst images: image, ground truth, map, verdict
 
     expert_grid(expert, tower, cats, results, args.shots, Path(args.out) / "qualitative.png", mutual=args.mutual)

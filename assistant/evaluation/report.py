@@ -17,9 +17,9 @@ SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max"
          "miss": "Miss"}
 
 
-def build_report(results, shots: int, seeds: list[int], config: dict, mutual: bool = False,
-                 single: str = "head") -> dict:
-    """`single`: the single-image zero-shot path the expert used at k = 0 ("self" or "head")."""
+def build_report(results, shots: int, seeds: list[int], config: dict, zero_shot_mode: str = "head") -> dict:
+    """`zero_shot_mode` (k = 0 only): "mutual" (scored against the category's other test images), or the
+    single-image path the expert used, "self" (in-image rarity) or "head"."""
     cats = {r.name: r.summary() for r in results}
     mean = {}
     for key in METRIC_KEYS:
@@ -27,18 +27,17 @@ def build_report(results, shots: int, seeds: list[int], config: dict, mutual: bo
         if vals:
             mean[key] = float(np.mean(vals))
     out = {"shots": shots, "seeds": list(seeds), "config": config, "categories": cats, "mean": mean}
-    if shots == 0:  # which zero-shot path: one image at a time (in-image rarity or the head), or mutual scoring
-        out["zero_shot_mode"] = "mutual" if mutual else single
+    if shots == 0:
+        out["zero_shot_mode"] = zero_shot_mode
     return out
 
 
 def markdown(report: dict) -> str:
     keys = [k for k in METRIC_KEYS if any(k in c for c in report["categories"].values())]
-    mode = report.get("zero_shot_mode")
-    mutual = mode == "mutual"
+    mode = report.get("zero_shot_mode") if report["shots"] == 0 else None
     how = {"mutual": " (mutual scoring over each category's unlabeled test images)",
-           "self": " (each image alone: in-image rarity)", "head": " (each image alone: the trained zero-shot head)"}
-    how = how.get(mode, "") if report["shots"] == 0 else ""
+           "self": " (each image alone: in-image rarity)",
+           "head": " (each image alone: the trained zero-shot head)"}.get(mode, "")
     lines = [f"# Expert evaluation: {report['shots']}-shot{how}, seeds {','.join(map(str, report['seeds']))}", "",
              "| category | normal | anomalous | " + " | ".join(SHORT[k] for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
@@ -54,7 +53,7 @@ def markdown(report: dict) -> str:
     m = report["mean"]
     lines.append("| **mean** | | | " + " | ".join(f"**{m[k]:.3f}**" if k in m else "–" for k in keys) + " |")
     source = ("the expert calibrated itself from the references" if report["shots"] > 0 else
-              "split from each category's own scores (two clusters of log scores)" if mutual else
+              "split from each category's own scores (two clusters of log scores)" if mode == "mutual" else
               "found on each image: the lowest score of anomalies synthesized on it" if mode == "self" else
               "the zero-shot head stored with its weights (fitted on synthetic data at training time)")
     lines += ["", "Balanced accuracy, overkill (normals rejected) and miss (anomalies passed) use the threshold",
@@ -86,11 +85,11 @@ def roc_figure(results, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(results, out_dir: str | Path, shots: int, seeds: list[int], config: dict, mutual: bool = False,
-                  single: str = "head") -> dict:
+def write_reports(results, out_dir: str | Path, shots: int, seeds: list[int], config: dict,
+                  zero_shot_mode: str = "head") -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, shots, seeds, config, mutual, single)
+    report = build_report(results, shots, seeds, config, zero_shot_mode)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
     roc_figure(results, out / "roc.png")
