@@ -597,18 +597,16 @@ class AnomalyExpert(nn.Module):
         """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state."""
         k = len(ref_images)
         if k == 0 or not self.cfg.few_shot:
-            zero = ReferenceState(banks=[torch.zeros(0, c) for c in self.level_dims], scales=[1.0] * len(self.level_dims),
-                                  threshold=self.zero_shot_threshold, pixel_threshold=self.zero_shot_threshold,
-                                  n_shots=0, calibration={"method": "zero-shot threshold from training"})
-            if self.self_calibrated():  # thresholds are found per query image in predict
+            if self.self_calibrated():  # the thresholds are found per query image in predict
                 self._require_self_scales()
-                zero.threshold = zero.pixel_threshold = float("nan")
-                zero.calibration = {"method": "per query image: anomalies synthesized on it (in-image rarity)"}
-                return zero
-            if self.head is None or not self.trained:
+                thr, how = float("nan"), "per query image: anomalies synthesized on it (in-image rarity)"
+            elif self.head is None or not self.trained:
                 raise RuntimeError("zero-shot needs trained expert heads (expert.checkpoint); none are loaded. "
                                    "Give at least one reference normal image.")
-            return zero
+            else:
+                thr, how = self.zero_shot_threshold, "zero-shot threshold from training"
+            return ReferenceState(banks=[torch.zeros(0, c) for c in self.level_dims], scales=[1.0] * len(self.level_dims),
+                                  threshold=thr, pixel_threshold=thr, n_shots=0, calibration={"method": how})
         rng = random.Random(seed)
         size = tower.image_size
         refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
