@@ -91,6 +91,12 @@ def verdict_badge(summary: dict | None) -> str:
     # against 0.75 with one reference and many borderline scores (README, expert table)
     caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict from "
                "this image alone, less reliable. Add a photo of a good part.</span>" if summary["references"] == 0 else "")
+    if summary.get("reference_mismatch"):  # most of the image is unlike the reference(s): wrong part, view or light?
+        med, cut = summary.get("extras", {}).get("reference_median"), summary.get("extras", {}).get("reference_mismatch_cut")
+        how = f" (median patch {med:.2f}, cut {cut:.2f})" if med is not None and cut is not None else ""
+        caution += ("<br><span id='reference-caution' style='font-weight:400'>Most of this image differs from the "
+                    f"reference{how}: check that it shows the same part, view and lighting. Verdict less reliable."
+                    "</span>")
     return (f"<div id='verdict-badge' class='badge' style='background:{colour};color:white;padding:8px 12px;"
             f"border-radius:8px;font-weight:600'>{word}{html.escape(where)}<br><span style='font-weight:400'>"
             f"score {summary['pred_score']:.3g} · threshold {summary['threshold']:.3g}{cal_txt} · "

@@ -101,6 +101,10 @@ def run(args) -> int:
         if result.pred_label and result.boxes:
             print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
                   f"{len(result.boxes)} region(s)")
+        if result.reference_mismatch:
+            print(f"warning: most of the image differs from the reference (median map {result.extras['reference_median']:.2f}"
+                  f" > {result.extras['reference_mismatch_cut']:.2f}); check that the reference shows the same part, "
+                  "view and lighting: the verdict is less reliable")
         print(f"time: references {t1 - t0:.2f} s, query {t2 - t1:.3f} s -> {out}/overlay.png, mask.png, result.json")
         return 0
     rows = []
@@ -111,7 +115,8 @@ def run(args) -> int:
         write_outputs(out / stem, np.asarray(q), r, {"image": str(p), "references": list(args.reference), "method": how})
         rows.append({"image": str(p), "folder": stem, "verdict": "anomalous" if r.pred_label else "normal",
                      "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4), "position": r.position or "",
-                     "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2), "regions": len(r.boxes)})
+                     "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2), "regions": len(r.boxes),
+                     "reference_mismatch": r.reference_mismatch})
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -123,4 +128,8 @@ def run(args) -> int:
         print(f"| {r['image']} | {r['verdict']} | {r['score']:.3f} | {r['position']} | {r['size']} | {r['regions']} |")
     n_bad = sum(r["verdict"] == "anomalous" for r in rows)
     print(f"{n_bad} of {len(rows)} flagged; time {t2 - t0:.2f} s -> {out}/summary.csv and one folder per image")
+    n_mis = sum(r["reference_mismatch"] for r in rows)
+    if n_mis:
+        print(f"warning: {n_mis} of {len(rows)} images differ from the reference over most of their surface "
+              "(summary.csv column reference_mismatch): check that the reference shows the same part, view and lighting")
     return 0

@@ -206,3 +206,17 @@ def test_verdict_badge_cautions_a_zero_shot_verdict():
     badge = app.verdict_badge(summary)
     assert "ANOMALOUS" in badge and "zero-shot-caution" in badge and "Add a photo of a good part" in badge
     assert "zero-shot-caution" not in app.verdict_badge({**summary, "references": 1})
+
+
+def test_verdict_badge_cautions_a_reference_of_another_part():
+    """A result flagged reference_mismatch gets a caution naming the statistic and its cut; others do not."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app
+
+    summary = {"pred_label": True, "pred_score": 4.6, "threshold": 3.4, "size": "large", "position": "center",
+               "references": 1, "reference_mismatch": True,
+               "extras": {"reference_median": 3.4, "reference_mismatch_cut": 2.365}}
+    badge = app.verdict_badge(summary)
+    assert "reference-caution" in badge and "same part, view and lighting" in badge and "cut 2.37" in badge
+    assert "reference-caution" not in app.verdict_badge({**summary, "reference_mismatch": False})

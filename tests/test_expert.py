@@ -189,6 +189,7 @@ def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     expert_cfg.zero_shot_source = "head"  # the head's stored threshold decides at k = 0
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
     expert.self_scales = [1.5, 2.5, 3.5]
+    expert.reference_mismatch = 2.25
     assert isinstance(expert.head, PrototypeHead)
     with torch.no_grad():
         for p in expert.parameters():
@@ -198,7 +199,7 @@ def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     expert.save_pretrained(tmp_path, meta={"steps": 1})
     loaded = AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)
     assert loaded.trained and loaded.zero_shot_threshold == pytest.approx(0.42) and loaded.meta == {"steps": 1}
-    assert loaded.self_scales == pytest.approx([1.5, 2.5, 3.5])
+    assert loaded.self_scales == pytest.approx([1.5, 2.5, 3.5]) and loaded.reference_mismatch == pytest.approx(2.25)
     out = tower.encode([texture(3)])
     assert torch.allclose(expert.zero_shot_map(out), loaded.zero_shot_map(out))
     state = loaded.fit_references(tower, [])
@@ -278,6 +279,31 @@ def test_batch_split_separates_two_clusters():
     t = batch_split(scores)
     assert 1.1 < t < 3.0
     assert batch_split(np.array([2.0, 2.0])) == 2.0  # no spread: nothing above the threshold
+
+
+def blocks(seed: int, size: int = 64) -> Image.Image:
+    """Large random colour blocks: a part of another kind than `texture`'s grey stripes."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.NEAREST)
+
+
+def test_reference_mismatch_flags_a_reference_of_another_part(tower, expert_cfg):
+    """The median of the normalised map is reported with every few-shot result; it is far higher for a part of
+    another kind than for another sample of the reference's kind, and the flag follows the fitted cut (no cut: no
+    check). Zero-shot results have no reference to compare with."""
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    state = expert.fit_references(tower, [texture(0)], seed=0)
+    out = tower.encode([texture(1), blocks(2)])
+    same, other = expert.predict(out, state, (64, 64))
+    assert expert.reference_mismatch is None and not same.reference_mismatch and not other.reference_mismatch
+    assert "reference_mismatch_cut" not in same.extras
+    assert other.extras["reference_median"] > 1.5 * same.extras["reference_median"]
+    expert.reference_mismatch = (same.extras["reference_median"] + other.extras["reference_median"]) / 2
+    same, other = expert.predict(out, state, (64, 64))
+    assert not same.reference_mismatch and other.reference_mismatch
+    assert other.to_dict()["reference_mismatch"] is True and same.to_dict()["reference_mismatch"] is False
+    assert other.extras["reference_mismatch_cut"] == pytest.approx(expert.reference_mismatch, abs=1e-4)
 
 
 def test_calibration_margin_follows_the_number_of_references(tower, expert_cfg):

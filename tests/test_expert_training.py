@@ -13,20 +13,31 @@ from training.__main__ import main as train_main
 from training.expert import best_threshold, focal_dice_loss
 
 
-def make_synth(root, n=12):
+def make_synth(root, n=12, categories=("widget",)):
+    """n samples, alternately normal and defective; with a second category its parts are bright stripes."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "references").mkdir()
-    refs = []
-    for j in range(2):
-        Image.fromarray(rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)).save(root / f"references/{j}.png")
-        refs.append(f"references/{j}.png")
+
+    def part(cat: str) -> np.ndarray:
+        if cat == categories[0]:
+            return rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)
+        stripes = np.where((np.arange(32) // 4) % 2 == 0, 230, 20)[None, :, None]
+        return np.clip(np.broadcast_to(stripes, (32, 32, 3)) + rng.integers(-8, 8, (32, 32, 3)), 0, 255).astype(np.uint8)
+
+    refs = {}
+    for cat in categories:
+        refs[cat] = []
+        for j in range(2):
+            Image.fromarray(part(cat)).save(root / f"references/{cat}-{j}.png")
+            refs[cat].append(f"references/{cat}-{j}.png")
     lines = []
     for i in range(n):
-        img = rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)
-        rec = {"id": f"{i:03d}", "image": f"images/{i:03d}.png", "mask": None, "label": i % 2, "category": "widget",
-               "references": refs}
+        cat = categories[(i // 2) % len(categories)]
+        img = part(cat)
+        rec = {"id": f"{i:03d}", "image": f"images/{i:03d}.png", "mask": None, "label": i % 2, "category": cat,
+               "references": refs[cat]}
         if i % 2:
             m = np.zeros((32, 32), np.uint8)
             m[8:20, 10:22] = 255
@@ -69,6 +80,24 @@ def test_train_expert_cli_saves_loadable_heads(tmp_path):
     res = expert.predict(tower.encode([Image.new("RGB", (32, 32), (100, 110, 120))]), expert.fit_references(tower, []),
                          (32, 32))[0]
     assert res.threshold == pytest.approx(meta["zero_shot_threshold"])
+    assert meta["reference_mismatch"] is None and expert.reference_mismatch is None  # one category: nothing to fit
+
+
+def test_train_expert_fits_the_reference_mismatch_cut_across_categories(tmp_path):
+    """With two synthetic categories training fits the cut (1% of same-kind parts above it), reports how many
+    parts of the other kind lie above it, and the loaded expert uses it."""
+    make_synth(tmp_path / "synth", n=16, categories=("widget", "gizmo"))
+    out = tmp_path / "ckpt"
+    assert train_main(["expert", "--config", "tiny", "--data", str(tmp_path / "synth"), "--out", str(out),
+                       "--cache", str(tmp_path / "cache.safetensors"), "--set", "train.steps=2",
+                       "--set", "train.batch_size=4"]) == 0
+    meta = json.loads((out / "expert_config.json").read_text())
+    fit = meta["meta"]["reference_mismatch_fit"]
+    assert meta["reference_mismatch"] > 0 and fit["categories"] == 2
+    assert fit["same_kind_flagged"] <= 0.125 and fit["other_kind_flagged"] > fit["same_kind_flagged"]
+    cfg = load_config("tiny")
+    expert = AnomalyExpert.from_pretrained(out, cfg.expert, build_vision_tower(cfg.vision))
+    assert expert.reference_mismatch == pytest.approx(meta["reference_mismatch"])
 
 
 def test_train_expert_without_manifest_is_a_clear_error(tmp_path):

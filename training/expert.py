@@ -188,6 +188,44 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
     return margins
 
 
+@torch.no_grad()
+def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 20,
+                           quantile: float = 0.99) -> tuple[float | None, dict]:
+    """Cut on the median of the 1-shot normalised kNN map above which the reference is judged not to show the
+    query's part (fitted on the synthetic categories, never on real data).
+
+    Per category: fit the expert on its first reference, then take the map median (`raw_maps`, ~1 on a matching
+    surface) of up to `max_per_cat` of its own samples (normal and defective: a local defect must not trigger
+    it) and of 3 samples of each other category. The cut is the `quantile` of the same-kind medians, so 1% of
+    same-kind synthetic parts lie above it; the share of other-kind parts above it is reported with it."""
+    from assistant.imaging import load_image
+    from assistant.vision.base import VisionOutput
+
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by_cat.setdefault(r.get("category", "all"), []).append(i)
+    cats = sorted(c for c, idx in by_cat.items() if recs[idx[0]].get("references"))
+    if len(cats) < 2:
+        return None, {}
+
+    def medians(idx: list[int], state) -> np.ndarray:
+        vo = VisionOutput([t[idx].float() for t in tokens], glob[idx].float(), grid)
+        return expert.raw_maps(vo, state).flatten(1).median(1).values.numpy()
+
+    same, other = [], []
+    for cat in cats:
+        state = expert.fit_references(tower, [load_image(recs[by_cat[cat][0]]["references"][0])], seed=0)
+        same.append(medians(by_cat[cat][:max_per_cat], state))
+        other.append(medians([i for c in cats if c != cat for i in by_cat[c][:3]], state))
+    same_all, other_all = np.concatenate(same), np.concatenate(other)
+    cut = float(np.quantile(same_all, quantile))
+    stats = {"same_kind_flagged": round(float((same_all > cut).mean()), 4),
+             "other_kind_flagged": round(float((other_all > cut).mean()), 4), "categories": len(cats)}
+    print(f"reference mismatch cut {cut:.3f}: flags {stats['same_kind_flagged']:.1%} of same-kind and "
+          f"{stats['other_kind_flagged']:.1%} of other-kind synthetic parts ({len(cats)} categories)")
+    return cut, stats
+
+
 def run(args) -> int:
     from accelerate import Accelerator
 
@@ -260,6 +298,7 @@ def run(args) -> int:
 
         val_auroc = float(roc_auc_score(vlab, scores))
     expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid)
+    expert.reference_mismatch, mismatch_stats = fit_reference_mismatch(expert, tower, recs, tokens, glob, grid)
     data_info = []
     for d in args.data:  # folder names and their build settings, never machine paths
         build_json = Path(d) / "build.json"
@@ -269,7 +308,8 @@ def run(args) -> int:
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
             "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,
-            "calibration_margin": expert.calibration_margin, "self_scales": expert.self_scales, "loss_log": log}
+            "calibration_margin": expert.calibration_margin, "self_scales": expert.self_scales,
+            "reference_mismatch": expert.reference_mismatch, "reference_mismatch_fit": mismatch_stats, "loss_log": log}
     if accelerator.is_main_process:
         expert.save_pretrained(out_dir, meta=meta)
         print(json.dumps({k: v for k, v in meta.items() if k != "loss_log"}))

@@ -310,6 +310,9 @@ class AnomalyExpert(nn.Module):
         self.meta: dict = {}  # training manifest loaded with the checkpoint
         self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2)
         self.self_scales: list[float] = []  # per level: median in-image nearest distance on normal training images
+        # with references: median of the normalised kNN map above which the references do not show this part
+        # (fitted on synthetic categories by training: 1% of same-kind parts lie above it); None = no check
+        self.reference_mismatch: float | None = None
         # per level: native stride / finest stride (a stride-32 level on a stride-8 grid is 4x upsampled);
         # the kNN of a coarse level runs on its native grid, not on interpolated copies (set from the tower)
         self.level_scale: list[int] = [1] * len(self.level_dims)
@@ -325,7 +328,7 @@ class AnomalyExpert(nn.Module):
         cfg = {"expert": asdict(self.cfg), "level_dims": self.level_dims, "global_dim": self.global_dim,
                "head": type(self.head).__name__ if self.head is not None else None,
                "zero_shot_threshold": self.zero_shot_threshold, "calibration_margin": self.calibration_margin,
-               "self_scales": self.self_scales, "meta": meta or self.meta}
+               "self_scales": self.self_scales, "reference_mismatch": self.reference_mismatch, "meta": meta or self.meta}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
         return out
 
@@ -359,6 +362,8 @@ class AnomalyExpert(nn.Module):
         expert.zero_shot_threshold = float(meta.get("zero_shot_threshold", 0.5))
         expert.calibration_margin = {k: float(v) for k, v in (meta.get("calibration_margin") or {}).items()}
         expert.self_scales = [float(v) for v in meta.get("self_scales") or []]
+        cut = meta.get("reference_mismatch")
+        expert.reference_mismatch = float(cut) if cut is not None else None
         expert.meta = meta.get("meta", {})
         return expert.to(tower.device)
 
@@ -479,10 +484,14 @@ class AnomalyExpert(nn.Module):
         `images` and the `tower`."""
         if len(query_out.patch_tokens) != len(self.level_dims):
             raise ValueError(f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}")
-        maps = self.upsample(self.raw_maps(query_out, state), tuple(image_size))
-        if state.few_shot or not self.self_calibrated():
-            path = "few-shot" if state.few_shot else "zero-shot"
-            return [self._result(amap, self.image_score(amap), state, path) for amap in maps]
+        raw = self.raw_maps(query_out, state)  # (B, h', w') on the patch grid
+        maps = self.upsample(raw, tuple(image_size))
+        if state.few_shot:
+            medians = raw.flatten(1).median(1).values.tolist()  # ~1 when the query's surface matches the references
+            return [self._result(amap, self.image_score(amap), state, "few-shot", reference_median=med)
+                    for amap, med in zip(maps, medians)]
+        if not self.self_calibrated():
+            return [self._result(amap, self.image_score(amap), state, "zero-shot") for amap in maps]
         if images is None or tower is None or len(images) != len(maps):
             raise ValueError(f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
                              f"predict(..., images=<{len(maps)} query image(s)>, tower=<the vision tower>), got "
@@ -521,14 +530,21 @@ class AnomalyExpert(nn.Module):
         cand = np.quantile(values, np.linspace(0.5, 0.999, 60))
         return float(cand[int(np.argmax([_f1(values > c, gt) for c in cand]))])
 
-    def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str) -> AnomalyResult:
+    def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str,
+                reference_median: float | None = None) -> AnomalyResult:
         label = bool(score > state.threshold)
         mask = verdict_mask(amap, label, state.pixel_threshold, self.cfg.score_topk)
+        extras = {"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path,
+                  "calibration": state.calibration.get("rule", state.calibration.get("method", ""))}
+        mismatch = False
+        if reference_median is not None:
+            extras["reference_median"] = round(float(reference_median), 4)
+            if self.reference_mismatch is not None:
+                extras["reference_mismatch_cut"] = round(float(self.reference_mismatch), 4)
+                mismatch = bool(reference_median > self.reference_mismatch)
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
                              boxes=self.boxes(amap, mask), threshold=state.threshold,
-                             pixel_threshold=state.pixel_threshold,
-                             extras={"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path,
-                                     "calibration": state.calibration.get("rule", state.calibration.get("method", ""))})
+                             pixel_threshold=state.pixel_threshold, extras=extras, reference_mismatch=mismatch)
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray) -> list[Box]:
         """Connected components of the mask (8-connectivity), largest first, tiny ones dropped."""

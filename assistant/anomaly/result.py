@@ -50,6 +50,9 @@ class AnomalyResult:
     threshold: float = 0.0  # calibrated image-score threshold used for pred_label
     pixel_threshold: float = 0.0  # map threshold used for pred_mask
     extras: dict = field(default_factory=dict)  # per-path scores, timings, shots used, ...
+    # True when most of the image is unlike the references (their median patch is farther than the cut fitted on
+    # synthetic parts): a reference of another part, view or lighting; the verdict is then less reliable
+    reference_mismatch: bool = False
 
     @property
     def area_fraction(self) -> float:
@@ -89,6 +92,7 @@ class AnomalyResult:
             "size": self.size,
             "severity": self.severity,
             "boxes": [b.to_dict() for b in self.boxes],
+            "reference_mismatch": bool(self.reference_mismatch),
             "map_shape": list(self.anomaly_map.shape),
             "extras": {k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, dict))},
         }
