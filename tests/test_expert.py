@@ -318,3 +318,31 @@ def test_calibration_margin_follows_the_number_of_references(tower, expert_cfg):
     del expert.calibration_margin["k4"]  # a checkpoint from before k4: k2 serves every k >= 2
     state = expert.fit_references(tower, [texture(s) for s in range(4)], seed=0)
     assert state.calibration["rule"].startswith("1.250 x")
+
+
+def test_large_maps_are_smoothed_at_a_working_size_and_match_full_size_smoothing(expert_cfg, monkeypatch):
+    """Above SMOOTH_SIDE the map is blurred at that side and resized: same shape, within 1% of the range of blurring
+    at full size (which took seconds on a camera frame); at or below it nothing changes."""
+    import cv2
+    import torch.nn.functional as F
+
+    from assistant.anomaly.expert import SMOOTH_SIDE
+
+    expert = AnomalyExpert(expert_cfg, [8], 8)
+    raw = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+
+    def direct(size):
+        up = F.interpolate(raw.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+        return cv2.GaussianBlur(up, (0, 0), expert_cfg.smoothing_sigma * max(size) / 256.0)
+
+    big = (SMOOTH_SIDE + 476, 2 * SMOOTH_SIDE)
+    full = direct(big)
+    blurred = []
+    blur = cv2.GaussianBlur
+    monkeypatch.setattr(cv2, "GaussianBlur", lambda m, *a, **k: blurred.append(m.shape) or blur(m, *a, **k))
+    fast = expert.upsample(raw, big)[0]
+    assert blurred == [(SMOOTH_SIDE * big[0] // big[1], SMOOTH_SIDE)]  # blurred at the working size
+    assert fast.shape == big and fast.dtype == np.float32
+    assert np.abs(fast - full).max() < 0.01 * (full.max() - full.min())
+    small = (SMOOTH_SIDE // 4, SMOOTH_SIDE // 2)
+    assert np.allclose(expert.upsample(raw, small)[0], direct(small), atol=1e-6)
