@@ -55,11 +55,14 @@ class ExpertConfig:
     zero_shot_exclude: float = 0.05  # self: neighbours within this fraction of the grid side (>= 1 step) left out
     mutual_frac: float = 0.3  # batch zero-shot (mutual scoring): mean of this fraction of the nearest other images (MuSc)
     mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
+    self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
 
     def __post_init__(self):
         if self.zero_shot_source not in ("auto", "self", "head"):
             raise ConfigError("config key 'expert.zero_shot_source': expected 'auto', 'self' or 'head', "
                               f"got {self.zero_shot_source!r}")
+        if self.self_fusion not in ("geo", "mean"):
+            raise ConfigError(f"config key 'expert.self_fusion': expected 'geo' or 'mean', got {self.self_fusion!r}")
 
 
 @dataclass

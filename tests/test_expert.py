@@ -148,6 +148,26 @@ def test_zero_shot_source_is_validated():
         load_config("offline-small", ["expert.zero_shot_source=selff"])
 
 
+def test_self_fusion_takes_the_geometric_or_arithmetic_mean_of_the_levels(tower, expert_cfg):
+    """self_fusion geo (default) = exp(mean(log level map)), never above the arithmetic mean (mean); a bad value
+    is a config error naming the choices."""
+    from assistant.config import ConfigError
+
+    expert = _with_self_scales(AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim), tower)
+    out = tower.encode([texture(5), texture(6, blob=True)])
+    dists, grids, grid = expert.self_level_distances(out)
+    levels = torch.stack([expert._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
+                          for d, g, s in zip(dists, grids, expert.self_scales)], 1)
+    assert expert_cfg.self_fusion == "geo"
+    geo = expert.self_map(out)
+    assert torch.allclose(geo, levels.clamp_min(1e-3).log().mean(1).exp(), atol=1e-5)
+    expert.cfg.self_fusion = "mean"
+    mean = expert.self_map(out)
+    assert torch.allclose(mean, levels.mean(1), atol=1e-5) and (geo <= mean + 1e-5).all() and (geo < mean - 1e-3).any()
+    with pytest.raises(ConfigError, match="expected 'geo' or 'mean', got 'median'"):
+        load_config("offline-small", ["expert.self_fusion=median"])
+
+
 def test_self_distances_flag_the_odd_patch():
     from assistant.anomaly.expert import self_distances
 

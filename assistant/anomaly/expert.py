@@ -430,12 +430,18 @@ class AnomalyExpert(nn.Module):
     def self_map(self, out: VisionOutput) -> torch.Tensor:
         """(B, h', w') single-image zero-shot map: in-image rarity, each level divided by its typical value on
         normal training images (self_scales), so ~1 on ordinary patches. The scales are constants, not this
-        image's own median: a part with many defects, or a busy one, must not rescale itself."""
+        image's own median: a part with many defects, or a busy one, must not rescale itself.
+
+        Levels are fused by their geometric mean (`self_fusion: geo`): a patch must be rare at every stride, so
+        one level's stray response counts less. On the 28 synthetic categories image AUROC 0.865 -> 0.867; on the
+        real dev folders 0.792 -> 0.802 (where the choice was first seen; README)."""
         self._require_self_scales()
         dists, grids, grid = self.self_level_distances(out)
-        maps = [self._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
-                for d, g, s in zip(dists, grids, self.self_scales)]
-        return torch.stack(maps, 1).mean(1)
+        maps = torch.stack([self._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
+                            for d, g, s in zip(dists, grids, self.self_scales)], 1)  # (B, L, h', w')
+        if self.cfg.self_fusion == "geo":
+            return maps.clamp_min(1e-3).log().mean(1).exp()
+        return maps.mean(1)
 
     def raw_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
