@@ -7,13 +7,16 @@ For each MVTec-layout category, up to --per-category test images (half normal, h
 spaced) are opened in a ChatSession with one reference from train/good (random.Random(seed).sample, as in
 `evaluate`), and asked, in this order, as a user of the app would:
   detect "Is there any anomaly in the image?", where "Where is it?", size "How large is it?",
-  ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?".
+  ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?",
+  compare "Compare it with the reference.".
 An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
 the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count on a normal verdict: the answer says there is no defect;
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
   as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
-  count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail).
+  count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail);
+  compare: on an anomalous verdict a difference at the expert's position word, on a normal one "it matches" /
+  "no differences" with no position.
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -32,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where is it?"),
              ("size", "How large is it?"), ("ship", "Is it safe to ship?"),
-             ("reject", "Would you reject this part?"), ("count", "How many defects are there?")]
+             ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
+             ("compare", "Compare it with the reference.")]
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 
 
@@ -70,11 +74,24 @@ def expected(result) -> dict:
             "regions": int(regions.group(1)) if regions else None, "evidence": ev}
 
 
+def says_same(answer: str) -> bool:
+    """A comparison that finds no difference ("It matches the reference: no differences ...")."""
+    from assistant.evaluation.vqa import parse_position
+
+    text = answer.lower()
+    same = re.search(r"\bmatch(?:es)?\b|\bno differences?\b|\blooks? like a normal\b|\bidentical\b|\bthe same as\b", text)
+    return bool(same) and parse_position(answer) is None
+
+
 def truthful(kind: str, answer: str, fact: dict) -> bool:
     from assistant.evaluation.vqa import parse_position, parse_verdict
 
     bad = fact["anomalous"]
     verdict = parse_verdict(answer)
+    if kind == "compare":
+        if not bad:
+            return says_same(answer)
+        return not says_same(answer) and fact["position"] is not None and parse_position(answer) == fact["position"]
     if kind == "detect":
         return verdict is bad
     if kind == "ship":

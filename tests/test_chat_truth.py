@@ -35,6 +35,9 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("count", "There is one defective region.", True),
     ("count", "There are three: a stain, a hole and a missing region.", False),
     ("count", "There are 1 defective region.", False),  # right number, broken English
+    ("compare", "Compared with the reference image, this part has a scratch in the top right of the image.", True),
+    ("compare", "Compared with the reference image, this part has a scratch in the center of the image.", False),
+    ("compare", "It matches the reference image: no differences in shape, color or texture.", False),
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
@@ -52,6 +55,8 @@ def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     ("reject", "Yes, I would reject it.", False),
     ("count", "There are no defects.", True),
     ("count", "There is one defective region.", False),
+    ("compare", "It matches the reference image: no differences in shape, color or texture.", True),
+    ("compare", "Compared with the reference image, this part has a stain at the bottom of the image.", False),
 ])
 def test_checks_on_a_normal_overlay(kind, answer, ok):
     assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok
