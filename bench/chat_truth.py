@@ -15,8 +15,8 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
   as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
   count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail);
-  compare: on an anomalous verdict a difference at the expert's position word, on a normal one "it matches" /
-  "no differences" with no position.
+  compare: on an anomalous verdict a difference at the expert's position word and nothing that calls the part
+  normal, on a normal one "it matches" / "no differences" with no position.
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -91,7 +91,8 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
     if kind == "compare":
         if not bad:
             return says_same(answer)
-        return not says_same(answer) and fact["position"] is not None and parse_position(answer) == fact["position"]
+        return (verdict is not False and not says_same(answer) and fact["position"] is not None
+                and parse_position(answer) == fact["position"])
     if kind == "detect":
         return verdict is bad
     if kind == "ship":

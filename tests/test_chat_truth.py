@@ -38,6 +38,8 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("compare", "Compared with the reference image, this part has a scratch in the top right of the image.", True),
     ("compare", "Compared with the reference image, this part has a scratch in the center of the image.", False),
     ("compare", "It matches the reference image: no differences in shape, color or texture.", False),
+    ("compare", "Compared with the reference, this part has a damaged top right region; the reference has a normal "
+                "one; The object looks normal;", False),  # the right place, then a contradiction
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
