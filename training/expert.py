@@ -227,7 +227,7 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
 
 
 def run(args) -> int:
-    from accelerate import Accelerator
+    from training import make_accelerator
 
     from assistant.anomaly.expert import AnomalyExpert, level_scale
     from assistant.config import load_config
@@ -239,7 +239,7 @@ def run(args) -> int:
     random.seed(tc.seed)
     out_dir = Path(args.out or tc.out_dir)
     recs = [r for d in args.data for r in read_manifest(d, args.max_samples)]
-    accelerator = Accelerator(cpu=cfg.vision.device == "cpu")
+    accelerator = make_accelerator(cfg.vision.device)
     tower = build_vision_tower(cfg.vision)
     t0 = time.time()
     cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.safetensors"

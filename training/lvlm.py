@@ -315,8 +315,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def run(args) -> int:
-    from accelerate import Accelerator
     from tqdm import tqdm
+
+    from training import make_accelerator
 
     from assistant.config import load_config
     from assistant.vision.base import build_vision_tower
@@ -327,8 +328,8 @@ def run(args) -> int:
     from accelerate.utils import DistributedDataParallelKwargs
 
     # the verdict head only gets gradients with train.expert_loss_weight > 0: let DDP skip unused parameters
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = make_accelerator(cfg.vision.device, gradient_accumulation_steps=tc.grad_accum,
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
