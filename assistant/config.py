@@ -56,13 +56,15 @@ class ExpertConfig:
     mutual_frac: float = 0.3  # batch zero-shot (mutual scoring): mean of this fraction of the nearest other images (MuSc)
     mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
     self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
+    level_fusion: str = "geo"  # with references: the query's per-level kNN maps fused by geo or mean (see expert)
 
     def __post_init__(self):
         if self.zero_shot_source not in ("auto", "self", "head"):
             raise ConfigError("config key 'expert.zero_shot_source': expected 'auto', 'self' or 'head', "
                               f"got {self.zero_shot_source!r}")
-        if self.self_fusion not in ("geo", "mean"):
-            raise ConfigError(f"config key 'expert.self_fusion': expected 'geo' or 'mean', got {self.self_fusion!r}")
+        for key in ("self_fusion", "level_fusion"):
+            if getattr(self, key) not in ("geo", "mean"):
+                raise ConfigError(f"config key 'expert.{key}': expected 'geo' or 'mean', got {getattr(self, key)!r}")
 
 
 @dataclass

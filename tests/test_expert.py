@@ -168,6 +168,26 @@ def test_self_fusion_takes_the_geometric_or_arithmetic_mean_of_the_levels(tower,
         load_config("offline-small", ["expert.self_fusion=median"])
 
 
+def test_level_fusion_fuses_the_query_levels_and_leaves_the_calibration_scale(tower, expert_cfg):
+    """With references the query map is the geometric (level_fusion geo, default) or arithmetic mean of the
+    per-level kNN maps; the held-out scores that set the threshold (margin x the highest) do not depend on it."""
+    from assistant.config import ConfigError
+
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    expert.calibration_margin = {"k1": 1.5, "k2": 1.25}
+    state = expert.fit_references(tower, [texture(0)], seed=0)
+    out = tower.encode([texture(1), texture(2, blob=True)])
+    levels = expert.few_shot_maps(out, state)  # (B, L, h', w')
+    assert expert_cfg.level_fusion == "geo"
+    assert torch.allclose(expert.raw_maps(out, state), levels.clamp_min(1e-3).log().mean(1).exp(), atol=1e-5)
+    expert.cfg.level_fusion = "mean"
+    assert torch.allclose(expert.raw_maps(out, state), levels.mean(1), atol=1e-5)
+    again = expert.fit_references(tower, [texture(0)], seed=0)
+    assert again.calibration["normal_scores"] == state.calibration["normal_scores"]
+    with pytest.raises(ConfigError, match="'expert.level_fusion': expected 'geo' or 'mean', got 'max'"):
+        load_config("offline-small", ["expert.level_fusion=max"])
+
+
 def test_self_distances_flag_the_odd_patch():
     from assistant.anomaly.expert import self_distances
 

@@ -407,6 +407,15 @@ class AnomalyExpert(nn.Module):
             maps.append(self._to_grid(self._distances(f, bank.to(f.device), g), g, grid) / s)
         return torch.stack(maps, 1)
 
+    @staticmethod
+    def fuse_levels(maps: torch.Tensor, how: str) -> torch.Tensor:
+        """(B, L, h', w') per-level maps, each ~1 on ordinary patches -> (B, h', w'). "geo": the geometric mean, so
+        a patch must stand out at every stride and one level's stray response (the stride-32 level reacting to a
+        neighbouring object, the stride-8 level to texture noise) counts less; "mean": the arithmetic mean."""
+        if how == "geo":
+            return maps.clamp_min(1e-3).log().mean(1).exp()
+        return maps.mean(1)
+
     def zero_shot_map(self, out: VisionOutput) -> torch.Tensor | None:
         """(B, h, w) anomaly probability from the trained zero-shot head, or None."""
         if self.head is None or not self.trained:
@@ -439,9 +448,7 @@ class AnomalyExpert(nn.Module):
         dists, grids, grid = self.self_level_distances(out)
         maps = torch.stack([self._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
                             for d, g, s in zip(dists, grids, self.self_scales)], 1)  # (B, L, h', w')
-        if self.cfg.self_fusion == "geo":
-            return maps.clamp_min(1e-3).log().mean(1).exp()
-        return maps.mean(1)
+        return self.fuse_levels(maps, self.cfg.self_fusion)
 
     def raw_maps(self, out: VisionOutput, state: ReferenceState) -> torch.Tensor:
         """(B, h, w) fused map on the patch grid: normalised kNN distance, weighted with the zero-shot map."""
@@ -449,7 +456,7 @@ class AnomalyExpert(nn.Module):
             return self.self_map(out)
         zs = self.zero_shot_map(out) if self.cfg.zero_shot else None
         if state.few_shot and self.cfg.few_shot:
-            fs = self.few_shot_maps(out, state).mean(1)  # (B, h', w'), ~1 on normal patches
+            fs = self.fuse_levels(self.few_shot_maps(out, state), self.cfg.level_fusion)  # (B, h', w'), ~1 normal
             if zs is not None and self.cfg.zero_shot_weight > 0:
                 if zs.shape[-2:] != fs.shape[-2:]:
                     zs = F.interpolate(zs.unsqueeze(1), size=fs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -663,6 +670,8 @@ class AnomalyExpert(nn.Module):
                         for lv in range(L)]
                 held_out.append([self._distances(encoded[0][lv][v:v + 1], rest[lv], grids[lv])[0] for lv in range(L)])
         state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
+        # the held-out scale statistic is the arithmetic mean of the level maps whatever level_fusion is: the
+        # threshold is margin x its highest score, with the margin fitted on synthetic categories for this pairing
         normal_maps = torch.stack([torch.stack([self._to_grid(h[lv][None], grids[lv], grid)[0] / state.scales[lv]
                                                 for lv in range(L)]).mean(0) for h in held_out])  # (P, h', w')
         self._calibrate(tower, state, refs, normal_maps, rng)
@@ -771,4 +780,4 @@ def knn_baseline_config(cfg: ExpertConfig) -> ExpertConfig:
     from dataclasses import replace
 
     return replace(cfg, zero_shot=False, few_shot=True, neighbourhood=1, patch_pool=1, augment_references=False,
-                   smoothing_sigma=0.0, score_topk=0.0, knn_k=1, checkpoint=None)
+                   smoothing_sigma=0.0, score_topk=0.0, knn_k=1, checkpoint=None, level_fusion="mean")

@@ -13,6 +13,7 @@ from pathlib import Path
 KNN_OVERRIDES = [
     "expert.zero_shot=false", "expert.augment_references=false", "expert.neighbourhood=1",
     "expert.smoothing_sigma=0", "expert.score_topk=0", "expert.knn_k=1", "expert.checkpoint=null",
+    "expert.level_fusion=mean",
 ]  # config overrides that turn the expert into the plain kNN baseline
 
 
