@@ -88,7 +88,7 @@ def verdict_badge(summary: dict | None) -> str:
     cal_txt = f" (calibrated {cal:.3g})" if cal is not None else ""
     where = f" · {summary['size']} at the {summary['position']}" if bad and summary.get("position") else ""
     # with no reference the verdict comes from in-image rarity alone: balanced accuracy 0.72 on the dev folders
-    # against 0.75 with one reference and many borderline scores (README, expert table)
+    # against 0.77 with one reference and many borderline scores (README, expert table)
     caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict from "
                "this image alone, less reliable. Add a photo of a good part.</span>" if summary["references"] == 0 else "")
     if summary.get("reference_mismatch"):  # most of the image is unlike the reference(s): wrong part, view or light?
