@@ -32,6 +32,9 @@ SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresh
 
 
 DETECT_QUESTION = "Is there any anomaly in the image?"
+# appended (not by the LM) to the first answer about a result flagged reference_mismatch, as the app's badge says it
+REFERENCE_CAUTION = ("Caution: most of this image differs from the reference, so this verdict is less reliable; "
+                     "check that the reference shows the same part, view and lighting.")
 
 
 def verdict_turn(result: AnomalyResult) -> tuple[str, str]:
@@ -111,6 +114,7 @@ class ChatSession:
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
         self._relabelled = None  # (raw result, sensitivity, re-labelled result)
+        self._cautioned = None  # the Evidence whose reference mismatch an answer already pointed out
         self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
             self.add_reference(ref, refresh=False)
@@ -236,6 +240,9 @@ class ChatSession:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)
                 yield chunk
+            if evidence.result.reference_mismatch and self._cautioned is not self._evidence:
+                self._cautioned = self._evidence  # once per image/reference change; the LM never sees it
+                yield "\n\n" + REFERENCE_CAUTION
         finally:
             self.history.append((question, "".join(parts).strip()))
 

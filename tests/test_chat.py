@@ -233,3 +233,20 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
     assert seen[0] == [verdict_turn(session.result)]
     assert [q for q, _ in session.history] == ["Can we ship it?", "Where is it?"]  # the opening turn is not kept
     assert seen[1] == session.history[:1] and seen[2] == []
+
+
+def test_a_reference_mismatch_is_pointed_out_once_outside_the_lm(assistant):
+    """When the expert flags reference_mismatch, the first answer ends with REFERENCE_CAUTION (not generated, not
+    in the LM's history); later answers about the same images do not repeat it; new references can bring it back."""
+    from assistant.chat import REFERENCE_CAUTION
+
+    session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
+    assert not session.result.reference_mismatch
+    assert REFERENCE_CAUTION not in session.answer("Is there any anomaly?")
+    session._evidence.result.reference_mismatch = True  # as the expert sets it above its fitted cut
+    first, second = session.answer("Where is it?"), session.answer("How large is it?")
+    assert first.endswith(REFERENCE_CAUTION) and REFERENCE_CAUTION not in second
+    assert all(REFERENCE_CAUTION not in a for _, a in session.history)
+    session.add_reference(part_image(8))  # new evidence: judged afresh
+    session._evidence.result.reference_mismatch = True
+    assert session.answer("Is there any anomaly?").endswith(REFERENCE_CAUTION)
