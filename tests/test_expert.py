@@ -247,6 +247,25 @@ def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     assert res.threshold == pytest.approx(0.42) and res.extras["path"] == "zero-shot"
 
 
+def test_loading_with_another_level_fusion_than_the_margins_were_fitted_for_warns(tower, expert_cfg, tmp_path):
+    """Margins and the mismatch cut are fitted for one level_fusion; loading them under the other one warns (a
+    checkpoint without the key was fitted with the arithmetic mean)."""
+    import json
+    import warnings
+
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    expert.calibration_margin = {"k1": 1.5}
+    expert.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)  # same fusion: silent
+    meta = json.loads((tmp_path / "expert_config.json").read_text())
+    del meta["expert"]["level_fusion"]
+    (tmp_path / "expert_config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="fitted with expert.level_fusion=mean, but this config uses geo"):
+        AnomalyExpert.from_pretrained(tmp_path, expert_cfg, tower)
+
+
 def test_checkpoint_for_other_tower_is_rejected(tower, expert_cfg, tmp_path):
     other = AnomalyExpert(expert_cfg, [7, 9], 11)
     other.save_pretrained(tmp_path)

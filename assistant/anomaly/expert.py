@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -309,7 +310,7 @@ class AnomalyExpert(nn.Module):
         self.trained = False  # True once heads were loaded/trained; untrained heads are not used for maps
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
-        self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2)
+        self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2, k4)
         self.self_scales: list[float] = []  # per level: median in-image nearest distance on normal training images
         # with references: median of the normalised kNN map above which the references do not show this part
         # (fitted on synthetic categories by training: 1% of same-kind parts lie above it); None = no check
@@ -362,6 +363,12 @@ class AnomalyExpert(nn.Module):
         expert.trained = expert.head is not None
         expert.zero_shot_threshold = float(meta.get("zero_shot_threshold", 0.5))
         expert.calibration_margin = {k: float(v) for k, v in (meta.get("calibration_margin") or {}).items()}
+        fitted = (meta.get("expert") or {}).get("level_fusion", "mean")  # checkpoints before the option: mean
+        if expert.calibration_margin and fitted != cfg.level_fusion:
+            warnings.warn(f"expert checkpoint {path}: its calibration margins and reference-mismatch cut were fitted "
+                          f"with expert.level_fusion={fitted}, but this config uses {cfg.level_fusion}; verdicts will be "
+                          f"miscalibrated. Set expert.level_fusion={fitted} or retrain with `python -m training expert`",
+                          stacklevel=2)
         expert.self_scales = [float(v) for v in meta.get("self_scales") or []]
         cut = meta.get("reference_mismatch")
         expert.reference_mismatch = float(cut) if cut is not None else None
