@@ -248,3 +248,28 @@ def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_pat
     rep = build_report([res], 0, [0], cfg.to_dict(), zero_shot_mode="self")
     assert rep["zero_shot_mode"] == "self"
     assert "each image alone: in-image rarity" in markdown(rep) and "synthesized on it" in markdown(rep)
+
+
+def test_a_folder_over_the_feature_budget_is_encoded_per_seed_with_the_same_figures(tmp_path, capsys):
+    """When the test features would exceed the budget they are not kept across seeds but encoded again per batch:
+    the same scores and metrics (up to float rounding), in bounded memory."""
+    from assistant.anomaly.expert import AnomalyExpert, level_scale
+    from assistant.config import load_config
+    from assistant.evaluation.runner import TestFeatures, evaluate_category
+    from assistant.vision.efficientnet import EfficientNetTower
+
+    cfg = load_config("offline-small", ["vision.image_size=64", "vision.device=cpu", "expert.calibration_synth=2",
+                                        "expert.smoothing_sigma=1.0"])
+    tower = EfficientNetTower(cfg.vision, pretrained=False).eval()
+    expert = AnomalyExpert(cfg.expert, tower.level_dims, tower.global_dim)
+    expert.level_scale = level_scale(tower)
+    cat = discover([make_category(tmp_path / "data", "widget")])[0]
+    assert TestFeatures(tower, cat.items, 4, budget_mb=64).kept
+    assert not TestFeatures(tower, cat.items, 4, budget_mb=0.01).kept
+    kept = evaluate_category(expert, tower, cat, 1, [0, 1], batch_size=4)
+    lazy = evaluate_category(expert, tower, cat, 1, [0, 1], batch_size=4, feature_budget_mb=0.01)
+    printed = capsys.readouterr()
+    assert "exceed 0.01 MB: encoding them again for every seed" in printed.out + printed.err
+    for a, b in zip(kept.runs, lazy.runs):
+        assert np.allclose(a.scores, b.scores, rtol=1e-4) and list(a.preds) == list(b.preds)
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-4)

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for report.json, report.md, roc.png")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics (faster)")
+    p.add_argument("--feature-budget-mb", type=float, default=None, metavar="MB",
+                   help="keep a category's test features across seeds up to this size, else encode them again per "
+                        "seed (default 2048; offline-small needs 1.8 MiB per image)")
     p.add_argument("--mutual", action="store_true",
                    help="with --shots 0: score each test image against the category's other test images, unlabeled "
                         "(batch zero-shot, MuSc-style mutual scoring) instead of the single-image zero-shot head")
@@ -82,8 +85,9 @@ def run(args) -> int:
     cats = discover(args.data)
     tower, expert = load_expert(cfg)
     t0 = time.perf_counter()
+    budget = {} if args.feature_budget_mb is None else {"feature_budget_mb": args.feature_budget_mb}
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
-                       mutual=args.mutual)
+                       mutual=args.mutual, **budget)
     done = {r.name for r in results}
     cats = [c for c in cats if c.name in done]  # categories skipped for lack of references drop out here
     mode = "mutual" if args.mutual else "self" if expert.self_calibrated() else "head"

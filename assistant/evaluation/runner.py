@@ -69,6 +69,31 @@ def encode_items(tower, items: list[EvalItem], batch_size: int = 16, desc: str =
     return cat_outputs(outs)
 
 
+FEATURE_BUDGET_MB = 2048  # test features kept across seeds up to this size; above it each seed re-encodes
+
+
+class TestFeatures:
+    """Features of a category's test images for the seed loop: encoded once and kept when all of them fit in
+    `budget_mb` (offline-small: 1.8 MiB per image), otherwise encoded again per batch of every seed, so a folder of
+    thousands of images is evaluated in bounded memory (slower; the same computation)."""
+
+    def __init__(self, tower, items: list[EvalItem], batch_size: int, desc: str = "",
+                 budget_mb: float = FEATURE_BUDGET_MB):
+        self.tower, self.items, self.batch_size, self.desc = tower, items, batch_size, desc
+        first = tower.encode([load_image(items[0].image)]) if items else None
+        per_image = sum(t[0].numel() * t.element_size() for t in first.patch_tokens) if first is not None else 0
+        self.kept = len(items) * per_image <= budget_mb * 2 ** 20
+        self.all = encode_items(tower, items, batch_size, desc) if self.kept else None
+        if not self.kept:
+            tqdm.write(f"{desc}: {len(items)} test images x {per_image / 2 ** 20:.1f} MB of features exceed "
+                       f"{budget_mb:g} MB: encoding them again for every seed")
+
+    def get(self, idx: list[int]) -> VisionOutput:
+        if self.kept:
+            return _slice(self.all, idx)
+        return self.tower.encode([load_image(self.items[i].image) for i in idx])
+
+
 def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
     """(n, size, size) bool ground-truth masks (all-zero for normals)."""
     out = np.zeros((len(items), size, size), bool)
@@ -79,7 +104,8 @@ def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
 
 
 def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Iterable[int], batch_size: int = 16,
-                      pixel: bool = True, mutual: bool = False) -> CategoryResult:
+                      pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB
+                      ) -> CategoryResult:
     """Evaluate one category for every seed; maps are compared with masks at the tower's image size.
     `mutual` (k = 0 only): every test image is scored against the category's other test images, unlabeled
     (expert.mutual_predict); no references are drawn, so every seed gives the same result."""
@@ -87,11 +113,11 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
     size = tower.image_size
     items = cat.items
-    feats = encode_items(tower, items, batch_size, cat.name)
     masks = load_masks(items, size) if (pixel and cat.has_masks) else None
     labels = np.array([it.label for it in items])
     res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
-    if mutual:  # no references: one scoring of the batch stands for every seed
+    if mutual:  # no references: one scoring of the batch stands for every seed (all features at once)
+        feats = encode_items(tower, items, batch_size, cat.name)
         t0 = time.perf_counter()
         batch = expert.mutual_predict(feats, (size, size))
         seconds = (time.perf_counter() - t0) / max(len(items), 1)
@@ -103,6 +129,7 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib)
                     for seed in seeds]
         return res
+    feats = TestFeatures(tower, items, batch_size, cat.name, feature_budget_mb)
     seed_list = list(seeds)
     same = shots == 0 and not any(it.references for it in items)  # nothing is drawn per seed: one run stands for all
     for seed in tqdm(seed_list[:1] if same else seed_list, desc=cat.name, unit="seed"):
@@ -124,8 +151,9 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
             for j in range(0, len(idx), batch_size):
                 part = idx[j:j + batch_size]
                 images = [load_image(items[i].image) for i in part] if per_image else None
+                out = feats.get(part)  # (encoding is not part of the timed prediction)
                 t0 = time.perf_counter()
-                results = expert.predict(_slice(feats, part), state, (size, size), images=images, tower=tower)
+                results = expert.predict(out, state, (size, size), images=images, tower=tower)
                 t_pred += time.perf_counter() - t0
                 for i, r in zip(part, results):
                     scores[i], preds[i] = r.pred_score, int(r.pred_label)
@@ -154,7 +182,8 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, m
 
 
 def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,
-             pixel: bool = True, mutual: bool = False) -> list[CategoryResult]:
+             pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB
+             ) -> list[CategoryResult]:
     """Evaluate every category; a category with fewer than `shots` reference normals is skipped with a note."""
     out = []
     for c in categories:
@@ -162,5 +191,6 @@ def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: I
         if reason:
             tqdm.write(reason)
             continue
-        out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel, mutual))
+        out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel, mutual,
+                                     feature_budget_mb))
     return out
