@@ -148,7 +148,8 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40) -> dict[str, float]:
+def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40, log=print
+                ) -> dict[str, float]:
     """Calibration margins for k = 1, 2-3 and >= 4 references, fitted on the synthetic categories (never on
     real data).
 
@@ -183,14 +184,14 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
         cands = np.linspace(0.8, 3.0, 111)
         bacc = [np.mean([((r[y == 1] > c).mean() + (r[y == 0] <= c).mean()) / 2 for r, y in per_cat]) for c in cands]
         margins[key] = float(cands[int(np.argmax(bacc))])
-        print(f"calibration margin {key}: {margins[key]:.3f} (synthetic balanced accuracy {max(bacc):.3f} "
+        log(f"calibration margin {key}: {margins[key]:.3f} (synthetic balanced accuracy {max(bacc):.3f} "
               f"over {len(per_cat)} categories)")
     return margins
 
 
 @torch.no_grad()
 def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 20,
-                           quantile: float = 0.99) -> tuple[float | None, dict]:
+                           quantile: float = 0.99, log=print) -> tuple[float | None, dict]:
     """Cut on the median of the 1-shot normalised kNN map above which the reference is judged not to show the
     query's part (fitted on the synthetic categories, never on real data).
 
@@ -221,7 +222,7 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
     cut = float(np.quantile(same_all, quantile))
     stats = {"same_kind_flagged": round(float((same_all > cut).mean()), 4),
              "other_kind_flagged": round(float((other_all > cut).mean()), 4), "categories": len(cats)}
-    print(f"reference mismatch cut {cut:.3f}: flags {stats['same_kind_flagged']:.1%} of same-kind and "
+    log(f"reference mismatch cut {cut:.3f}: flags {stats['same_kind_flagged']:.1%} of same-kind and "
           f"{stats['other_kind_flagged']:.1%} of other-kind synthetic parts ({len(cats)} categories)")
     return cut, stats
 
@@ -297,8 +298,9 @@ def run(args) -> int:
         from sklearn.metrics import roc_auc_score
 
         val_auroc = float(roc_auc_score(vlab, scores))
-    expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid)
-    expert.reference_mismatch, mismatch_stats = fit_reference_mismatch(expert, tower, recs, tokens, glob, grid)
+    expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid, log=accelerator.print)
+    expert.reference_mismatch, mismatch_stats = fit_reference_mismatch(expert, tower, recs, tokens, glob, grid,
+                                                                       log=accelerator.print)
     data_info = []
     for d in args.data:  # folder names and their build settings, never machine paths
         build_json = Path(d) / "build.json"
