@@ -19,9 +19,9 @@ from data_synth.text import article, describe, percent, pick, position_phrase
 DETECT_Q = [
     "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",
     "Is this {noun} defective?", "Check this {noun} for defects.", "Does the image show any anomaly?",
-    "Is this part OK?", "Inspect this image. Are there any defects?", "Is there a defect on the {noun}?",
-    "Does this {noun} look normal?", "Any anomalies here?", "Please inspect the {noun}. Is it defective?",
-]
+    "Inspect this image. Are there any defects?", "Is there a defect on the {noun}?",
+    "Any anomalies here?", "Please inspect the {noun}. Is it defective?",
+]  # all ask "is something wrong?": "Yes, there is an anomaly" answers them (positive ones are in SHIP_QA)
 DETECT_REF_Q = [
     "Compared with the {ref}, is anything wrong with this {noun}?",
     "Given the normal {ref}, is the query {noun} anomalous?",
@@ -47,6 +47,8 @@ SHIP_QA = [
     ("Would you reject this part?", "Yes, I would reject it: it has {sev_a} {sev} {t}.",
      "No, it looks normal; I would accept it."),
     ("Is this part good?", "No, it is defective: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
+    ("Is this part OK?", "No, it is defective: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
+    ("Does this {noun} look normal?", "No, it does not: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
     ("Can we ship it?", "No, it should not be shipped: it has {sev_a} {sev} {t}.",
      "Yes, it looks normal and can be shipped."),
 ]

@@ -238,6 +238,16 @@ def test_synthesize_degenerate_images_still_give_a_mask(shape, value):
         assert r.meta["position"] is not None and r.meta["bbox"] is not None
 
 
+def test_detect_questions_all_ask_whether_something_is_wrong():
+    """DETECT_Q answers are "Yes, there is an anomaly: ..." / "No, the object looks normal.": a question asking
+    whether the part is fine ("Is this part OK?") would teach the inverted answer; those live in SHIP_QA."""
+    from data_synth.conversations import DETECT_Q, DETECT_REF_Q, SHIP_Q
+
+    positive = ("ok?", "good?", "look normal", "fine?", "acceptable")
+    assert not [q for q in DETECT_Q + DETECT_REF_Q if any(p in q.lower() for p in positive)]
+    assert {"Is this part OK?", "Does this {noun} look normal?", "Is this part good?"} <= set(SHIP_Q)
+
+
 def test_conversation_ship_polarity_and_noun():
     """Accept/reject answers follow the question's polarity; the noun appears only after a question named it."""
     from data_synth.conversations import SHIP_QA, make_conversation
