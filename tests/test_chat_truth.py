@@ -40,6 +40,9 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("compare", "It matches the reference image: no differences in shape, color or texture.", False),
     ("compare", "Compared with the reference, this part has a damaged top right region; the reference has a normal "
                 "one; The object looks normal;", False),  # the right place, then a contradiction
+    ("good", "No, it is defective: it has a minor scratch.", True),
+    ("good", "No, the object looks normal.", False),
+    ("good", "Yes, there is an anomaly: a scratch.", False),
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
@@ -59,6 +62,9 @@ def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     ("count", "There is one defective region.", False),
     ("compare", "It matches the reference image: no differences in shape, color or texture.", True),
     ("compare", "Compared with the reference image, this part has a stain at the bottom of the image.", False),
+    ("good", "Yes, it looks normal.", True),
+    ("good", "Yes, there is an anomaly: a missing piece.", False),  # the shipped adapter's answer on a good washer
+    ("good", "No, the object looks normal.", False),
 ])
 def test_checks_on_a_normal_overlay(kind, answer, ok):
     assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok
