@@ -24,12 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def knn_baseline(cfg):
-    """The plain nearest-neighbour detector: raw block features, no augmentation, max of the map, no heads."""
-    from assistant.anomaly.expert import knn_baseline_config
+def method_config(args, method: str):
+    """The config of one method row: ours, or the plain kNN detector of `evaluate --baseline knn`
+    (assistant.evaluation.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
+    from assistant.config import load_config
+    from assistant.evaluation.baselines import knn_config
 
-    cfg.expert = knn_baseline_config(cfg.expert)
-    return cfg
+    return knn_config(args.config, args.overrides) if method == "knn-baseline" else load_config(args.config, args.overrides)
 
 
 def _images(n: int, size: int, seed: int):
@@ -44,13 +45,10 @@ def one(args) -> dict:
     """Time one (method, shots, batch) row in this process."""
     import torch
 
-    from assistant.config import load_config
     from assistant.evaluation.cli import load_expert
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
-    if args.method == "knn-baseline":
-        cfg = knn_baseline(cfg)
+    cfg = method_config(args, args.method)
     tower, expert = load_expert(cfg)
     size = tower.image_size
     refs = _images(args.shots, size, 0)
@@ -83,7 +81,6 @@ def one(args) -> dict:
 
 
 def quality(args) -> list[dict]:
-    from assistant.config import load_config
     from assistant.evaluation.cli import load_expert
     from assistant.evaluation.datasets import discover
     from assistant.evaluation.report import build_report
@@ -92,9 +89,7 @@ def quality(args) -> list[dict]:
     rows = []
     cats = discover(args.data)
     for method in ("ours", "knn-baseline"):
-        cfg = load_config(args.config, args.overrides)
-        if method == "knn-baseline":
-            cfg = knn_baseline(cfg)
+        cfg = method_config(args, method)
         tower, expert = load_expert(cfg)
         res = evaluate(expert, tower, cats, 1, args.seeds)
         rep = build_report(res, 1, args.seeds, {})

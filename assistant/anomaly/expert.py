@@ -779,12 +779,3 @@ def build_expert(cfg, tower) -> AnomalyExpert:
     if p is not None:
         return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
     return AnomalyExpert.from_pretrained(None, cfg.expert, tower).to(tower.device)
-
-
-def knn_baseline_config(cfg: ExpertConfig) -> ExpertConfig:
-    """The plain nearest-neighbour baseline: raw block features, no augmentation, no smoothing, max of the
-    map, no learned heads (used by bench/ and `evaluate --baseline knn`)."""
-    from dataclasses import replace
-
-    return replace(cfg, zero_shot=False, few_shot=True, neighbourhood=1, patch_pool=1, augment_references=False,
-                   smoothing_sigma=0.0, score_topk=0.0, knn_k=1, checkpoint=None, level_fusion="mean")
