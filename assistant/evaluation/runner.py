@@ -79,8 +79,8 @@ class TestFeatures:
 
     def __init__(self, tower, items: list[EvalItem], batch_size: int, desc: str = "",
                  budget_mb: float = FEATURE_BUDGET_MB):
-        self.tower, self.items, self.batch_size, self.desc = tower, items, batch_size, desc
-        first = tower.encode([load_image(items[0].image)]) if items else None
+        self.tower, self.items = tower, items
+        first = tower.encode([load_image(items[0].image)]) if items else None  # one image, to size the features
         per_image = sum(t[0].numel() * t.element_size() for t in first.patch_tokens) if first is not None else 0
         self.kept = len(items) * per_image <= budget_mb * 2 ** 20
         self.all = encode_items(tower, items, batch_size, desc) if self.kept else None
@@ -88,10 +88,11 @@ class TestFeatures:
             tqdm.write(f"{desc}: {len(items)} test images x {per_image / 2 ** 20:.1f} MB of features exceed "
                        f"{budget_mb:g} MB: encoding them again for every seed")
 
-    def get(self, idx: list[int]) -> VisionOutput:
+    def get(self, idx: list[int], images: list | None = None) -> VisionOutput:
+        """Features of items `idx`; `images` = those items already loaded (re-encoding does not read them again)."""
         if self.kept:
             return _slice(self.all, idx)
-        return self.tower.encode([load_image(self.items[i].image) for i in idx])
+        return self.tower.encode(images if images is not None else [load_image(self.items[i].image) for i in idx])
 
 
 def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
@@ -151,7 +152,7 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
             for j in range(0, len(idx), batch_size):
                 part = idx[j:j + batch_size]
                 images = [load_image(items[i].image) for i in part] if per_image else None
-                out = feats.get(part)  # (encoding is not part of the timed prediction)
+                out = feats.get(part, images)  # (encoding is not part of the timed prediction)
                 t0 = time.perf_counter()
                 results = expert.predict(out, state, (size, size), images=images, tower=tower)
                 t_pred += time.perf_counter() - t0
