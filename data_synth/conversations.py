@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.constants import IMAGE_TOKEN
-from data_synth.text import article, describe, percent, pick, position_phrase
+from assistant.constants import IMAGE_TOKEN, position_phrase
+from data_synth.text import article, describe, percent, pick
 
 DETECT_Q = [
     "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",

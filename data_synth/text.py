@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.constants import position_phrase  # noqa: F401  (re-exported: texts and the chat share it)
+from assistant.constants import position_phrase
 
 TYPE_SYNONYMS = {
     "scratch": ["scratch", "scratch", "scrape", "score mark"],
