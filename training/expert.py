@@ -147,6 +147,14 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return thr
 
 
+def indices_by_category(recs: list[dict]) -> dict[str, list[int]]:
+    """{category: indices of its records, in file order} ("all" for records without a category)."""
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by_cat.setdefault(r.get("category", "all"), []).append(i)
+    return by_cat
+
+
 @torch.no_grad()
 def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40, log=print
                 ) -> dict[str, float]:
@@ -162,9 +170,7 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
     from assistant.imaging import load_image
     from assistant.vision.base import VisionOutput
 
-    by_cat: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        by_cat.setdefault(r.get("category", "all"), []).append(i)
+    by_cat = indices_by_category(recs)
     margins = {}
     for key, k in (("k1", 1), ("k2", 2), ("k4", 4)):
         per_cat = []
@@ -202,9 +208,7 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
     from assistant.imaging import load_image
     from assistant.vision.base import VisionOutput
 
-    by_cat: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        by_cat.setdefault(r.get("category", "all"), []).append(i)
+    by_cat = indices_by_category(recs)
     cats = sorted(c for c, idx in by_cat.items() if recs[idx[0]].get("references"))
     if len(cats) < 2:
         return None, {}
