@@ -51,6 +51,18 @@ SHIP_QA = [
     ("Does this {noun} look normal?", "No, it does not: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
     ("Can we ship it?", "No, it should not be shipped: it has {sev_a} {sev} {t}.",
      "Yes, it looks normal and can be shipped."),
+    # negative polarity (yes = reject), as many as the positive ones above less two: with "Would you reject this
+    # part?" alone among eight, a model tuned on these learned "normal -> Yes" for every accept/reject question
+    ("Should this part be rejected?", "Yes, it should be rejected: it has {sev_a} {sev} {t}.",
+     "No, it looks normal and should be accepted."),
+    ("Should this {noun} be scrapped?", "Yes, it should be scrapped: it has {sev_a} {sev} {t}.",
+     "No, it looks normal; there is no reason to scrap it."),
+    ("Should this part fail inspection?", "Yes, it should fail inspection: it has {sev_a} {sev} {t}.",
+     "No, it looks normal and should pass inspection."),
+    ("Does this {noun} need rework?", "Yes, it needs rework: it has {sev_a} {sev} {t}.",
+     "No, it looks normal and needs no rework."),
+    ("Should we discard it?", "Yes, it should be discarded: it has {sev_a} {sev} {t}.",
+     "No, it looks normal; keep it."),
 ]
 SHIP_Q = [q for q, _, _ in SHIP_QA]
 COUNT_Q = ["How many defects are there?", "How many defective regions do you see?",

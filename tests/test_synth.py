@@ -248,6 +248,17 @@ def test_detect_questions_all_ask_whether_something_is_wrong():
     assert {"Is this part OK?", "Does this {noun} look normal?", "Is this part good?"} <= set(SHIP_Q)
 
 
+def test_accept_reject_questions_come_in_both_polarities():
+    """Accept-style questions (yes = normal) and reject-style ones (yes = anomalous) are near balanced: with one
+    reject question among eight, a tuned model answered "Yes, I would reject it" on good parts."""
+    from data_synth.conversations import SHIP_QA
+
+    reject = [q for q, if_bad, _ in SHIP_QA if if_bad.startswith("Yes")]
+    accept = [q for q, if_bad, if_good in SHIP_QA if if_bad.startswith("No") and if_good.startswith("Yes")]
+    assert len(reject) + len(accept) == len(SHIP_QA)
+    assert abs(len(reject) - len(accept)) <= 2, (reject, accept)
+
+
 def test_conversation_ship_polarity_and_noun():
     """Accept/reject answers follow the question's polarity; the noun appears only after a question named it."""
     from data_synth.conversations import SHIP_QA, make_conversation
