@@ -8,7 +8,8 @@ spaced) are opened in a ChatSession with one reference from train/good (random.R
 `evaluate`), and asked, in this order, as a user of the app would:
   detect "Is there any anomaly in the image?", where "Where is it?", size "How large is it?",
   ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?",
-  compare "Compare it with the reference.", good "Is this part good?".
+  compare "Compare it with the reference.", good "Is this part good?", usable "Can this part be used?",
+  scrap "Should it be thrown away?" (the last two worded unlike any training question).
 An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
 the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count on a normal verdict: the answer says there is no defect;
@@ -17,8 +18,9 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail);
   compare: on an anomalous verdict a difference at the expert's position word and nothing that calls the part
   normal, on a normal one "it matches" / "no differences" with no position;
-  good (yes = normal): "no" and nothing calling it normal when anomalous, "yes" and no defect words when normal
-  ("Yes, there is an anomaly" on a good part is not truthful).
+  good, usable (yes = normal) and scrap (yes = anomalous): the leading yes/no of that polarity, and nothing calling
+  the part normal when anomalous, no defect words when normal ("Yes, there is an anomaly" on a good part is not
+  truthful).
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -38,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where is it?"),
              ("size", "How large is it?"), ("ship", "Is it safe to ship?"),
              ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
-             ("compare", "Compare it with the reference."), ("good", "Is this part good?")]
+             ("compare", "Compare it with the reference."), ("good", "Is this part good?"),
+             ("usable", "Can this part be used?"), ("scrap", "Should it be thrown away?")]
+# accept/reject questions checked strictly (leading yes/no and no contradicting words), by what "yes" means;
+# "usable" and "scrap" are worded unlike any training question (data_synth SHIP_QA), to see if polarity generalises
+YES_MEANS_NORMAL = {"good": True, "usable": True, "scrap": False}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 
 
@@ -90,11 +96,12 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
 
     bad = fact["anomalous"]
     verdict = parse_verdict(answer)
-    if kind == "good":  # yes means normal here, so the verdict parser's leading yes/no does not apply
+    if kind in YES_MEANS_NORMAL:  # the verdict parser's leading yes/no rule does not apply to these
         text = answer.lower()
+        want = "no" if bad == YES_MEANS_NORMAL[kind] else "yes"
         if bad:
-            return leading(answer) == "no" and not re.search(r"looks? normal|no defects?|no anomal", text)
-        return leading(answer) == "yes" and not re.search(r"anomal|defect|damage|crack|scratch|missing", text)
+            return leading(answer) == want and not re.search(r"looks? normal|no defects?|no anomal", text)
+        return leading(answer) == want and not re.search(r"anomal|defect|damage|crack|scratch|missing", text)
     if kind == "compare":
         if not bad:
             return says_same(answer)

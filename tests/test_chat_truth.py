@@ -43,6 +43,11 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("good", "No, it is defective: it has a minor scratch.", True),
     ("good", "No, the object looks normal.", False),
     ("good", "Yes, there is an anomaly: a scratch.", False),
+    ("usable", "No, it has a moderate scratch.", True),
+    ("usable", "Yes, it can be used.", False),
+    ("scrap", "Yes, it should be discarded: it has a moderate scratch.", True),
+    ("scrap", "Yes, it looks normal.", False),  # right leading word, contradicting words
+    ("scrap", "No, keep it.", False),
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
@@ -65,6 +70,10 @@ def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     ("good", "Yes, it looks normal.", True),
     ("good", "Yes, there is an anomaly: a missing piece.", False),  # the shipped adapter's answer on a good washer
     ("good", "No, the object looks normal.", False),
+    ("usable", "Yes, it looks normal and can be used.", True),
+    ("usable", "No, the object looks normal.", False),
+    ("scrap", "No, it looks normal; keep it.", True),
+    ("scrap", "Yes, I would reject it: no scratches, cracks, stains or missing parts.", False),
 ])
 def test_checks_on_a_normal_overlay(kind, answer, ok):
     assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok
