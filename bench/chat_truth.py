@@ -14,13 +14,14 @@ An answer is truthful when it agrees with the session's AnomalyResult (not with 
 the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count on a normal verdict: the answer says there is no defect;
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
-  as the evidence states it; ship: "no" when anomalous, "yes" when normal; reject: the opposite;
+  as the evidence states it;
   count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail);
   compare: on an anomalous verdict a difference at the expert's position word and nothing that calls the part
   normal, on a normal one "it matches" / "no differences" with no position;
-  good, usable (yes = normal) and scrap (yes = anomalous): the leading yes/no of that polarity, and nothing calling
-  the part normal when anomalous, no defect words when normal ("Yes, there is an anomaly" on a good part is not
-  truthful).
+  ship, good, usable (yes = normal), reject, scrap (yes = anomalous): nothing calling the part normal when it is
+  flagged, no defect words when it is normal ("Yes, there is an anomaly" on a good part is not truthful), and either
+  the leading yes/no of the question's polarity or, without one, only the fitting recommendation ("..., so I would
+  reject it." / "..., so I would accept it.").
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -42,9 +43,9 @@ QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where 
              ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
              ("compare", "Compare it with the reference."), ("good", "Is this part good?"),
              ("usable", "Can this part be used?"), ("scrap", "Should it be thrown away?")]
-# accept/reject questions checked strictly (leading yes/no and no contradicting words), by what "yes" means;
-# "usable" and "scrap" are worded unlike any training question (data_synth SHIP_QA), to see if polarity generalises
-YES_MEANS_NORMAL = {"good": True, "usable": True, "scrap": False}
+# accept/reject questions, by what "yes" means; "usable" and "scrap" are worded unlike any training question
+# (data_synth ACCEPT_Q / REJECT_Q), to see whether answers stay truthful to a new wording
+YES_MEANS_NORMAL = {"ship": True, "good": True, "usable": True, "reject": False, "scrap": False}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 
 
@@ -91,17 +92,27 @@ def says_same(answer: str) -> bool:
     return bool(same) and parse_position(answer) is None
 
 
+def decision_truthful(answer: str, bad: bool, yes_means_normal: bool) -> bool:
+    """An accept/reject answer: nothing contradicting the verdict (normal words on a flagged part, defect words on
+    a normal one), and either a leading yes/no of the question's polarity or, with no leading yes/no, only the
+    recommendation that fits the verdict ("..., so I would reject it." / "..., so I would accept it.")."""
+    text = answer.lower()
+    if re.search(r"looks? normal|no defects?|no anomal" if bad else r"anomal|defect|damage|crack|scratch|missing", text):
+        return False
+    lead = leading(answer)
+    if lead is not None:
+        return lead == ("no" if bad == yes_means_normal else "yes")
+    said = set(re.findall(r"\b(reject|accept)", text))
+    return said == {"reject" if bad else "accept"}
+
+
 def truthful(kind: str, answer: str, fact: dict) -> bool:
     from assistant.evaluation.vqa import parse_position, parse_verdict
 
     bad = fact["anomalous"]
     verdict = parse_verdict(answer)
-    if kind in YES_MEANS_NORMAL:  # the verdict parser's leading yes/no rule does not apply to these
-        text = answer.lower()
-        want = "no" if bad == YES_MEANS_NORMAL[kind] else "yes"
-        if bad:
-            return leading(answer) == want and not re.search(r"looks? normal|no defects?|no anomal", text)
-        return leading(answer) == want and not re.search(r"anomal|defect|damage|crack|scratch|missing", text)
+    if kind in YES_MEANS_NORMAL:
+        return decision_truthful(answer, bad, YES_MEANS_NORMAL[kind])
     if kind == "compare":
         if not bad:
             return says_same(answer)
@@ -109,10 +120,6 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
                 and parse_position(answer) == fact["position"])
     if kind == "detect":
         return verdict is bad
-    if kind == "ship":
-        return leading(answer) == ("no" if bad else "yes")
-    if kind == "reject":
-        return leading(answer) == ("yes" if bad else "no")
     if not bad:  # where / size / count on a normal part: nothing to locate, measure or count
         return verdict is False or says_count(answer) == 0
     if kind == "where":

@@ -6,8 +6,8 @@ Questions vary widely; answers keep a short, fixed shape a small LM can learn:
 Location answers contain exactly one 3x3 grid word; sizes and percentages come from the mask.
 The first human turn starts with the IMAGE_TOKEN line; reference normals are listed in "references".
 Answers name the object ("washer") only once a question has named it; before that they say "object", so a
-trained model does not invent a noun for a user's part. Accept/ship answers follow the question's polarity
-("Would you reject it?" -> "Yes, I would reject it: ...") and give the verdict's reason.
+trained model does not invent a noun for a user's part. Accept/reject questions, whichever way they are worded,
+get the verdict and a recommendation ("It looks normal, so I would accept it."), not a leading yes/no.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ DETECT_Q = [
     "Is this {noun} defective?", "Check this {noun} for defects.", "Does the image show any anomaly?",
     "Inspect this image. Are there any defects?", "Is there a defect on the {noun}?",
     "Any anomalies here?", "Please inspect the {noun}. Is it defective?",
-]  # all ask "is something wrong?": "Yes, there is an anomaly" answers them (positive ones are in SHIP_QA)
+]  # all ask "is something wrong?": "Yes, there is an anomaly" answers them (positive ones are in ACCEPT_Q)
 DETECT_REF_Q = [
     "Compared with the {ref}, is anything wrong with this {noun}?",
     "Given the normal {ref}, is the query {noun} anomalous?",
@@ -36,35 +36,21 @@ COMPARE_REF_Q = ["Compare it with the {ref}.", "How does it differ from the {ref
                  "What is different from the normal sample?", "Compare the query with the {ref}."]
 COMPARE_ZERO_Q = ["How does it differ from a normal {noun}?", "What would a normal {noun} look like?",
                   "Compare it with what a good {noun} should look like."]
-# (question, answer if anomalous, answer if normal): polarity depends on how the question is asked
-SHIP_QA = [
-    ("Is it safe to ship?", "No, it is not safe to ship: it has {sev_a} {sev} {t}.",
-     "Yes, it looks normal and is safe to ship."),
-    ("Should this part pass inspection?", "No, it should fail inspection: it has {sev_a} {sev} {t}.",
-     "Yes, it looks normal and should pass inspection."),
-    ("Can this {noun} be accepted?", "No, it should be rejected: it has {sev_a} {sev} {t}.",
-     "Yes, it looks normal and can be accepted."),
-    ("Would you reject this part?", "Yes, I would reject it: it has {sev_a} {sev} {t}.",
-     "No, it looks normal; I would accept it."),
-    ("Is this part good?", "No, it is defective: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
-    ("Is this part OK?", "No, it is defective: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
-    ("Does this {noun} look normal?", "No, it does not: it has {sev_a} {sev} {t}.", "Yes, it looks normal."),
-    ("Can we ship it?", "No, it should not be shipped: it has {sev_a} {sev} {t}.",
-     "Yes, it looks normal and can be shipped."),
-    # negative polarity (yes = reject), as many as the positive ones above less two: with "Would you reject this
-    # part?" alone among eight, a model tuned on these learned "normal -> Yes" for every accept/reject question
-    ("Should this part be rejected?", "Yes, it should be rejected: it has {sev_a} {sev} {t}.",
-     "No, it looks normal and should be accepted."),
-    ("Should this {noun} be scrapped?", "Yes, it should be scrapped: it has {sev_a} {sev} {t}.",
-     "No, it looks normal; there is no reason to scrap it."),
-    ("Should this part fail inspection?", "Yes, it should fail inspection: it has {sev_a} {sev} {t}.",
-     "No, it looks normal and should pass inspection."),
-    ("Does this {noun} need rework?", "Yes, it needs rework: it has {sev_a} {sev} {t}.",
-     "No, it looks normal and needs no rework."),
-    ("Should we discard it?", "Yes, it should be discarded: it has {sev_a} {sev} {t}.",
-     "No, it looks normal; keep it."),
-]
-SHIP_Q = [q for q, _, _ in SHIP_QA]
+# accept/reject questions in both polarities: "yes" means normal for ACCEPT_Q, anomalous for REJECT_Q
+ACCEPT_Q = ["Is it safe to ship?", "Should this part pass inspection?", "Can this {noun} be accepted?",
+            "Is this part good?", "Is this part OK?", "Does this {noun} look normal?", "Can we ship it?"]
+REJECT_Q = ["Would you reject this part?", "Should this part be rejected?", "Should this {noun} be scrapped?",
+            "Should this part fail inspection?", "Does this {noun} need rework?", "Should we discard it?"]
+SHIP_Q = ACCEPT_Q + REJECT_Q
+# ...all answered by the verdict first, then a recommendation, never a leading yes/no: whether "yes" is right
+# depends on the verdict AND on how the question is worded, and a small LM tuned on yes/no answers learned the
+# wording of the questions it saw ("Yes, it looks normal and should be thrown away" on a good part). The verdict
+# and the recommendation depend on the verdict alone, so any wording of the question gets a truthful answer.
+RECOMMEND = {
+    True: ["It is defective ({sev_a} {sev} {t}), so I would reject it.",
+           "I would reject it: it is defective, with {sev_a} {sev} {t}."],
+    False: ["It looks normal, so I would accept it.", "I would accept it: it looks normal."],
+}
 COUNT_Q = ["How many defects are there?", "How many defective regions do you see?",
            "How many separate anomalies are visible?"]
 DESCRIBE_Q = ["Describe the defect.", "What does it look like?", "Can you describe what you see?"]
@@ -109,7 +95,7 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     elif k == 0 and rng.random() < 0.4:
         turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
     extra = {
-        "ship": None,  # answered per question (SHIP_QA)
+        "ship": None,  # answered once the question is drawn (RECOMMEND)
         "count": _count_answer(m),
         "describe": describe(m, noun, rng),
         "severity": f"It is {article(sev)} {sev} defect: {size}, about {pct} of the image.",
@@ -132,7 +118,7 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
     elif k == 0 and rng.random() < 0.3:
         turns.append(("compare", f"It looks like a normal {noun}: no scratches, cracks, stains or missing parts."))
     extra = {
-        "ship": None,  # answered per question (SHIP_QA)
+        "ship": None,  # answered once the question is drawn (RECOMMEND)
         "count": _count_answer(m),
         "describe": f"There is no defect to describe; the {noun} looks normal.",
         "severity": "There is no defect, so there is no severity to report.",
@@ -172,10 +158,10 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
             pool = QUESTIONS[kind]
         template = pick(rng, pool)
         if kind == "ship":
-            answer = SHIP_QA[SHIP_Q.index(template)][1 if anomalous else 2]
+            answer = pick(rng, RECOMMEND[anomalous])
             if anomalous:
                 sev = record["severity"]
-                answer = answer.format(sev_a=article(sev), sev=sev, t=record["defect_type"], noun="{noun}")
+                answer = answer.format(sev_a=article(sev), sev=sev, t=record["defect_type"])
         named = named or "{noun}" in template
         q = template.format(noun=noun, ref=_ref_word(k))
         answer = answer.replace("{noun}", noun if named else "object")

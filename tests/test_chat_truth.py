@@ -48,6 +48,10 @@ def _result(anomalous: bool) -> AnomalyResult:
     ("scrap", "Yes, it should be discarded: it has a moderate scratch.", True),
     ("scrap", "Yes, it looks normal.", False),  # right leading word, contradicting words
     ("scrap", "No, keep it.", False),
+    ("scrap", "It is defective (a moderate scratch), so I would reject it.", True),  # verdict + recommendation
+    ("ship", "I would reject it: it is defective, with a moderate scratch.", True),
+    ("ship", "It is defective, but I would accept it.", False),
+    ("good", "It looks normal, so I would accept it.", False),
 ])
 def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     fact = ct.expected(_result(True))
@@ -74,6 +78,10 @@ def test_checks_on_an_anomalous_overlay(kind, answer, ok):
     ("usable", "No, the object looks normal.", False),
     ("scrap", "No, it looks normal; keep it.", True),
     ("scrap", "Yes, I would reject it: no scratches, cracks, stains or missing parts.", False),
+    ("scrap", "It looks normal, so I would accept it.", True),
+    ("reject", "I would accept it: it looks normal.", True),
+    ("usable", "It looks normal, so I would reject it.", False),
+    ("ship", "It looks normal.", False),  # no recommendation
 ])
 def test_checks_on_a_normal_overlay(kind, answer, ok):
     assert ct.truthful(kind, answer, ct.expected(_result(False))) is ok

@@ -240,28 +240,27 @@ def test_synthesize_degenerate_images_still_give_a_mask(shape, value):
 
 def test_detect_questions_all_ask_whether_something_is_wrong():
     """DETECT_Q answers are "Yes, there is an anomaly: ..." / "No, the object looks normal.": a question asking
-    whether the part is fine ("Is this part OK?") would teach the inverted answer; those live in SHIP_QA."""
-    from data_synth.conversations import DETECT_Q, DETECT_REF_Q, SHIP_Q
+    whether the part is fine ("Is this part OK?") would teach the inverted answer; those live in ACCEPT_Q."""
+    from data_synth.conversations import ACCEPT_Q, DETECT_Q, DETECT_REF_Q
 
     positive = ("ok?", "good?", "look normal", "fine?", "acceptable")
     assert not [q for q in DETECT_Q + DETECT_REF_Q if any(p in q.lower() for p in positive)]
-    assert {"Is this part OK?", "Does this {noun} look normal?", "Is this part good?"} <= set(SHIP_Q)
+    assert {"Is this part OK?", "Does this {noun} look normal?", "Is this part good?"} <= set(ACCEPT_Q)
 
 
 def test_accept_reject_questions_come_in_both_polarities():
-    """Accept-style questions (yes = normal) and reject-style ones (yes = anomalous) are near balanced: with one
-    reject question among eight, a tuned model answered "Yes, I would reject it" on good parts."""
-    from data_synth.conversations import SHIP_QA
+    """Accept-style (yes = normal) and reject-style (yes = anomalous) questions are near balanced, so the answers'
+    wording cannot lean on how questions are usually asked."""
+    from data_synth.conversations import ACCEPT_Q, REJECT_Q
 
-    reject = [q for q, if_bad, _ in SHIP_QA if if_bad.startswith("Yes")]
-    accept = [q for q, if_bad, if_good in SHIP_QA if if_bad.startswith("No") and if_good.startswith("Yes")]
-    assert len(reject) + len(accept) == len(SHIP_QA)
-    assert abs(len(reject) - len(accept)) <= 2, (reject, accept)
+    assert not set(ACCEPT_Q) & set(REJECT_Q)
+    assert abs(len(ACCEPT_Q) - len(REJECT_Q)) <= 1, (ACCEPT_Q, REJECT_Q)
 
 
-def test_conversation_ship_polarity_and_noun():
-    """Accept/reject answers follow the question's polarity; the noun appears only after a question named it."""
-    from data_synth.conversations import SHIP_QA, make_conversation
+def test_conversation_accept_reject_answers_and_noun():
+    """Accept/reject questions of either polarity get the verdict and a recommendation, no leading yes/no (its
+    truth would depend on the question's wording); the noun appears only after a question named it."""
+    from data_synth.conversations import SHIP_Q, make_conversation
 
     base = {"id": "0", "image": "q.png", "defect_type": "scratch", "position": "top left", "size": "small",
             "area_fraction": 0.01, "severity": "minor", "n_components": 1}
@@ -271,15 +270,18 @@ def test_conversation_ship_polarity_and_noun():
             c = make_conversation(dict(base, label=label), "washer", ["r.png"], np.random.default_rng(seed))
             named = False
             for q, a in zip(c["conversations"][0::2], c["conversations"][1::2]):
-                q, a = q["value"], a["value"]
+                q, a = q["value"].split("\n")[-1], a["value"]
                 named = named or "washer" in q
                 assert named or "washer" not in a, (q, a)
-                for ship_q, if_bad, if_good in SHIP_QA:
+                for ship_q in SHIP_Q:
                     if q == ship_q.format(noun="washer"):
-                        want = if_bad.split(":")[0] if label else if_good
-                        assert a.startswith(want), (q, a)
+                        assert not a.lower().startswith(("yes", "no")), (q, a)
+                        if label:
+                            assert "reject" in a and "minor scratch" in a and "accept" not in a, (q, a)
+                        else:
+                            assert "accept" in a and "looks normal" in a and "reject" not in a, (q, a)
                         seen.add((ship_q, label))
-    assert len(seen) == 2 * len(SHIP_QA)
+    assert len(seen) == 2 * len(SHIP_Q)
 
 
 def test_synthesize_multi_gives_separate_regions_and_truthful_counts(images, tmp_path):
