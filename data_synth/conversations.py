@@ -46,10 +46,12 @@ SHIP_Q = ACCEPT_Q + REJECT_Q
 # depends on the verdict AND on how the question is worded, and a small LM tuned on yes/no answers learned the
 # wording of the questions it saw ("Yes, it looks normal and should be thrown away" on a good part). The verdict
 # and the recommendation depend on the verdict alone, so any wording of the question gets a truthful answer.
+# The verdict comes first: a form that opens with the decision ("I would accept it: ...") gave "I would accept it:
+# it is defective, so I would reject it." on flagged parts.
 RECOMMEND = {
     True: ["It is defective ({sev_a} {sev} {t}), so I would reject it.",
-           "I would reject it: it is defective, with {sev_a} {sev} {t}."],
-    False: ["It looks normal, so I would accept it.", "I would accept it: it looks normal."],
+           "It is defective, with {sev_a} {sev} {t}, so I would reject it."],
+    False: ["It looks normal, so I would accept it.", "It looks normal: I would accept it."],
 }
 COUNT_Q = ["How many defects are there?", "How many defective regions do you see?",
            "How many separate anomalies are visible?"]
