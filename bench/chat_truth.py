@@ -22,6 +22,7 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   flagged, no defect words when it is normal ("Yes, there is an anomaly" on a good part is not truthful), and either
   the leading yes/no of the question's polarity or, without one, only the fitting recommendation ("..., so I would
   reject it." / "..., so I would accept it.").
+--ask KIND=QUESTION ... replaces the ten questions with your own wordings, each checked as one of the kinds above.
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -47,6 +48,21 @@ QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where 
 # (data_synth ACCEPT_Q / REJECT_Q), to see whether answers stay truthful to a new wording
 YES_MEANS_NORMAL = {"ship": True, "good": True, "usable": True, "reject": False, "scrap": False}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+
+
+KINDS = ("detect", "where", "size", "count", "compare", *YES_MEANS_NORMAL)
+
+
+def parse_ask(items: list[str]) -> list[tuple[str, str]]:
+    """["scrap=Is this part scrap?", ...] -> [(kind, question), ...]; a kind the checks do not know is an error."""
+    out = []
+    for item in items:
+        kind, sep, question = item.partition("=")
+        kind, question = kind.strip(), question.strip()
+        if not sep or kind not in KINDS or not question:
+            raise ValueError(f"--ask: expected KIND=QUESTION with KIND one of {', '.join(KINDS)}, got {item!r}")
+        out.append((kind, question))
+    return out
 
 
 def leading(answer: str) -> str | None:
@@ -151,7 +167,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSONL of every question, answer and check")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--first", action="store_true", help="ask every question as the first turn (history cleared)")
+    p.add_argument("--ask", nargs="+", default=None, metavar="KIND=QUESTION",
+                   help="your own questions instead of the default ten, each checked as KIND: "
+                        + ", ".join(KINDS) + " (e.g. 'scrap=Is this part scrap?')")
     args = p.parse_args(argv)
+    try:
+        questions = parse_ask(args.ask) if args.ask else QUESTIONS
+    except ValueError as e:
+        p.error(str(e))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -168,7 +191,7 @@ def main(argv=None) -> int:
         for it in pick_items(cat, args.per_category):
             session = ChatSession(asst, it.image, references=refs)
             fact = expected(session.result)
-            for kind, q in QUESTIONS:
+            for kind, q in questions:
                 if args.first:
                     session.history = []  # same image, references and result; no earlier turn
                 answer = "".join(session.ask(q)).strip()
@@ -178,14 +201,14 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    n_img = len(rows) // len(QUESTIONS)
+    n_img = len(rows) // len(questions)
     order = "each question as the first turn" if args.first else "questions in this order in one chat"
     print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
           f"{time.perf_counter() - t0:.0f} s")
     print("| question | expert: anomalous | expert: normal | all |")
     print("|---|---|---|---|")
-    for kind, q in QUESTIONS + [("all", "all questions")]:
-        sel = [r for r in rows if kind in ("all", r["kind"])]
+    for kind, q in questions + [("all", "all questions")]:
+        sel = [r for r in rows if kind == "all" or (r["kind"], r["question"]) == (kind, q)]
         cells = []
         for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]], sel):
             cells.append(f"{sum(r['truthful'] for r in part) / len(part):.3f} ({len(part)})" if part else "-")

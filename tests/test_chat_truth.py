@@ -91,3 +91,11 @@ def test_count_answers_must_agree_in_number():
     assert ct.number_agrees("There are 2 defective regions.") and ct.number_agrees("There is one defective region.")
     assert not ct.number_agrees("There is 2 defective regions.") and not ct.number_agrees("There are one defect.")
     assert not ct.number_agrees("there is three of them") and ct.number_agrees("There are no defects.")
+
+
+def test_ask_parses_kind_and_question_and_names_what_it_expected():
+    assert ct.parse_ask(["scrap=Is this part scrap?", "detect = Anything off?"]) == [
+        ("scrap", "Is this part scrap?"), ("detect", "Anything off?")]
+    for bad in ["Is this part scrap?", "bogus=Is it?", "scrap="]:
+        with pytest.raises(ValueError, match="expected KIND=QUESTION"):
+            ct.parse_ask([bad])
