@@ -19,11 +19,10 @@ import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
+from assistant.anomaly.result import AnomalyResult, mask_boxes, verdict_mask
 from assistant.constants import position_phrase
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
@@ -56,21 +55,6 @@ def image_fingerprint(img: Image.Image) -> str:
     return hashlib.sha1(img.tobytes() + repr(img.size).encode()).hexdigest()[:16]
 
 
-def boxes_from_mask(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0) -> list[Box]:
-    """Connected components of a (H, W) bool mask as Boxes, largest first; components below `min_area`
-    (fraction of the image) are dropped."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    total = float(mask.size) or 1.0
-    boxes = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area / total < min_area:
-            continue
-        score = float(amap[labels == i].max())
-        boxes.append(Box(x, y, x + w, y + h, score, area / total))
-    return sorted(boxes, key=lambda b: -b.area_fraction)
-
-
 def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: float = 0.0) -> AnomalyResult:
     """Re-label a result with thresholds moved relative to the calibrated ones (no re-encode).
 
@@ -89,7 +73,7 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
     threshold, pixel_threshold = move(result.threshold), move(result.pixel_threshold)
     label = bool(result.pred_score > threshold)
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
-    boxes = boxes_from_mask(mask, result.anomaly_map, min_box_area) if label else []
+    boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.extras.get("box_merge_px", 0.0)) if label else []
     extras = dict(result.extras, sensitivity=s, calibrated_threshold=float(result.threshold),
                   calibrated_pixel_threshold=float(result.pixel_threshold))
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=threshold,

@@ -49,6 +49,7 @@ class ExpertConfig:
     calibration_synth: int = 8  # anomalies synthesized on references for threshold calibration
     mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
+    box_merge_cells: float = 1.0  # mask components closer than this many patch-grid cells are one region (0 = off)
     self_reference: bool = False  # also match each query patch against its own image's other patches
     self_exclude: float = 0.15  # ... leaving out those within this fraction of the grid side (the defect itself)
     zero_shot_source: str = "auto"  # one image, no reference: self (in-image rarity) | head | auto (head if CLIP text)

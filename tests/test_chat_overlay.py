@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult
-from assistant.chat import apply_sensitivity, boxes_from_mask
+from assistant.anomaly.result import AnomalyResult, mask_boxes
+from assistant.chat import apply_sensitivity
 from assistant.overlay import BOX_COLOUR, normalise_map, render_mask, render_overlay
 
 
@@ -15,18 +15,36 @@ def _result(score=1.5, threshold=1.0, pixel_threshold=0.8, size=(40, 60)) -> Ano
     amap[25:35, 5:12] = 0.6  # weak blob bottom left (below the pixel threshold)
     label = score > threshold
     mask = (amap > pixel_threshold) & label
-    return AnomalyResult(amap, score, label, mask, boxes_from_mask(mask, amap), threshold, pixel_threshold)
+    return AnomalyResult(amap, score, label, mask, mask_boxes(mask, amap), threshold, pixel_threshold)
 
 
-def test_boxes_from_mask_components_largest_first():
+def test_mask_boxes_components_largest_first():
     mask = np.zeros((20, 20), bool)
     mask[1:3, 1:3] = True  # 4 px
     mask[10:16, 10:18] = True  # 48 px
     amap = mask.astype(np.float32) * 2
-    boxes = boxes_from_mask(mask, amap)
+    boxes = mask_boxes(mask, amap)
     assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes] == [(10, 10, 18, 16), (1, 1, 3, 3)]
     assert boxes[0].area_fraction == pytest.approx(48 / 400)
-    assert boxes_from_mask(mask, amap, min_area=0.05) == boxes[:1]
+    assert mask_boxes(mask, amap, min_area=0.05) == boxes[:1]
+
+
+def test_mask_boxes_merges_components_closer_than_merge_px():
+    """One defect split by a gap narrower than a map cell is one region: its box spans both parts, its area is
+    their sum, its score their max; parts farther apart stay separate."""
+    mask = np.zeros((40, 40), bool)
+    mask[5:10, 5:10] = True  # 25 px
+    mask[5:10, 13:20] = True  # 35 px, 3 px to the right of the first
+    mask[30:35, 30:35] = True  # 25 px, far away
+    amap = mask.astype(np.float32)
+    amap[7, 15] = 3.0
+    assert len(mask_boxes(mask, amap)) == 3  # no merging by default
+    merged = mask_boxes(mask, amap, merge_px=4)
+    assert [(b.x0, b.y0, b.x1, b.y1) for b in merged] == [(5, 5, 20, 10), (30, 30, 35, 35)]
+    assert merged[0].area_fraction == pytest.approx(60 / 1600) and merged[0].score == pytest.approx(3.0)
+    assert len(mask_boxes(mask, amap, merge_px=2)) == 3  # a 3 px gap is wider than 2 px
+    assert len(mask_boxes(mask, amap, merge_px=60)) == 1
+    assert mask_boxes(mask, amap, min_area=0.03, merge_px=4) == merged[:1]
 
 
 def test_sensitivity_zero_is_identity_and_scales_thresholds():

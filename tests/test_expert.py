@@ -92,6 +92,8 @@ def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
     if defect.pred_label:
         assert defect.pred_mask.any() and defect.boxes
     assert not normal.pred_mask.any() or normal.pred_label
+    # regions closer than one patch-grid cell are one: the 8x8 grid pooled by 2 is 4x4, so a cell is 64/4 px tall
+    assert defect.extras["box_merge_px"] == pytest.approx(expert_cfg.box_merge_cells * 16.0)
 
 
 def test_two_references_use_leave_one_out(tower, expert_cfg):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
-from assistant.anomaly.result import AnomalyResult, Box, verdict_mask
+from assistant.anomaly.result import AnomalyResult, Box, mask_boxes, verdict_mask
 from assistant.config import ExpertConfig
 from assistant.vision.base import VisionOutput
 
@@ -515,13 +515,14 @@ class AnomalyExpert(nn.Module):
         if len(query_out.patch_tokens) != len(self.level_dims):
             raise ValueError(f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}")
         raw = self.raw_maps(query_out, state)  # (B, h', w') on the patch grid
+        grid = tuple(raw.shape[-2:])
         maps = self.upsample(raw, tuple(image_size))
         if state.few_shot:
             medians = raw.flatten(1).median(1).values.tolist()  # ~1 when the query's surface matches the references
-            return [self._result(amap, self.image_score(amap), state, "few-shot", reference_median=med)
+            return [self._result(amap, self.image_score(amap), state, "few-shot", grid, reference_median=med)
                     for amap, med in zip(maps, medians)]
         if not self.self_calibrated():
-            return [self._result(amap, self.image_score(amap), state, "zero-shot") for amap in maps]
+            return [self._result(amap, self.image_score(amap), state, "zero-shot", grid) for amap in maps]
         if images is None or tower is None or len(images) != len(maps):
             raise ValueError(f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
                              f"predict(..., images=<{len(maps)} query image(s)>, tower=<the vision tower>), got "
@@ -533,7 +534,7 @@ class AnomalyExpert(nn.Module):
                                 calibration={"method": "in-image rarity, one image, no references",
                                              "rule": f"lowest score of {len(synth)} anomalies synthesized on this image",
                                              "synth_scores": [round(float(x), 4) for x in synth]})
-            out.append(self._result(amap, self.image_score(amap), st, "zero-shot"))
+            out.append(self._result(amap, self.image_score(amap), st, "zero-shot", grid))
         return out
 
     def _self_threshold(self, tower, img: Image.Image, image_size: tuple[int, int]) -> tuple[float, float, np.ndarray]:
@@ -560,11 +561,14 @@ class AnomalyExpert(nn.Module):
         cand = np.quantile(values, np.linspace(0.5, 0.999, 60))
         return float(cand[int(np.argmax([_f1(values > c, gt) for c in cand]))])
 
-    def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str,
+    def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str, grid: tuple[int, int],
                 reference_median: float | None = None) -> AnomalyResult:
+        """`grid`: the (h', w') patch grid the map was computed on; regions closer than `box_merge_cells` of its
+        cells (in the map's pixels) count as one."""
         label = bool(score > state.threshold)
         mask = verdict_mask(amap, label, state.pixel_threshold, self.cfg.score_topk)
-        extras = {"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path,
+        merge_px = self.cfg.box_merge_cells * max(amap.shape[0] / grid[0], amap.shape[1] / grid[1])
+        extras = {"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path, "box_merge_px": merge_px,
                   "calibration": state.calibration.get("rule", state.calibration.get("method", ""))}
         mismatch = False
         if reference_median is not None:
@@ -573,22 +577,12 @@ class AnomalyExpert(nn.Module):
                 extras["reference_mismatch_cut"] = round(float(self.reference_mismatch), 4)
                 mismatch = bool(reference_median > self.reference_mismatch)
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
-                             boxes=self.boxes(amap, mask), threshold=state.threshold,
+                             boxes=self.boxes(amap, mask, merge_px), threshold=state.threshold,
                              pixel_threshold=state.pixel_threshold, extras=extras, reference_mismatch=mismatch)
 
-    def boxes(self, amap: np.ndarray, mask: np.ndarray) -> list[Box]:
-        """Connected components of the mask (8-connectivity), largest first, tiny ones dropped."""
-        if not mask.any():
-            return []
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        total = mask.size
-        out = []
-        for i in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[i])
-            if area / total < self.cfg.min_box_area:
-                continue
-            out.append(Box(x, y, x + w, y + h, float(amap[lab == i].max()), area / total))
-        return sorted(out, key=lambda b: -b.area_fraction)
+    def boxes(self, amap: np.ndarray, mask: np.ndarray, merge_px: float = 0.0) -> list[Box]:
+        """Regions of the mask (`mask_boxes`), largest first, tiny ones dropped."""
+        return mask_boxes(mask, amap, self.cfg.min_box_area, merge_px)
 
     # -------------------------------------------------------------- batch zero-shot (mutual scoring)
     @torch.no_grad()
@@ -634,7 +628,7 @@ class AnomalyExpert(nn.Module):
         state = ReferenceState(banks=[], scales=[], threshold=thr, pixel_threshold=thr, n_shots=0,
                                calibration={"method": "mutual scoring over the unlabeled batch",
                                             "rule": "two-cluster split of this batch's log image scores"})
-        return [self._result(m, sc, state, "mutual") for m, sc in zip(maps, scores)]
+        return [self._result(m, sc, state, "mutual", tuple(grid_maps.shape[-2:])) for m, sc in zip(maps, scores)]
 
     # -------------------------------------------------------------- references + calibration
     @torch.no_grad()

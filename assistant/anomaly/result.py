@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from assistant.constants import position_word, size_word
@@ -20,6 +21,38 @@ def verdict_mask(anomaly_map: np.ndarray, label: bool, pixel_threshold: float, t
         k = max(1, int(round(topk * flat.size)))
         mask = anomaly_map >= np.partition(flat, flat.size - k)[flat.size - k]
     return mask
+
+
+def mask_boxes(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0, merge_px: float = 0.0) -> list["Box"]:
+    """Regions of a (H, W) bool mask as Boxes, largest first. Connected components (8-connectivity) closer than
+    `merge_px` pixels count as one region (its box spans them, its area is their sum): a gap narrower than a cell
+    of the anomaly map's patch grid is below what the map resolves, so one defect split by it is still one.
+    Regions below `min_area` (fraction of the image) are dropped."""
+    if not mask.any():
+        return []
+    m = mask.astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    group = np.arange(n)  # component -> region id
+    if merge_px >= 1 and n > 2:
+        k = int(round(merge_px / 2))  # both sides grow by half the gap: components within merge_px touch
+        grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+        _, glab = cv2.connectedComponents(grown, connectivity=8)
+        for i in range(1, n):
+            ys, xs = np.nonzero(lab == i)
+            group[i] = glab[ys[0], xs[0]]
+    total = float(mask.size)
+    out = []
+    for g in sorted(set(group[1:].tolist())):
+        members = [i for i in range(1, n) if group[i] == g]
+        area = float(stats[members, cv2.CC_STAT_AREA].sum())
+        if area / total < min_area:
+            continue
+        x0 = int(stats[members, cv2.CC_STAT_LEFT].min())
+        y0 = int(stats[members, cv2.CC_STAT_TOP].min())
+        x1 = int((stats[members, cv2.CC_STAT_LEFT] + stats[members, cv2.CC_STAT_WIDTH]).max())
+        y1 = int((stats[members, cv2.CC_STAT_TOP] + stats[members, cv2.CC_STAT_HEIGHT]).max())
+        out.append(Box(x0, y0, x1, y1, float(amap[np.isin(lab, members)].max()), area / total))
+    return sorted(out, key=lambda b: -b.area_fraction)
 
 
 @dataclass
