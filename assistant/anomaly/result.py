@@ -32,26 +32,26 @@ def mask_boxes(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0, merge_
         return []
     m = mask.astype(np.uint8)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    fg = lab > 0
+    peak = np.full(n, -np.inf, np.float32)
+    np.maximum.at(peak, lab[fg], amap[fg])  # (n,) map maximum per component, one pass over the mask pixels
     group = np.arange(n)  # component -> region id
     if merge_px >= 1 and n > 2:
         k = int(round(merge_px / 2))  # both sides grow by half the gap: components within merge_px touch
         grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
         _, glab = cv2.connectedComponents(grown, connectivity=8)
-        for i in range(1, n):
-            ys, xs = np.nonzero(lab == i)
-            group[i] = glab[ys[0], xs[0]]
+        group[lab[fg]] = glab[fg]  # a component lies inside one grown component
     total = float(mask.size)
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
     out = []
-    for g in sorted(set(group[1:].tolist())):
-        members = [i for i in range(1, n) if group[i] == g]
+    for g in np.unique(group[1:]):
+        members = 1 + np.flatnonzero(group[1:] == g)
         area = float(stats[members, cv2.CC_STAT_AREA].sum())
         if area / total < min_area:
             continue
-        x0 = int(stats[members, cv2.CC_STAT_LEFT].min())
-        y0 = int(stats[members, cv2.CC_STAT_TOP].min())
-        x1 = int((stats[members, cv2.CC_STAT_LEFT] + stats[members, cv2.CC_STAT_WIDTH]).max())
-        y1 = int((stats[members, cv2.CC_STAT_TOP] + stats[members, cv2.CC_STAT_HEIGHT]).max())
-        out.append(Box(x0, y0, x1, y1, float(amap[np.isin(lab, members)].max()), area / total))
+        out.append(Box(int(left[members].min()), int(top[members].min()), int(right[members].max()),
+                       int(bottom[members].max()), float(peak[members].max()), area / total))
     return sorted(out, key=lambda b: -b.area_fraction)
 
 
