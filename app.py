@@ -68,8 +68,7 @@ def make_examples(out_dir: str | os.PathLike) -> list[tuple[str, list[str], str]
     stain = cv2.GaussianBlur(stain, (3, 3), 0)
     good = _washer(rng)
     items = [("scratched_washer.png", scratch, DEFAULT_QUESTION), ("stained_washer.png", stain, "Where is the defect?"),
-             ("good_washer.png", good, "Is it safe to ship?")]  # "Is this part good?" asked first gets the
-    # wrong polarity from the shipped adapter on good parts (model card, bench/chat_truth.py --first)
+             ("good_washer.png", good, "Is it safe to ship?")]
     examples = []
     for name, arr, question in items:
         Image.fromarray(arr).save(out / name)
