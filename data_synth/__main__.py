@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of conversations that open with a follow-up question (how many, where, ship?) "
                         "instead of the detection question; changes only conversations.json, so a finished build "
                         "can be re-run with another value")
+    b.add_argument("--compare-last-ratio", type=float, default=0.0,
+                   help="fraction of conversations whose comparison is asked last, after the follow-ups (a deeper "
+                        "turn; raise train.max_len so it is not cut); changes only conversations.json")
     b.add_argument("--refs", type=int, default=4, help="reference normals written per category")
     b.add_argument("--workers", type=int, default=1, help="processes (output is identical for any number)")
     b.add_argument("--synth", nargs="*", default=[], metavar="KEY=VALUE",
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             settings = BuildSettings(seed=args.seed, size=args.size, methods=methods,
                                      anomaly_ratio=args.anomaly_ratio, n_refs=args.refs, multi_ratio=args.multi_ratio,
-                                     opener_ratio=args.opener_ratio)
+                                     opener_ratio=args.opener_ratio, compare_last_ratio=args.compare_last_ratio)
             cfg = synth_config(args.synth)
             t = time.time()
             summary = build(sources, args.out, args.n, settings, cfg=cfg, workers=args.workers,

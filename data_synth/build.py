@@ -44,11 +44,15 @@ class BuildSettings:
     sources: tuple = ()  # source names (recorded so a resume with other sources is refused)
     multi_ratio: float = 0.0  # fraction of anomalous samples with 2-3 separate defects (synthesize_multi)
     opener_ratio: float = 0.0  # fraction of conversations opened by a follow-up question (count, where, ship, ...)
+    compare_last_ratio: float = 0.0  # fraction of conversations whose comparison turn is asked last (a deeper turn)
+
+
+CONVERSATION_ONLY = ("opener_ratio", "compare_last_ratio")  # settings that shape only conversations.json
 
 
 def _images_only(settings: dict) -> dict:
-    """Build settings that shape the images and the manifest (all but the conversation-only opener_ratio)."""
-    return {k: v for k, v in settings.items() if k != "opener_ratio"}
+    """Build settings that shape the images and the manifest (all but the conversation-only ratios)."""
+    return {k: v for k, v in settings.items() if k not in CONVERSATION_ONLY}
 
 
 def check_settings(n: int, s: BuildSettings) -> None:
@@ -61,6 +65,8 @@ def check_settings(n: int, s: BuildSettings) -> None:
         raise SynthError(f"--size: expected at least 32 pixels, got {s.size}")
     if not 0.0 <= s.opener_ratio <= 1.0:
         raise SynthError(f"--opener-ratio: expected a fraction in [0, 1], got {s.opener_ratio}")
+    if not 0.0 <= s.compare_last_ratio <= 1.0:
+        raise SynthError(f"--compare-last-ratio: expected a fraction in [0, 1], got {s.compare_last_ratio}")
     if not 0.0 <= s.multi_ratio <= 1.0:
         raise SynthError(f"--multi-ratio: expected a fraction in [0, 1], got {s.multi_ratio}")
     if not 0.0 <= s.anomaly_ratio <= 1.0:
@@ -129,13 +135,13 @@ def make_sample(i: int) -> dict:
     return rec
 
 
-def conversation_for(rec: dict, seed: int, opener_ratio: float = 0.0) -> dict:
-    """The LLaVA conversation of a manifest record (deterministic in (seed, id, opener_ratio))."""
+def conversation_for(rec: dict, seed: int, opener_ratio: float = 0.0, compare_last_ratio: float = 0.0) -> dict:
+    """The LLaVA conversation of a manifest record (deterministic in (seed, id) and the two ratios)."""
     rng = np.random.default_rng([seed, int(rec["id"]), 2])
     pool = rec["references"]
     k = min(int(SHOTS[int(rng.integers(len(SHOTS)))]), len(pool))
     refs = [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))] if k else []
-    return make_conversation(rec, rec["noun"], refs, rng, opener_ratio)
+    return make_conversation(rec, rec["noun"], refs, rng, opener_ratio, compare_last_ratio)
 
 
 def read_manifest(out: str | Path, absolute: bool = True) -> list[dict]:
@@ -181,12 +187,12 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
         (out / d).mkdir(parents=True, exist_ok=True)
     cats: list[tuple[int, Category]] = [(si, c) for si, src in enumerate(sources) for c in src.categories()]
     info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
-                         if not (k in ("multi_ratio", "opener_ratio") and v == 0)},  # builds without them keep their build.json
+                         if not (k in ("multi_ratio", *CONVERSATION_ONLY) and v == 0)},  # builds without them keep their build.json
             "synth": asdict(cfg), "categories": [c.key for _, c in cats]}
     info_path = out / "build.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        # the opener ratio shapes only conversations.json, rewritten at the end of every build: a finished build
+        # the conversation ratios shape only conversations.json, rewritten at the end of every build: a finished build
         # can be given other conversations without re-synthesizing its images
         if {**old, "settings": _images_only(old["settings"])} != {**info, "settings": _images_only(info["settings"])}:
             raise SynthError(f"{out}: already holds a build with other settings ({old['settings']}); "
@@ -237,7 +243,7 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, man)
     recs = [json.loads(line) for line in keep]
-    convs = [conversation_for(r, s.seed, s.opener_ratio) for r in recs]
+    convs = [conversation_for(r, s.seed, s.opener_ratio, s.compare_last_ratio) for r in recs]
     tmp = out / "conversations.tmp"
     tmp.write_text(json.dumps(convs, indent=1) + "\n")
     os.replace(tmp, out / "conversations.json")

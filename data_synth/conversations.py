@@ -138,18 +138,22 @@ OPENERS = ("count", "locate", "ship", "size", "severity")  # follow-ups whose an
 
 
 def make_conversation(record: dict, noun: str, references: list[str], rng: np.random.Generator,
-                      opener_ratio: float = 0.0) -> dict:
+                      opener_ratio: float = 0.0, compare_last_ratio: float = 0.0) -> dict:
     """LLaVA record {"id", "image", "references", "conversations": [{"from", "value"}, ...]} for one sample.
     `record` is the manifest line (label, defect_type, position, size, area_fraction, severity, ...).
     With probability `opener_ratio` the conversation opens with a follow-up question ("How many defects are
     there?") whose answer carries the verdict itself, and the detection question moves behind it: users do not
-    always ask "is anything wrong?" first."""
+    always ask "is anything wrong?" first. With probability `compare_last_ratio` the comparison (when drawn) is
+    asked last, after the follow-ups: a chat can ask for it as its seventh question, deeper than it otherwise
+    comes (at most the fifth)."""
     k = len(references)
     anomalous = record["label"] == 1
     # answers carry a "{noun}" placeholder, filled once the question is chosen
     turns = (_anomalous_turns if anomalous else _normal_turns)(record, "{noun}", k, rng)
     if opener_ratio > 0 and rng.random() < opener_ratio:  # (no draw at 0: builds without it keep their bytes)
         turns = _open_with(turns, str(rng.choice(OPENERS)), record)
+    if compare_last_ratio > 0 and rng.random() < compare_last_ratio:  # (no draw at 0, as above)
+        turns = [t for t in turns if t[0] != "compare"] + [t for t in turns if t[0] == "compare"]
     msgs, named = [], False
     for i, (kind, answer) in enumerate(turns):
         if kind == "detect":

@@ -344,3 +344,41 @@ def test_opener_ratio_rewrites_only_the_conversations(built, tmp_path):
     assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
     with pytest.raises(SynthError, match="--opener-ratio"):
         build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(opener_ratio=-0.1), progress=False)
+
+
+def test_compare_last_ratio_moves_the_comparison_behind_the_follow_ups(built, tmp_path):
+    """--compare-last-ratio 1: every conversation that has a comparison asks it last (the app's chats ask it as the
+    seventh question; before, it was at most the fifth), the other turns keep their order; the images, the manifest
+    and, back at 0, the conversations keep their bytes."""
+    from data_synth.conversations import COMPARE_REF_Q, COMPARE_ZERO_Q
+
+    out, _ = built
+    s = BuildSettings(seed=0, size=SIZE, n_refs=2)
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, BuildSettings(seed=0, size=SIZE, n_refs=2,
+                                                                               compare_last_ratio=1.0), progress=False)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
+    assert json.loads((tmp_path / "build.json").read_text())["settings"]["compare_last_ratio"] == 1.0
+    recs = read_manifest(tmp_path)
+    before = json.loads((out / "conversations.json").read_text())
+    after = json.loads((tmp_path / "conversations.json").read_text())
+    compare = {q.format(noun=r["noun"], ref=w) for r in recs for q in COMPARE_REF_Q + COMPARE_ZERO_Q
+               for w in ("reference", "references")}
+
+    def is_compare(q):
+        return q.split("\n", 1)[-1] in compare
+
+    moved = 0
+    for b, a in zip(before, after):
+        qa = [(m["value"], n["value"]) for m, n in zip(a["conversations"][::2], a["conversations"][1::2])]
+        flags = [is_compare(q) for q, _ in qa]
+        assert not any(flags[:-1]), qa  # a comparison, if any, is the last turn
+        if flags and flags[-1] and len(qa) > 2:
+            moved += 1
+            assert "reference" in qa[-1][1] or "normal" in qa[-1][1]  # its answer is still a comparison answer
+        assert len(a["conversations"]) == len(b["conversations"])  # no turn added or lost
+    assert moved >= 5, moved
+    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False)
+    assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
+    with pytest.raises(SynthError, match="--compare-last-ratio"):
+        build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(compare_last_ratio=1.5),
+              progress=False)
