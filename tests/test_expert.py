@@ -367,16 +367,27 @@ def test_reference_mismatch_flags_a_reference_of_another_part(tower, expert_cfg)
     assert other.extras["reference_mismatch_cut"] == pytest.approx(expert.reference_mismatch, abs=1e-4)
 
 
+def test_margin_key_takes_the_most_references_fitted_not_above_the_count():
+    from assistant.anomaly.expert import margin_key
+
+    m = {"k1": 1.0, "k2": 1.0, "k4": 1.0, "k8": 1.0, "k16": 1.0}
+    assert [margin_key(n, m) for n in (1, 2, 3, 4, 7, 8, 15, 16, 40)] == [
+        "k1", "k2", "k2", "k4", "k4", "k8", "k8", "k16", "k16"]
+    assert margin_key(20, {"k1": 1.0, "k2": 1.0, "k4": 1.0}) == "k4"  # a checkpoint from before k8
+    # k1 is fitted on leave-view-out scores, k >= 2 on leave-one-out: neither stands in for the other
+    assert margin_key(2, {"k1": 1.0}) is None and margin_key(1, {"k2": 1.0}) is None and margin_key(3, {}) is None
+
+
 def test_calibration_margin_follows_the_number_of_references(tower, expert_cfg):
-    """k1 for one reference, k2 for two or three, k4 (when trained) for four or more: the threshold is the margin
-    times the highest held-out normal score, and the rule says which margin."""
+    """k1 for one reference, k2 for two or three, k4 for four to seven, k8 (when trained) for eight or more: the
+    threshold is the margin times the highest held-out normal score, and the rule says which margin."""
     expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
-    expert.calibration_margin = {"k1": 1.5, "k2": 1.25, "k4": 2.0}
-    for refs, margin in ((1, 1.5), (2, 1.25), (3, 1.25), (4, 2.0), (5, 2.0)):
+    expert.calibration_margin = {"k1": 1.5, "k2": 1.25, "k4": 2.0, "k8": 1.1}
+    for refs, margin in ((1, 1.5), (2, 1.25), (3, 1.25), (4, 2.0), (5, 2.0), (8, 1.1)):
         state = expert.fit_references(tower, [texture(s) for s in range(refs)], seed=0)
         assert state.threshold == pytest.approx(margin * max(state.calibration["normal_scores"]), rel=1e-3)
         assert state.calibration["rule"].startswith(f"{margin:.3f} x")
-    del expert.calibration_margin["k4"]  # a checkpoint from before k4: k2 serves every k >= 2
+    del expert.calibration_margin["k8"], expert.calibration_margin["k4"]  # before k4: k2 serves every k >= 2
     state = expert.fit_references(tower, [texture(s) for s in range(4)], seed=0)
     assert state.calibration["rule"].startswith("1.250 x")
 

@@ -83,6 +83,56 @@ def test_train_expert_cli_saves_loadable_heads(tmp_path):
     assert meta["reference_mismatch"] is None and expert.reference_mismatch is None  # one category: nothing to fit
 
 
+def test_fit_margins_makes_up_more_references_from_later_normal_samples(tmp_path, monkeypatch):
+    """The build has 2 references per category; margins for 4 references take normal samples from beyond the
+    scored ones (the first max_per_cat), and none is fitted where there are not enough."""
+    import assistant.imaging as imaging
+    from training.expert import encode_cached, fit_margins, read_manifest
+
+    make_synth(tmp_path / "synth", n=16)
+    cfg = load_config("tiny")
+    tower = build_vision_tower(cfg.vision)
+    recs = read_manifest(tmp_path / "synth")
+    tokens, glob, grid = encode_cached(tower, recs, tmp_path / "cache.safetensors")
+    expert = AnomalyExpert(cfg.expert, tower.level_dims, tower.global_dim,
+                           text_encoder=getattr(tower, "encode_text", None))
+    loaded, orig = [], imaging.load_image
+    monkeypatch.setattr(imaging, "load_image", lambda x, *a, **k: loaded.append(str(x)) or orig(x, *a, **k))
+    margins = fit_margins(expert, tower, recs, tokens, glob, grid, max_per_cat=8, log=lambda *_: None,
+                          shots=(1, 2, 4, 8))
+    assert set(margins) == {"k1", "k2", "k4"}  # 2 references + 4 later normals: enough for 4, not for 8
+    spares = [x for x in loaded if "/images/" in x]
+    assert spares == [recs[8]["image"], recs[10]["image"]]  # normal, and never among the 8 scored samples
+    assert set(fit_margins(expert, tower, recs, tokens, glob, grid, max_per_cat=16, log=lambda *_: None,
+                           shots=(1, 2, 4))) == {"k1", "k2"}  # every sample scored: no spares
+
+
+def test_calibrate_only_adds_margins_and_keeps_the_weights(tmp_path):
+    """--calibrate-only CKPT: no head training; the new margin joins the trained ones, the weights are the
+    checkpoint's, and the refit is recorded."""
+    from safetensors.torch import load_file
+
+    make_synth(tmp_path / "synth", n=48)  # 40 scored per category + 4 later normals: 2 + 4 references for k4
+    common = ["--config", "tiny", "--data", str(tmp_path / "synth"), "--cache", str(tmp_path / "cache.safetensors")]
+    out, refit = tmp_path / "ckpt", tmp_path / "refit"
+    assert train_main(["expert", *common, "--out", str(out), "--margin-shots", "1,2", "--set", "train.steps=2",
+                       "--set", "train.batch_size=4"]) == 0
+    trained = json.loads((out / "expert_config.json").read_text())
+    assert set(trained["calibration_margin"]) == {"k1", "k2"}
+    assert train_main(["expert", *common, "--calibrate-only", str(out), "--margin-shots", "4",
+                       "--out", str(refit)]) == 0
+    meta = json.loads((refit / "expert_config.json").read_text())
+    assert set(meta["calibration_margin"]) == {"k1", "k2", "k4"}
+    assert {k: meta["calibration_margin"][k] for k in ("k1", "k2")} == trained["calibration_margin"]
+    a, b = load_file(out / "expert.safetensors"), load_file(refit / "expert.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    (rec,) = meta["meta"]["calibration_refits"]
+    assert rec["shots"] == [4] and set(rec["calibration_margin"]) == {"k4"} and rec["data"][0]["folder"] == "synth"
+    assert meta["meta"]["steps"] == 2  # the training record is kept
+    with pytest.raises(ValueError, match="--margin-shots: expected reference counts"):
+        train_main(["expert", *common, "--calibrate-only", str(out), "--margin-shots", "4,x"])
+
+
 def test_train_expert_fits_the_reference_mismatch_cut_across_categories(tmp_path):
     """With two synthetic categories training fits the cut (1% of same-kind parts above it), reports how many
     parts of the other kind lie above it, and the loaded expert uses it."""

@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output checkpoint folder (default: train.out_dir)")
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per folder")
     p.add_argument("--cache", default=None, help="frozen-feature cache file (default: train.out_dir/expert_feature_cache.safetensors)")
+    p.add_argument("--calibrate-only", default=None, metavar="CKPT",
+                   help="load the trained expert from CKPT and only fit calibration margins on --data (no head "
+                        "training); the margins fitted replace those of the same reference count, the others stay")
+    p.add_argument("--margin-shots", default=",".join(map(str, MARGIN_SHOTS)),
+                   help="reference counts to fit calibration margins for (default %(default)s)")
 
 
 def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
@@ -155,29 +160,35 @@ def indices_by_category(recs: list[dict]) -> dict[str, list[int]]:
     return by_cat
 
 
+MARGIN_SHOTS = (1, 2, 4, 8, 16)  # reference counts a calibration margin is fitted for (expert.margin_key picks)
+
+
 @torch.no_grad()
-def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40, log=print
-                ) -> dict[str, float]:
-    """Calibration margins for k = 1, 2-3 and >= 4 references, fitted on the synthetic categories (never on
+def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 40, log=print,
+                shots: tuple[int, ...] = MARGIN_SHOTS) -> dict[str, float]:
+    """Calibration margins for k = 1, 2, 4, 8 and 16 references, fitted on the synthetic categories (never on
     real data).
 
-    For every category with normal and anomalous samples: fit the expert on 1, 2 and 4 of its reference
-    normals, score its samples, divide by the highest held-out normal score of the calibration; the margin
-    is the ratio cut with the best balanced accuracy averaged over categories. (Leave-one-out over k
-    references scores each against k - 1, so the gap to new parts shrinks as k grows: one margin for all
-    k >= 2 left many misses at 4 and 8 references.)
+    For every category with normal and anomalous samples: fit the expert on k of its reference normals, score its
+    first `max_per_cat` samples, divide by the highest held-out normal score of the calibration; the margin is the
+    ratio cut with the best balanced accuracy averaged over categories. Where the build has fewer than k
+    references per category, its later normal samples (never among the scored ones) make up the k. (Leave-one-out
+    over k references scores each against k - 1, and the highest of k scores grows with k: one margin for all
+    k >= 2 left many misses at 4 and 8 references, the k4 margin half the defects at 16.)
     """
     from assistant.imaging import load_image
     from assistant.vision.base import VisionOutput
 
     by_cat = indices_by_category(recs)
     margins = {}
-    for key, k in (("k1", 1), ("k2", 2), ("k4", 4)):
+    for k in shots:
+        key = f"k{k}"
         per_cat = []
-        for cat, idx in by_cat.items():
-            idx = idx[:max_per_cat]
+        for cat, all_idx in by_cat.items():
+            idx = all_idx[:max_per_cat]
             labels = np.array([int(recs[i].get("label", 0)) for i in idx])
-            refs = recs[idx[0]].get("references") or []
+            spare = [recs[i]["image"] for i in all_idx[max_per_cat:] if int(recs[i].get("label", 0)) == 0]
+            refs = (recs[idx[0]].get("references") or []) + spare
             if len(set(labels.tolist())) < 2 or len(refs) < k:
                 continue
             state = expert.fit_references(tower, [load_image(x) for x in refs[:k]], seed=0)
@@ -187,7 +198,7 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
             per_cat.append((scores / n, labels))
         if not per_cat:
             continue
-        cands = np.linspace(0.8, 3.0, 111)
+        cands = np.linspace(0.5, 3.0, 126)  # steps of 0.02
         bacc = [np.mean([((r[y == 1] > c).mean() + (r[y == 0] <= c).mean()) / 2 for r, y in per_cat]) for c in cands]
         margins[key] = float(cands[int(np.argmax(bacc))])
         log(f"calibration margin {key}: {margins[key]:.3f} (synthetic balanced accuracy {max(bacc):.3f} "
@@ -231,6 +242,46 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
     return cut, stats
 
 
+def parse_shots(text: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        shots = ()
+    if not shots or min(shots) < 1:
+        raise ValueError(f"--margin-shots: expected reference counts >= 1 separated by commas (e.g. 1,2,4,8,16), "
+                         f"got {text!r}")
+    return shots
+
+
+def _data_info(folders) -> list[dict]:
+    """Folder names and their build settings, never machine paths."""
+    info = []
+    for d in folders:
+        build_json = Path(d) / "build.json"
+        info.append({"folder": Path(d).name,
+                     "build": json.loads(build_json.read_text()) if build_json.is_file() else None})
+    return info
+
+
+def calibrate_only(args, cfg, tower, recs, tokens, glob, grid, shots, t0) -> int:
+    """--calibrate-only CKPT: the trained expert's weights and its other margins as they are, plus margins fitted
+    for `shots` on --data; the refit is recorded in the checkpoint's meta (`calibration_refits`)."""
+    from assistant.anomaly.expert import AnomalyExpert
+
+    expert = AnomalyExpert.from_pretrained(args.calibrate_only, cfg.expert, tower).eval()
+    fitted = fit_margins(expert, tower, recs, tokens, glob, grid, shots=shots)
+    expert.calibration_margin = {**expert.calibration_margin, **fitted}
+    meta = dict(expert.meta)
+    meta["calibration_refits"] = [*meta.get("calibration_refits", []), {
+        "data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "shots": list(shots),
+        "calibration_margin": fitted, "seconds": round(time.time() - t0, 1)}]
+    out_dir = Path(args.out or args.calibrate_only)
+    expert.save_pretrained(out_dir, meta=meta)
+    print(json.dumps({"calibration_margin": expert.calibration_margin, "fitted": fitted}))
+    print(f"saved {out_dir}/expert.safetensors and expert_config.json")
+    return 0
+
+
 def run(args) -> int:
     from training import make_accelerator
 
@@ -249,6 +300,9 @@ def run(args) -> int:
     t0 = time.time()
     cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.safetensors"
     tokens, glob, grid = encode_cached(tower, recs, cache)
+    shots = parse_shots(args.margin_shots)
+    if args.calibrate_only:
+        return calibrate_only(args, cfg, tower, recs, tokens, glob, grid, shots, t0)
     targets = grid_masks(recs, grid, tower.image_size)
     labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
     idx = list(range(len(recs)))
@@ -302,15 +356,11 @@ def run(args) -> int:
         from sklearn.metrics import roc_auc_score
 
         val_auroc = float(roc_auc_score(vlab, scores))
-    expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid, log=accelerator.print)
+    expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid, log=accelerator.print,
+                                            shots=shots)
     expert.reference_mismatch, mismatch_stats = fit_reference_mismatch(expert, tower, recs, tokens, glob, grid,
                                                                        log=accelerator.print)
-    data_info = []
-    for d in args.data:  # folder names and their build settings, never machine paths
-        build_json = Path(d) / "build.json"
-        data_info.append({"folder": Path(d).name,
-                          "build": json.loads(build_json.read_text()) if build_json.is_file() else None})
-    meta = {"data": data_info, "max_samples": args.max_samples, "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
+    meta = {"data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
             "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,

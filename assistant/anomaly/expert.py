@@ -310,7 +310,7 @@ class AnomalyExpert(nn.Module):
         self.trained = False  # True once heads were loaded/trained; untrained heads are not used for maps
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
-        self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1, k2, k4)
+        self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1 ... k16)
         self.self_scales: list[float] = []  # per level: median in-image nearest distance on normal training images
         # with references: median of the normalised kNN map above which the references do not show this part
         # (fitted on synthetic categories by training: 1% of same-kind parts lie above it); None = no check
@@ -712,8 +712,7 @@ class AnomalyExpert(nn.Module):
         anomal = np.array([self.image_score(m) for m in smaps])
         n = max(float(normal.max()), 1e-6)
         a = max(float(np.median(anomal)), n)
-        key = "k1" if state.n_shots == 1 else "k4" if state.n_shots >= 4 and "k4" in self.calibration_margin else "k2"
-        margin = self.calibration_margin.get(key)
+        margin = self.calibration_margin.get(margin_key(state.n_shots, self.calibration_margin))
         if margin:  # fitted offline on synthetic categories: new normal parts score ~margin x held-out normals
             state.threshold = float(n * margin)
             rule = f"{margin:.3f} x highest held-out normal score (margin fitted on synthetic categories)"
@@ -728,6 +727,17 @@ class AnomalyExpert(nn.Module):
                              + " + synthesized anomalies", "rule": rule,
                              "normal_scores": [round(float(x), 4) for x in normal],
                              "synth_scores": [round(float(x), 4) for x in anomal]}
+
+
+def margin_key(n_shots: int, margins: dict[str, float]) -> str | None:
+    """The calibration margin for `n_shots` references: k1 for one (its held-out scores are leave-view-out), else
+    the one fitted for the most references not above it ("k2", "k4", "k8", "k16"; checkpoints without k8 use k4 for
+    every k >= 4, without k4 k2 for every k >= 2). The highest of k leave-one-out scores grows with k, so the
+    margin that fits 4 references misses defects at 16."""
+    if n_shots == 1:
+        return "k1" if "k1" in margins else None
+    fitted = sorted(int(k[1:]) for k in margins if k[:1] == "k" and k[1:].isdigit() and 2 <= int(k[1:]) <= n_shots)
+    return f"k{fitted[-1]}" if fitted else None
 
 
 def _f1(pred: np.ndarray, gt: np.ndarray) -> float:
