@@ -732,8 +732,7 @@ class AnomalyExpert(nn.Module):
 def margin_key(n_shots: int, margins: dict[str, float]) -> str | None:
     """The calibration margin for `n_shots` references: k1 for one (its held-out scores are leave-view-out), else
     the one fitted for the most references not above it ("k2", "k4", "k8", "k16"; checkpoints without k8 use k4 for
-    every k >= 4, without k4 k2 for every k >= 2). The highest of k leave-one-out scores grows with k, so the
-    margin that fits 4 references misses defects at 16."""
+    every k >= 4, without k4 k2 for every k >= 2)."""
     if n_shots == 1:
         return "k1" if "k1" in margins else None
     fitted = sorted(int(k[1:]) for k in margins if k[:1] == "k" and k[1:].isdigit() and 2 <= int(k[1:]) <= n_shots)
