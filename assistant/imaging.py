@@ -108,7 +108,11 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         except ImageError:
             raise
         except UnidentifiedImageError:
-            raise ImageError(f"{name}: not a recognised image format") from None
+            kind = next((k for sig, k in _SIGNATURES if data.startswith(sig)), None)
+            if kind:  # the header says what it is, but Pillow could not read it
+                raise ImageError(f"{name}: corrupt or truncated {kind} image ({len(data)} bytes)") from None
+            raise ImageError(f"{name}: not a recognised image format (expected PNG, JPEG, BMP, TIFF, WebP or another "
+                             f"format Pillow reads; got {len(data)} bytes starting {data[:8]!r})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageError(f"{name}: rejected as a decompression bomb ({e})") from None
         except (OSError, SyntaxError, ValueError) as e:
@@ -125,6 +129,11 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
     except Exception as e:  # noqa: BLE001 -- broken EXIF must not lose the image
         warnings.warn(f"{name}: EXIF orientation ignored ({e})", stacklevel=2)
     return _to_rgb(img, name)
+
+
+# file signatures of common image formats: a file that starts with one but does not open is damaged, not foreign
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 
 
 def load_mask(src: ImageInput, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -52,11 +52,20 @@ def test_truncated_jpeg(tmp_path):
         load_image(p)
 
 
+def test_png_header_only_is_called_truncated_not_foreign(tmp_path):
+    data = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    p = tmp_path / "head.png"
+    p.write_bytes(data[:40])  # signature + header chunk, cut before the pixels: Pillow cannot identify it
+    with pytest.raises(ImageError, match=r"head\.png: corrupt or truncated PNG image \(40 bytes\)"):
+        load_image(p)
+
+
 def test_non_image_file(tmp_path):
     p = tmp_path / "notes.png"
     p.write_text("this is text, not pixels\n" * 10)
-    with pytest.raises(ImageError, match=r"notes\.png.*not a recognised image"):
+    with pytest.raises(ImageError, match=r"notes\.png.*not a recognised image") as e:
         load_image(p)
+    assert "expected PNG, JPEG" in str(e.value) and "got 250 bytes starting b'this is '" in str(e.value)
 
 
 def test_decompression_bomb_over_limit(tmp_path):
