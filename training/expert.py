@@ -201,7 +201,7 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
             per_cat.append((scores / n, labels))
         if not per_cat:
             continue
-        cands = np.linspace(0.5, 3.0, 126)  # steps of 0.02
+        cands = np.linspace(0.8, 3.0, 111)
         bacc = [np.mean([((r[y == 1] > c).mean() + (r[y == 0] <= c).mean()) / 2 for r, y in per_cat]) for c in cands]
         margins[key] = float(cands[int(np.argmax(bacc))])
         log(f"calibration margin {key}: {margins[key]:.3f} (synthetic balanced accuracy {max(bacc):.3f} "
