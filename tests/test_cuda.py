@@ -13,17 +13,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.tiny import part_image as _img
+from tests.tiny import perturb_trainable
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _img(seed: int, defect: bool = False) -> Image.Image:
-    base = (np.random.default_rng(0).random((32, 32, 3)) * 60 + 100).astype(np.uint8)
-    img = base + np.random.default_rng(seed).integers(0, 6, base.shape, dtype=np.uint8)
-    if defect:
-        img[2:10, 22:30] = 10  # dark square, top right
-    return Image.fromarray(img)
 
 
 def _prompt_ids(tok, device):
@@ -105,11 +99,7 @@ def test_assistant_on_cuda_matches_cpu(tiny_lm_dir, tmp_path, no_tf32):
 
     cfg = load_config("tiny", [f"lm.name={tiny_lm_dir}", "lvlm.checkpoint=null", "expert.checkpoint=null"])
     model = build_lvlm(cfg, build_vision_tower(cfg.vision))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for n, prm in model.named_parameters():
-            if "lora_" in n or n.startswith("heads."):
-                prm.add_(torch.randn(prm.shape, generator=g) * 0.05)
+    perturb_trainable(model, 5)
     model.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
 

@@ -11,6 +11,7 @@ from assistant.anomaly.result import AnomalyResult
 from assistant.config import load_config
 from assistant.constants import IGNORE_INDEX, IMAGE_TOKEN, LOOK_TOKEN, PROMPT_TOKEN, REF_TOKEN
 from assistant.lvlm import LVLM, build_lvlm, image_features, pool_patch_tokens, visual_inputs
+from tests.tiny import perturb_trainable
 
 
 def tiny_cfg(**over):
@@ -134,12 +135,7 @@ def test_stream_equals_generate(model, tower):
 
 
 def _perturb(model: LVLM) -> None:
-    """Make adapters and heads non-trivial (LoRA B starts at zero)."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n or n.startswith("heads."):
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_trainable(model, 3)
 
 
 def test_lora_save_load_round_trip(model, tower, tiny_lm_dir, tmp_path):

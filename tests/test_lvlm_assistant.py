@@ -8,22 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from assistant.config import load_config
-
-
-def _img(seed: int, defect: bool = False) -> Image.Image:
-    rng = np.random.default_rng(0)
-    base = (rng.random((32, 32, 3)) * 60 + 100).astype(np.uint8)
-    noise = np.random.default_rng(seed).integers(0, 6, base.shape, dtype=np.uint8)
-    img = base + noise
-    if defect:
-        img[2:10, 22:30] = 10  # dark square, top right
-    return Image.fromarray(img)
+from tests.tiny import part_image as _img
+from tests.tiny import perturb_trainable
 
 
 def _tiny_cfg(tiny_lm_dir, *extra):
@@ -39,11 +29,7 @@ def ckpt(tiny_lm_dir, tmp_path_factory):
     cfg = _tiny_cfg(tiny_lm_dir)
     tower = build_vision_tower(cfg.vision)
     model = build_lvlm(cfg, tower)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n or n.startswith("heads."):
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_trainable(model, 5)
     out = tmp_path_factory.mktemp("ckpt")
     model.save_pretrained(out)
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))

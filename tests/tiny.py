@@ -137,3 +137,26 @@ def tiny_lm(tiny_lm_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval(), AutoTokenizer.from_pretrained(tiny_lm_dir)
+
+
+def perturb_trainable(model, seed: int) -> None:
+    """Make an LVLM's adapters and heads non-trivial (LoRA B starts at zero), deterministically in `seed`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n or n.startswith("heads."):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def part_image(seed: int, defect: bool = False):
+    """A 32 px test part: one fixed texture plus per-seed noise; `defect` adds a dark square at the top right."""
+    import numpy as np
+    from PIL import Image
+
+    base = (np.random.default_rng(0).random((32, 32, 3)) * 60 + 100).astype(np.uint8)
+    img = base + np.random.default_rng(seed).integers(0, 6, base.shape, dtype=np.uint8)
+    if defect:
+        img[2:10, 22:30] = 10
+    return Image.fromarray(img)
