@@ -131,6 +131,10 @@ def test_calibrate_only_adds_margins_and_keeps_the_weights(tmp_path):
     assert meta["meta"]["steps"] == 2  # the training record is kept
     with pytest.raises(ValueError, match="--margin-shots: expected reference counts"):
         train_main(["expert", *common, "--calibrate-only", str(out), "--margin-shots", "4,x"])
+    from assistant.anomaly.expert import ExpertCheckpointError
+
+    with pytest.raises(ExpertCheckpointError, match="expected expert.safetensors"):
+        train_main(["expert", *common, "--calibrate-only", str(tmp_path / "none"), "--out", str(refit)])
 
 
 def test_train_expert_fits_the_reference_mismatch_cut_across_categories(tmp_path):

@@ -266,19 +266,15 @@ def _data_info(folders) -> list[dict]:
     return info
 
 
-def calibrate_only(args, cfg, tower, recs, tokens, glob, grid, shots, t0) -> int:
+def calibrate_only(args, expert, tower, recs, tokens, glob, grid, shots, out_dir: Path, t0: float) -> int:
     """--calibrate-only CKPT: the trained expert's weights and its other margins as they are, plus margins fitted
     for `shots` on --data; the refit is recorded in the checkpoint's meta (`calibration_refits`)."""
-    from assistant.anomaly.expert import AnomalyExpert
-
-    expert = AnomalyExpert.from_pretrained(args.calibrate_only, cfg.expert, tower).eval()
     fitted = fit_margins(expert, tower, recs, tokens, glob, grid, shots=shots)
     expert.calibration_margin = {**expert.calibration_margin, **fitted}
     meta = dict(expert.meta)
     meta["calibration_refits"] = [*meta.get("calibration_refits", []), {
         "data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "shots": list(shots),
         "calibration_margin": fitted, "seconds": round(time.time() - t0, 1)}]
-    out_dir = Path(args.out or args.calibrate_only)
     expert.save_pretrained(out_dir, meta=meta)
     print(json.dumps({"calibration_margin": expert.calibration_margin, "fitted": fitted}))
     print(f"saved {out_dir}/expert.safetensors and expert_config.json")
@@ -296,16 +292,17 @@ def run(args) -> int:
     tc = cfg.train
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
-    out_dir = Path(args.out or tc.out_dir)
+    out_dir = Path(args.out or tc.out_dir)  # also with --calibrate-only: CKPT is the input, not overwritten unasked
+    shots = parse_shots(args.margin_shots)
     recs = [r for d in args.data for r in read_manifest(d, args.max_samples)]
     accelerator = make_accelerator(cfg.vision.device)
     tower = build_vision_tower(cfg.vision)
+    refit = AnomalyExpert.from_pretrained(args.calibrate_only, cfg.expert, tower).eval() if args.calibrate_only else None
     t0 = time.time()
     cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.safetensors"
     tokens, glob, grid = encode_cached(tower, recs, cache)
-    shots = parse_shots(args.margin_shots)
-    if args.calibrate_only:
-        return calibrate_only(args, cfg, tower, recs, tokens, glob, grid, shots, t0)
+    if refit is not None:  # bad inputs (shots, data, checkpoint) fail above, before minutes of encoding
+        return calibrate_only(args, refit, tower, recs, tokens, glob, grid, shots, out_dir, t0)
     targets = grid_masks(recs, grid, tower.image_size)
     labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
     idx = list(range(len(recs)))
