@@ -84,6 +84,10 @@ def verdict_badge(summary: dict | None) -> str:
     bad = summary["pred_label"]
     colour = "#c62828" if bad else "#2e7d32"
     word = "ANOMALOUS" if bad else "NORMAL"
+    if summary.get("verdict") == "borderline":  # the score lies within the threshold's uncertainty
+        colour = "#ef6c00"
+        word = (f"BORDERLINE ({'just over' if bad else 'just under'} the threshold, confidence "
+                f"{summary.get('confidence', 0):.0%}): have a person check it")
     cal = summary.get("extras", {}).get("calibrated_threshold")
     cal_txt = f" (calibrated {cal:.3g})" if cal is not None else ""
     where = f" · {summary['size']} at the {summary['position']}" if bad and summary.get("position") else ""

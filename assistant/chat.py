@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult, mask_boxes, verdict_mask
+from assistant.anomaly.result import AnomalyResult, relabel
 from assistant.constants import position_phrase
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
@@ -34,6 +34,16 @@ DETECT_QUESTION = "Is there any anomaly in the image?"
 # appended (not by the LM) to the first answer about a result flagged reference_mismatch, as the app's badge says it
 REFERENCE_CAUTION = ("Caution: most of this image differs from the reference, so this verdict is less reliable; "
                      "check that the reference shows the same part, view and lighting.")
+
+
+def borderline_note(result: AnomalyResult) -> str | None:
+    """The sentence appended (not by the LM) to the first answer about a borderline result: the LM states the binary
+    verdict at the threshold; this says how sure it is, as the badge and `detect` do. None when not borderline."""
+    if result.verdict != "borderline":
+        return None
+    side = "just over" if result.pred_label else "just under"
+    return (f"It is borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
+            "I would have a person check it.")
 
 
 def verdict_turn(result: AnomalyResult) -> tuple[str, str]:
@@ -70,14 +80,9 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
     def move(t: float) -> float:
         return t * 2.0 ** -s if t > 0 else t - s * float(result.anomaly_map.std())
 
-    threshold, pixel_threshold = move(result.threshold), move(result.pixel_threshold)
-    label = bool(result.pred_score > threshold)
-    mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
-    boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.extras.get("box_merge_px", 0.0)) if label else []
-    extras = dict(result.extras, sensitivity=s, calibrated_threshold=float(result.threshold),
-                  calibrated_pixel_threshold=float(result.pixel_threshold))
-    return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=threshold,
-                               pixel_threshold=pixel_threshold, extras=extras)
+    return relabel(result, move(result.threshold), move(result.pixel_threshold),
+                   result.extras.get("review_confidence", 0.8), min_box_area, sensitivity=s,
+                   calibrated_threshold=float(result.threshold), calibrated_pixel_threshold=float(result.pixel_threshold))
 
 
 class ChatSession:
@@ -224,9 +229,11 @@ class ChatSession:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)
                 yield chunk
-            if evidence.result.reference_mismatch and self._cautioned is not self._evidence:
-                self._cautioned = self._evidence  # once per image/reference change; the LM never sees it
-                yield "\n\n" + REFERENCE_CAUTION
+            notes = [borderline_note(evidence.result)] + [REFERENCE_CAUTION if evidence.result.reference_mismatch else None]
+            notes = [n for n in notes if n]
+            if notes and self._cautioned is not self._evidence:
+                self._cautioned = self._evidence  # once per image/reference change; the LM never sees them
+                yield "\n\n" + " ".join(notes)
         finally:
             self.history.append((question, "".join(parts).strip()))
 

@@ -35,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _verdict_line(session) -> str:
     r = session.result
     where = f", {r.size} at the {r.position}" if r.pred_label and r.position else ""
-    return (f"[{'ANOMALOUS' if r.pred_label else 'NORMAL'}{where}] score {r.pred_score:.4g}, "
+    word = "ANOMALOUS" if r.pred_label else "NORMAL"
+    if r.borderline:
+        word = f"BORDERLINE, {word.lower()} at the threshold, confidence {r.confidence:.0%}: have a person check it"
+    return (f"[{word}{where}] score {r.pred_score:.4g}, "
             f"threshold {r.threshold:.4g}, {len(session.references)} reference(s)"
             + (" (most of the image differs from the reference: same part, view and lighting?)"
                if r.reference_mismatch else ""))

@@ -46,7 +46,11 @@ class ExpertConfig:
     object_name: str = "object"  # object word used in zero-shot text prompts
     zero_shot_weight: float = 0.0  # weight of the zero-shot map fused into the few-shot map (0 = kNN map only)
     checkpoint: str | None = None  # directory with trained expert heads (safetensors + config.json)
-    calibration_synth: int = 8  # anomalies synthesized on references for threshold calibration
+    calibration_synth: int = 8  # anomalies synthesized on references for the pixel (mask) threshold
+    calibration: str = "null"  # image threshold: null (normal variation, anomaly/calibration.py) | margin (earlier rule)
+    target_overkill: float = 0.1  # about this fraction of good parts scores above the threshold (flagged for review)
+    review_confidence: float = 0.8  # verdicts less sure than this (threshold uncertainty) are "borderline"
+    camera_views: int = 8  # one reference: camera views of it scored as new-part stand-ins for the threshold
     mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     box_merge_cells: float = 1.0  # mask components closer than this many patch-grid cells are one region (0 = off)
@@ -63,6 +67,14 @@ class ExpertConfig:
         if self.zero_shot_source not in ("auto", "self", "head"):
             raise ConfigError("config key 'expert.zero_shot_source': expected 'auto', 'self' or 'head', "
                               f"got {self.zero_shot_source!r}")
+        if self.calibration not in ("null", "margin"):
+            raise ConfigError(f"config key 'expert.calibration': expected 'null' or 'margin', got {self.calibration!r}")
+        if not 0.0 < self.target_overkill < 0.5:
+            raise ConfigError("config key 'expert.target_overkill': expected the fraction of good parts to flag, in "
+                              f"(0, 0.5), got {self.target_overkill!r}")
+        if not 0.5 <= self.review_confidence < 1.0:
+            raise ConfigError(f"config key 'expert.review_confidence': expected a probability in [0.5, 1), got "
+                              f"{self.review_confidence!r}")
         for key in ("self_fusion", "level_fusion"):
             if getattr(self, key) not in ("geo", "mean"):
                 raise ConfigError(f"config key 'expert.{key}': expected 'geo' or 'mean', got {getattr(self, key)!r}")

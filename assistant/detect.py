@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from assistant.anomaly.expert import LOT_MIN
 from assistant.cli import UsageError, add_config_arguments
 
 
@@ -49,6 +50,15 @@ def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
     cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(render_overlay(img, result, caption=True), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(out / "mask.png"), render_mask(result))
     (out / "result.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
+
+
+def verdict_words(result) -> str:
+    """'anomalous (moderately suspicious)', 'normal', or 'borderline: just under the threshold ...'."""
+    if result.borderline:
+        side = "just over" if result.pred_label else "just under"
+        return (f"borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
+                "have a person check it")
+    return f"{result.verdict} ({result.severity})"
 
 
 def run(args) -> int:
@@ -86,8 +96,11 @@ def run(args) -> int:
         results = expert.mutual_predict(feats, sizes)
     else:
         results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0] for q, sz in zip(queries, sizes)]
+        if state.few_shot and len(results) >= LOT_MIN:  # several parts of one kind: the lot joins the references
+            results = expert.lot_decide(results)
     t2 = time.perf_counter()
     how = (f"mutual scoring over {len(queries)} images, no references" if mutual
+           else f"calibrated, {state.n_shots} reference(s) and the lot of {len(queries)}" if "lot_size" in results[0].extras
            else f"calibrated, {state.n_shots} reference(s)" if state.n_shots
            else "zero-shot, calibrated on anomalies synthesized on the image" if expert.self_calibrated()
            else "zero-shot threshold from training")
@@ -96,8 +109,9 @@ def run(args) -> int:
         result = results[0]
         write_outputs(out, np.asarray(queries[0]), result,
                       {"image": str(paths[0]), "references": list(args.reference), "seconds": seconds})
-        print(f"verdict: {'anomalous' if result.pred_label else 'normal'} ({result.severity})")
-        print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how})")
+        print(f"verdict: {verdict_words(result)}")
+        print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how}); borderline between "
+              f"{result.threshold_low:.4f} and {result.threshold_high:.4f}")
         if result.pred_label and result.boxes:
             print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
                   f"{len(result.boxes)} region(s)")
@@ -113,8 +127,8 @@ def run(args) -> int:
         stem = p.stem if p.stem not in names else f"{p.stem}-{names[p.stem]}"  # same stem in two folders
         names[p.stem] = names.get(p.stem, 0) + 1
         write_outputs(out / stem, np.asarray(q), r, {"image": str(p), "references": list(args.reference), "method": how})
-        rows.append({"image": str(p), "folder": stem, "verdict": "anomalous" if r.pred_label else "normal",
-                     "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4), "position": r.position or "",
+        rows.append({"image": str(p), "folder": stem, "verdict": r.verdict, "pred_label": int(r.pred_label),
+                     "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4), "position": r.position or "",
                      "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2), "regions": len(r.boxes),
                      "reference_mismatch": r.reference_mismatch})
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +141,9 @@ def run(args) -> int:
     for r in sorted(rows, key=lambda r: -r["score"]):
         print(f"| {r['image']} | {r['verdict']} | {r['score']:.3f} | {r['position']} | {r['size']} | {r['regions']} |")
     n_bad = sum(r["verdict"] == "anomalous" for r in rows)
-    print(f"{n_bad} of {len(rows)} flagged; time {t2 - t0:.2f} s -> {out}/summary.csv and one folder per image")
+    n_review = sum(r["verdict"] == "borderline" for r in rows)
+    print(f"{n_bad} of {len(rows)} flagged, {n_review} borderline (have a person check them); time {t2 - t0:.2f} s -> "
+          f"{out}/summary.csv and one folder per image")
     n_mis = sum(r["reference_mismatch"] for r in rows)
     if n_mis:
         print(f"warning: {n_mis} of {len(rows)} images differ from the reference over most of their surface "

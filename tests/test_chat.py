@@ -250,3 +250,21 @@ def test_a_reference_mismatch_is_pointed_out_once_outside_the_lm(assistant):
     session.add_reference(part_image(8))  # new evidence: judged afresh
     session._evidence.result.reference_mismatch = True
     assert session.answer("Is there any anomaly?").endswith(REFERENCE_CAUTION)
+
+
+def test_a_borderline_verdict_is_said_once_outside_the_lm(assistant):
+    """A result within the threshold's uncertainty gets the borderline sentence after the first answer (the LM is
+    given the binary verdict); later answers about the same images do not repeat it."""
+    from assistant.chat import borderline_note
+
+    session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
+    r = session._evidence.result
+    r.verdict, r.confidence = "borderline", 0.62  # as the expert sets it when the score lies in the review band
+    note = borderline_note(r)
+    side = "just over" if r.pred_label else "just under"
+    assert note == f"It is borderline: the score is {side} the threshold (confidence 62%); I would have a person check it."
+    first, second = session.answer("Is there any anomaly?"), session.answer("Where is it?")
+    assert first.endswith(note) and note not in second
+    assert all(note not in a for _, a in session.history)
+    r.verdict = "normal"
+    assert borderline_note(r) is None

@@ -379,9 +379,12 @@ def test_margin_key_takes_the_most_references_fitted_not_above_the_count():
 
 
 def test_calibration_margin_follows_the_number_of_references(tower, expert_cfg):
-    """k1 for one reference, k2 for two or three, k4 for four to seven, k8 (when trained) for eight or more: the
-    threshold is the margin times the highest held-out normal score, and the rule says which margin."""
-    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    """The earlier rule (expert.calibration: margin): k1 for one reference, k2 for two or three, k4 for four to
+    seven, k8 (when trained) for eight or more: the threshold is the margin times the highest held-out normal score,
+    and the rule says which margin."""
+    import dataclasses
+
+    expert = AnomalyExpert(dataclasses.replace(expert_cfg, calibration="margin"), tower.level_dims, tower.global_dim)
     expert.calibration_margin = {"k1": 1.5, "k2": 1.25, "k4": 2.0, "k8": 1.1}
     for refs, margin in ((1, 1.5), (2, 1.25), (3, 1.25), (4, 2.0), (5, 2.0), (8, 1.1)):
         state = expert.fit_references(tower, [texture(s) for s in range(refs)], seed=0)

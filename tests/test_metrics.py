@@ -82,3 +82,16 @@ def test_pixel_metrics_match_sklearn():
     assert m["pixel_auroc"] == pytest.approx(roc_auc_score(masks.reshape(-1), maps.reshape(-1)), rel=1e-6)
     assert 0.0 <= m["pixel_aupro"] <= 1.0 and 0.0 <= m["pixel_f1_max"] <= 1.0
     assert pixel_metrics(np.zeros((2, 4, 4), bool), rng.random((2, 4, 4))) == {}
+
+
+def test_review_rate_and_balanced_accuracy_outside_the_review_band():
+    """Borderline images are counted as sent for review; the balanced accuracy of the others is reported beside the
+    binary figures (which still count every image at the threshold)."""
+    labels = [0, 0, 0, 1, 1, 1]
+    preds = [0, 0, 1, 1, 1, 0]
+    verdicts = ["normal", "normal", "borderline", "anomalous", "anomalous", "borderline"]
+    m = image_metrics(labels, [0.1, 0.2, 0.6, 0.9, 0.8, 0.4], preds, verdicts)
+    assert m["review_rate"] == pytest.approx(2 / 6)
+    assert m["balanced_accuracy"] == pytest.approx(1 - (1 / 3 + 1 / 3) / 2)
+    assert m["balanced_accuracy_outside_review"] == pytest.approx(1.0)
+    assert "review_rate" not in image_metrics(labels, [0.1] * 6, preds)

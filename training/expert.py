@@ -34,8 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibrate-only", default=None, metavar="CKPT",
                    help="load the trained expert from CKPT and only fit calibration margins on --data (no head "
                         "training); the margins fitted replace those of the same reference count, the others stay")
-    p.add_argument("--margin-shots", default=",".join(map(str, MARGIN_SHOTS)),
-                   help="reference counts to fit calibration margins for (default %(default)s)")
+    p.add_argument("--margin-shots", default=None,
+                   help="reference counts to fit the margins of the earlier rule (expert.calibration: margin) for "
+                        f"(default: {','.join(map(str, MARGIN_SHOTS))} when training, none with --calibrate-only)")
+    p.add_argument("--null-shots", default=",".join(map(str, NULL_SHOTS)),
+                   help="reference counts to fit the null model (new-part offsets of the default threshold) for "
+                        "(default %(default)s)")
 
 
 def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
@@ -209,6 +213,52 @@ def fit_margins(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat
     return margins
 
 
+# reference counts the null model (new-part offsets) is fitted for; more references use the k8 offsets (on the real
+# dev folders new good parts lie about as far above the leave-one-out median with 16 references as with 4 or 8)
+NULL_SHOTS = (1, 2, 4, 8)
+
+
+@torch.no_grad()
+def fit_null(expert, tower, recs: list[dict], tokens, glob, grid, shots: tuple[int, ...] = NULL_SHOTS,
+             draws: int = 1, max_per_cat: int = 40, target_overkill: float | None = None, log=print):
+    """NullModel from the *normal* samples of synthetic categories (no defect is used): for every category, k and
+    draw, fit k references (the category's reference normals, then its normal samples beyond the scored ones),
+    and record log(score of each scored normal sample) - log(median null score). See assistant/anomaly/calibration.py."""
+    from assistant.anomaly.calibration import fit_null_model
+    from assistant.imaging import load_image
+    from assistant.vision.base import VisionOutput
+
+    import dataclasses
+
+    by_cat = indices_by_category(recs)
+    per_category: dict[str, dict[int, list[np.ndarray]]] = {}
+    saved_cfg, expert.cfg = expert.cfg, dataclasses.replace(expert.cfg, calibration="null")
+    for cat, all_idx in tqdm(sorted(by_cat.items()), desc="null model", unit="category", leave=False):
+        idx = [i for i in all_idx[:max_per_cat] if int(recs[i].get("label", 0)) == 0]
+        spare = [recs[i]["image"] for i in all_idx[max_per_cat:] if int(recs[i].get("label", 0)) == 0]
+        pool = (recs[all_idx[0]].get("references") or []) + spare
+        if len(idx) < 2:
+            continue
+        vo = VisionOutput([t[idx].float() for t in tokens], glob[idx].float(), grid)
+        for k in shots:
+            if len(pool) < k:
+                continue
+            for d in range(draws):
+                refs = random.Random(d).sample(pool, k)
+                state = expert.fit_references(tower, [load_image(x) for x in refs], seed=d)
+                scores = np.array([r.pred_score for r in expert.predict(vo, state, (tower.image_size,) * 2)])
+                m = state.estimate.null_median
+                per_category.setdefault(cat, {}).setdefault(k, []).append(np.log(np.clip(scores, 1e-6, None) / m))
+    expert.cfg = saved_cfg
+    model = fit_null_model(per_category, target_overkill or expert.cfg.target_overkill)
+    for key, offs in model.offsets.items():
+        at = float(np.interp(1 - (target_overkill or expert.cfg.target_overkill), model.levels, offs))
+        log(f"null model {key}: new good parts' {1 - (target_overkill or expert.cfg.target_overkill):.0%} quantile at "
+            f"x{np.exp(at):.3f} the null median, spread across categories {model.spread[key]:.3f} "
+            f"({model.categories} categories)")
+    return model
+
+
 @torch.no_grad()
 def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, max_per_cat: int = 20,
                            quantile: float = 0.99, log=print) -> tuple[float | None, dict]:
@@ -245,13 +295,13 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
     return cut, stats
 
 
-def parse_shots(text: str) -> tuple[int, ...]:
+def parse_shots(text: str, flag: str = "--margin-shots") -> tuple[int, ...]:
     try:
         shots = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
     except ValueError:
         shots = ()
     if not shots or min(shots) < 1:
-        raise ValueError(f"--margin-shots: expected reference counts >= 1 separated by commas (e.g. 1,2,4,8,16), "
+        raise ValueError(f"{flag}: expected reference counts >= 1 separated by commas (e.g. 1,2,4,8,16), "
                          f"got {text!r}")
     return shots
 
@@ -266,17 +316,20 @@ def _data_info(folders) -> list[dict]:
     return info
 
 
-def calibrate_only(args, expert, tower, recs, tokens, glob, grid, shots, out_dir: Path, t0: float) -> int:
+def calibrate_only(args, expert, tower, recs, tokens, glob, grid, shots, null_shots, out_dir: Path, t0: float) -> int:
     """--calibrate-only CKPT: the trained expert's weights and its other margins as they are, plus margins fitted
     for `shots` on --data; the refit is recorded in the checkpoint's meta (`calibration_refits`)."""
-    fitted = fit_margins(expert, tower, recs, tokens, glob, grid, shots=shots)
+    fitted = fit_margins(expert, tower, recs, tokens, glob, grid, shots=shots) if shots else {}
     expert.calibration_margin = {**expert.calibration_margin, **fitted}
+    expert.null_model = fit_null(expert, tower, recs, tokens, glob, grid, shots=null_shots)
     meta = dict(expert.meta)
     meta["calibration_refits"] = [*meta.get("calibration_refits", []), {
         "data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "shots": list(shots),
-        "calibration_margin": fitted, "seconds": round(time.time() - t0, 1)}]
+        "calibration_margin": fitted, "null_shots": list(null_shots), "null_model": expert.null_model.to_dict(),
+        "seconds": round(time.time() - t0, 1)}]
     expert.save_pretrained(out_dir, meta=meta)
-    print(json.dumps({"calibration_margin": expert.calibration_margin, "fitted": fitted}))
+    print(json.dumps({"calibration_margin": expert.calibration_margin, "fitted": fitted,
+                      "null_model_spread": expert.null_model.spread}))
     print(f"saved {out_dir}/expert.safetensors and expert_config.json")
     return 0
 
@@ -293,7 +346,9 @@ def run(args) -> int:
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     out_dir = Path(args.out or tc.out_dir)  # also with --calibrate-only: CKPT is the input, not overwritten unasked
-    shots = parse_shots(args.margin_shots)
+    shots = parse_shots(args.margin_shots, "--margin-shots") if args.margin_shots else (
+        () if args.calibrate_only else MARGIN_SHOTS)
+    null_shots = parse_shots(args.null_shots, "--null-shots")
     recs = [r for d in args.data for r in read_manifest(d, args.max_samples)]
     accelerator = make_accelerator(cfg.vision.device)
     tower = build_vision_tower(cfg.vision)
@@ -302,7 +357,7 @@ def run(args) -> int:
     cache = Path(args.cache) if args.cache else Path(tc.out_dir) / "expert_feature_cache.safetensors"
     tokens, glob, grid = encode_cached(tower, recs, cache)
     if refit is not None:  # bad inputs (shots, data, checkpoint) fail above, before minutes of encoding
-        return calibrate_only(args, refit, tower, recs, tokens, glob, grid, shots, out_dir, t0)
+        return calibrate_only(args, refit, tower, recs, tokens, glob, grid, shots, null_shots, out_dir, t0)
     targets = grid_masks(recs, grid, tower.image_size)
     labels = np.array([int(r.get("label", 1 if r.get("mask") else 0)) for r in recs])
     idx = list(range(len(recs)))
@@ -358,13 +413,15 @@ def run(args) -> int:
         val_auroc = float(roc_auc_score(vlab, scores))
     expert.calibration_margin = fit_margins(expert, tower, recs, tokens, glob, grid, log=accelerator.print,
                                             shots=shots)
+    expert.null_model = fit_null(expert, tower, recs, tokens, glob, grid, shots=null_shots, log=accelerator.print)
     expert.reference_mismatch, mismatch_stats = fit_reference_mismatch(expert, tower, recs, tokens, glob, grid,
                                                                        log=accelerator.print)
     meta = {"data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "n_val": len(val), "seed": tc.seed,
             "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "seconds": round(time.time() - t0, 1),
             "tower": cfg.vision.name, "image_size": cfg.vision.image_size, "levels": list(cfg.vision.levels),
             "val_image_auroc": val_auroc, "zero_shot_threshold": expert.zero_shot_threshold,
-            "calibration_margin": expert.calibration_margin, "self_scales": expert.self_scales,
+            "calibration_margin": expert.calibration_margin, "null_model_spread": expert.null_model.spread,
+            "self_scales": expert.self_scales,
             "reference_mismatch": expert.reference_mismatch, "reference_mismatch_fit": mismatch_stats, "loss_log": log}
     if accelerator.is_main_process:
         expert.save_pretrained(out_dir, meta=meta)

@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
-from assistant.anomaly.result import AnomalyResult, Box, mask_boxes, verdict_mask
+from assistant.anomaly.calibration import (UNFITTED_CATEGORY_SIGMA, NullModel, ThresholdEstimate, camera_view,
+                                          estimate_threshold, judge, masked_map, review_band)
+from assistant.anomaly.result import AnomalyResult, Box, mask_boxes, relabel, verdict_mask
 from assistant.config import ExpertConfig
 from assistant.vision.base import VisionOutput
 
@@ -44,6 +46,8 @@ WEIGHTS_NAME = "expert.safetensors"
 SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then resized (AnomalyExpert.upsample)
 CALIBRATION_BETA = 0.7  # threshold position between held-out normals (0) and synthesized anomalies (1), log scale
 CONFIG_NAME = "expert_config.json"
+LOT_MIN = 6  # parts inspected together from which the lot's own score distribution joins the verdict
+LOT_RULE = "geo"  # how the lot's split and the references' threshold combine (AnomalyExpert.lot_decide)
 
 # Prompt ensemble for CLIP towers (WinCLIP/AnomalyGPT style state phrases x templates).
 NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
@@ -69,6 +73,12 @@ class ReferenceState:
     pixel_threshold: float  # calibrated map threshold for pred_mask
     n_shots: int  # number of reference images used
     calibration: dict = field(default_factory=dict)  # how the thresholds were found (scores, method)
+    estimate: ThresholdEstimate | None = None  # null-distribution threshold with its uncertainty (calibration: null)
+
+    @property
+    def sigma(self) -> float:
+        """Log-scale uncertainty of the threshold (a default where the path has no estimate of its own)."""
+        return self.estimate.sigma if self.estimate is not None else UNFITTED_CATEGORY_SIGMA
 
     @property
     def few_shot(self) -> bool:
@@ -311,6 +321,7 @@ class AnomalyExpert(nn.Module):
         self.zero_shot_threshold = 0.5  # image-score threshold of the zero-shot path (set by training)
         self.meta: dict = {}  # training manifest loaded with the checkpoint
         self.calibration_margin: dict[str, float] = {}  # fitted on synthetic categories by training (k1 ... k16)
+        self.null_model = NullModel()  # new-part offsets above the references' null scores (fitted by training)
         self.self_scales: list[float] = []  # per level: median in-image nearest distance on normal training images
         # with references: median of the normalised kNN map above which the references do not show this part
         # (fitted on synthetic categories by training: 1% of same-kind parts lie above it); None = no check
@@ -330,6 +341,7 @@ class AnomalyExpert(nn.Module):
         cfg = {"expert": asdict(self.cfg), "level_dims": self.level_dims, "global_dim": self.global_dim,
                "head": type(self.head).__name__ if self.head is not None else None,
                "zero_shot_threshold": self.zero_shot_threshold, "calibration_margin": self.calibration_margin,
+               "null_model": self.null_model.to_dict() if self.null_model.fitted else None,
                "self_scales": self.self_scales, "reference_mismatch": self.reference_mismatch, "meta": meta or self.meta}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
         return out
@@ -369,6 +381,7 @@ class AnomalyExpert(nn.Module):
                           f"with expert.level_fusion={fitted}, but this config uses {cfg.level_fusion}; verdicts will be "
                           f"miscalibrated. Set expert.level_fusion={fitted} or retrain with `python -m training expert`",
                           stacklevel=2)
+        expert.null_model = NullModel.from_dict(meta.get("null_model"))
         expert.self_scales = [float(v) for v in meta.get("self_scales") or []]
         cut = meta.get("reference_mismatch")
         expert.reference_mismatch = float(cut) if cut is not None else None
@@ -569,6 +582,7 @@ class AnomalyExpert(nn.Module):
         mask = verdict_mask(amap, label, state.pixel_threshold, self.cfg.score_topk)
         merge_px = self.cfg.box_merge_cells * max(amap.shape[0] / grid[0], amap.shape[1] / grid[1])
         extras = {"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path, "box_merge_px": merge_px,
+                  "review_confidence": self.cfg.review_confidence,
                   "calibration": state.calibration.get("rule", state.calibration.get("method", ""))}
         mismatch = False
         if reference_median is not None:
@@ -576,9 +590,14 @@ class AnomalyExpert(nn.Module):
             if self.reference_mismatch is not None:
                 extras["reference_mismatch_cut"] = round(float(self.reference_mismatch), 4)
                 mismatch = bool(reference_median > self.reference_mismatch)
+        sigma = state.sigma
+        verdict, confidence = judge(float(score), state.threshold, sigma, self.cfg.review_confidence)
+        low, high = review_band(state.threshold, sigma, self.cfg.review_confidence)
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
                              boxes=self.boxes(amap, mask, merge_px), threshold=state.threshold,
-                             pixel_threshold=state.pixel_threshold, extras=extras, reference_mismatch=mismatch)
+                             pixel_threshold=state.pixel_threshold, extras=extras, reference_mismatch=mismatch,
+                             verdict=verdict, confidence=confidence, threshold_sigma=sigma, threshold_low=low,
+                             threshold_high=high)
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray, merge_px: float = 0.0) -> list[Box]:
         """Regions of the mask (`mask_boxes`), largest first, tiny ones dropped."""
@@ -630,6 +649,25 @@ class AnomalyExpert(nn.Module):
                                             "rule": "two-cluster split of this batch's log image scores"})
         return [self._result(m, sc, state, "mutual", tuple(grid_maps.shape[-2:])) for m, sc in zip(maps, scores)]
 
+    # -------------------------------------------------------------- several parts at once (a lot)
+    def lot_decide(self, results: list[AnomalyResult], rule: str = LOT_RULE) -> list[AnomalyResult]:
+        """Judge the parts of one lot (same kind, inspected together) with the lot's own score distribution as well
+        as the references: most parts of a lot are good, so the lower of the two clusters of its log scores
+        (`batch_split`) shows how new good parts of this kind score, which one or a few references cannot. The lot
+        threshold is the geometric mean of the references' threshold and the split between the lot's clusters
+        (`rule`: "geo"; "split" uses the lot alone, "min" the lower of the two). Lots smaller than LOT_MIN keep the
+        references' verdicts."""
+        if len(results) < LOT_MIN:
+            return results
+        scores = np.array([r.pred_score for r in results])
+        t_ref = float(np.exp(np.mean(np.log([max(r.threshold, 1e-6) for r in results]))))
+        split = batch_split(scores)
+        t = {"geo": math.sqrt(t_ref * split), "split": split, "min": min(t_ref, split)}[rule]
+        return [relabel(r, t, r.pixel_threshold * t / max(r.threshold, 1e-6), self.cfg.review_confidence,
+                        self.cfg.min_box_area, lot_size=len(results), reference_threshold=r.threshold,
+                        lot_split=split, calibration=f"lot of {len(results)}: {rule} of the references' threshold and "
+                        "the split between the lot's two score clusters") for r in results]
+
     # -------------------------------------------------------------- references + calibration
     @torch.no_grad()
     def fit_references(self, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
@@ -670,13 +708,53 @@ class AnomalyExpert(nn.Module):
                 rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
                         for lv in range(L)]
                 held_out.append([self._distances(encoded[0][lv][v:v + 1], rest[lv], grids[lv])[0] for lv in range(L)])
-        state.scales = [float(torch.cat([h[lv] for h in held_out]).median().clamp_min(1e-6)) for lv in range(L)]
-        # the held-out scale statistic is the arithmetic mean of the level maps whatever level_fusion is: the
-        # threshold is margin x its highest score, with the margin fitted on synthetic categories for this pairing
+        state.scales = [normal_scale(torch.cat([h[lv] for h in held_out])) for lv in range(L)]
+        # the margin rule's held-out statistic is the arithmetic mean of the level maps whatever level_fusion is: its
+        # margins were fitted on synthetic categories for this pairing
         normal_maps = torch.stack([torch.stack([self._to_grid(h[lv][None], grids[lv], grid)[0] / state.scales[lv]
                                                 for lv in range(L)]).mean(0) for h in held_out])  # (P, h', w')
         self._calibrate(tower, state, refs, normal_maps, rng)
+        if self.cfg.calibration == "null":
+            groups = self._null_scores(tower, state, encoded, held_out, grids, grid, refs, rng)
+            est = estimate_threshold(groups, k, self.null_model, self.cfg.target_overkill, self.cfg.review_confidence,
+                                     seed=seed)
+            state.threshold, state.estimate = est.threshold, est
+            source = ("leave-view-out rotations/flips and camera views of the reference" if k == 1
+                      else "leave-one-out: each reference against the others")
+            fitted = f"fitted on {self.null_model.categories} synthetic categories" if self.null_model.fitted else "unfitted default"
+            state.calibration.update(
+                method=f"null distribution of normal scores ({source})",
+                rule=f"median null score x {math.exp(est.offset):.3f} (new-part offset for {k} reference(s), "
+                     f"{fitted}): about {self.cfg.target_overkill:.0%} of good parts above it",
+                null_scores=[round(float(x), 4) for g in groups for x in g], estimate=est.to_dict())
         return state
+
+    def _null_scores(self, tower, state: ReferenceState, encoded, held_out, grids, grid, refs, rng) -> list[np.ndarray]:
+        """Image scores of new-part stand-ins, on the query's scale (same level fusion, same pooling), grouped by what
+        can be resampled: with k >= 2 each reference against the others (one group per reference); with one
+        reference its rotations/flips against the other views and `camera_views` camera views of it against its
+        non-identity views (`camera_view`; their reflected border is not scored), one group per view."""
+        size = (tower.image_size, tower.image_size)
+        L = len(self.level_dims)
+
+        def scores(per_level: list[torch.Tensor], valid: list[np.ndarray] | None = None) -> np.ndarray:
+            """L x (B, N_l) distances -> (B,) image scores."""
+            maps = torch.stack([self._to_grid(d, g, grid) / sc for d, g, sc in zip(per_level, grids, state.scales)], 1)
+            up = self.upsample(self.fuse_levels(maps, self.cfg.level_fusion), size)
+            if valid is not None:
+                up = [masked_map(m, v) for m, v in zip(up, valid)]
+            return np.array([self.image_score(m) for m in up])
+
+        held = scores([torch.stack([h[lv] for h in held_out]) for lv in range(L)])  # (P,)
+        if state.n_shots >= 2 or self.cfg.camera_views <= 0:
+            return [np.array([x]) for x in held]
+        cams = [camera_view(refs[0], rng) for _ in range(self.cfg.camera_views)]
+        feats = self.patch_features(tower.encode([c[0] for c in cams]))[0]  # L x (n, N_l, C)
+        views = encoded[0][0].shape[0]
+        rest = [(encoded[0][lv][1:] if views > 1 else encoded[0][lv]).reshape(-1, encoded[0][lv].shape[-1])
+                for lv in range(L)]  # the other rotations/flips: the identity view itself would match exactly
+        cam = scores([self._distances(feats[lv], rest[lv], grids[lv]) for lv in range(L)], [c[1] for c in cams])
+        return [np.array([x]) for x in np.concatenate([held, cam])]
 
     def _distances(self, feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, N_l, C) patches on `grid` -> (B, N_l) distance to the bank (and, with self_reference, to the
@@ -727,6 +805,13 @@ class AnomalyExpert(nn.Module):
                              + " + synthesized anomalies", "rule": rule,
                              "normal_scores": [round(float(x), 4) for x in normal],
                              "synth_scores": [round(float(x), 4) for x in anomal]}
+
+
+def normal_scale(d: torch.Tensor) -> float:
+    """Typical held-out nearest-neighbour distance of a level (its median): the unit of its map. Where most held-out
+    patches match exactly (binarised or flat images: median 0), the mean is used, so the unit is never ~0."""
+    med, mean = float(d.median()), float(d.mean())
+    return max(med if med > 0.05 * mean else mean, 1e-6)
 
 
 def margin_key(n_shots: int, margins: dict[str, float]) -> str | None:

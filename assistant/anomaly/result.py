@@ -86,6 +86,23 @@ class AnomalyResult:
     # True when most of the image is unlike the references (their median patch is farther than the cut fitted on
     # synthetic parts): a reference of another part, view or lighting; the verdict is then less reliable
     reference_mismatch: bool = False
+    # three-way verdict: "normal" | "borderline" | "anomalous"; borderline = the score lies within the uncertainty of
+    # the threshold (a person should check it). pred_label stays the binary decision at the threshold.
+    verdict: str = ""
+    confidence: float = 1.0  # probability that pred_label would not flip under the threshold's uncertainty
+    threshold_sigma: float = 0.0  # log-scale uncertainty of the threshold (0: none known)
+    threshold_low: float = 0.0  # scores between threshold_low and threshold_high are borderline
+    threshold_high: float = 0.0
+
+    def __post_init__(self):
+        if not self.verdict:
+            self.verdict = "anomalous" if self.pred_label else "normal"
+        if self.threshold_high <= 0.0:
+            self.threshold_low = self.threshold_high = float(self.threshold)
+
+    @property
+    def borderline(self) -> bool:
+        return self.verdict == "borderline"
 
     @property
     def area_fraction(self) -> float:
@@ -117,8 +134,10 @@ class AnomalyResult:
         return {
             "pred_score": float(self.pred_score),
             "pred_label": bool(self.pred_label),
-            "verdict": "anomalous" if self.pred_label else "normal",
+            "verdict": self.verdict,
+            "confidence": round(float(self.confidence), 4),
             "threshold": float(self.threshold),
+            "review_band": [float(self.threshold_low), float(self.threshold_high)],
             "pixel_threshold": float(self.pixel_threshold),
             "area_fraction": self.area_fraction,
             "position": self.position,
@@ -129,3 +148,21 @@ class AnomalyResult:
             "map_shape": list(self.anomaly_map.shape),
             "extras": {k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, dict))},
         }
+
+
+def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, review_confidence: float = 0.8,
+            min_box_area: float = 0.0, **extras) -> AnomalyResult:
+    """The same map and score judged at another threshold (sensitivity slider, lot context): binary label, three-way
+    verdict with the result's threshold uncertainty, mask and boxes follow; `extras` are added to result.extras."""
+    import dataclasses
+
+    from assistant.anomaly.calibration import judge, review_band
+
+    label = bool(result.pred_score > threshold)
+    mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
+    boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.extras.get("box_merge_px", 0.0)) if label else []
+    verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
+    low, high = review_band(threshold, result.threshold_sigma, review_confidence)
+    return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),
+                               pixel_threshold=float(pixel_threshold), verdict=verdict, confidence=confidence,
+                               threshold_low=low, threshold_high=high, extras=dict(result.extras, **extras))

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mutual", action="store_true",
                    help="with --shots 0: score each test image against the category's other test images, unlabeled "
                         "(batch zero-shot, MuSc-style mutual scoring) instead of the single-image zero-shot head")
+    p.add_argument("--lot", action="store_true",
+                   help="with references: each category's test folder is one lot inspected together; the lot's own "
+                        "score distribution joins the references' threshold (expert.lot_decide)")
     p.add_argument("--mode", default="expert", choices=["expert", *EXTRA_MODES],
                    help="expert = anomaly maps and verdicts; other modes are added by later modules")
     from assistant.evaluation import qa_cli  # --mmad/--jsonl question sets, shards, --merge, --baseline knn
@@ -75,6 +78,9 @@ def run(args) -> int:
         raise UsageError(f"--shots: expected k >= 0, got {args.shots}")
     if args.mutual and args.shots != 0:
         raise UsageError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
+    if getattr(args, "lot", False) and (args.shots == 0 or args.mutual):
+        raise UsageError(f"--lot joins the references with the lot: expected --shots 1 or more, got --shots {args.shots}"
+                         + (" --mutual" if args.mutual else "") + " (without references use --shots 0 --mutual)")
     if getattr(args, "baseline", None) == "knn" and args.shots == 0 and not args.mutual:
         raise UsageError("--baseline knn is a nearest-neighbour detector: it needs references (--shots 1 or more) "
                          "or the other test images (--shots 0 --mutual)")
@@ -87,7 +93,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     budget = {} if args.feature_budget_mb is None else {"feature_budget_mb": args.feature_budget_mb}
     results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
-                       mutual=args.mutual, **budget)
+                       mutual=args.mutual, lot=getattr(args, "lot", False), **budget)
     done = {r.name for r in results}
     cats = [c for c in cats if c.name in done]  # categories skipped for lack of references drop out here
     mode = "mutual" if args.mutual else "self" if expert.self_calibrated() else "head"

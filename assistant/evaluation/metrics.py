@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score, precision_recall_curve,
+                             roc_auc_score, roc_curve)
 
 METRIC_KEYS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max",
-               "balanced_accuracy", "overkill", "miss"]
+               "balanced_accuracy", "overkill", "miss", "review_rate", "balanced_accuracy_outside_review"]
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -25,8 +26,18 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(f.max())
 
 
-def image_metrics(labels, scores, preds=None) -> dict:
-    """labels 0/1, scores higher = more anomalous, preds 0/1 at the calibrated threshold."""
+def balanced_accuracy(labels, preds) -> float | None:
+    """Mean of the recall of normals and of anomalies (None when either class is absent)."""
+    y, p = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
+    if not _both_classes(y):
+        return None
+    return float(balanced_accuracy_score(y, p))
+
+
+def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
+    """labels 0/1, scores higher = more anomalous, preds 0/1 at the calibrated threshold; verdicts (normal |
+    borderline | anomalous) add review_rate (share of borderline images, sent to a person) and the balanced
+    accuracy of the images decided outside the review band."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=np.float64)
     out: dict = {}
@@ -45,6 +56,12 @@ def image_metrics(labels, scores, preds=None) -> dict:
             out["miss"] = miss
         if overkill is not None and miss is not None:
             out["balanced_accuracy"] = 1.0 - (overkill + miss) / 2.0
+        if verdicts is not None and len(verdicts) == len(p):
+            review = np.array([v == "borderline" for v in verdicts])
+            out["review_rate"] = float(review.mean()) if review.size else 0.0
+            decided = balanced_accuracy(y[~review], p[~review])
+            if decided is not None:
+                out["balanced_accuracy_outside_review"] = decided
     return out
 
 

@@ -14,7 +14,7 @@ from assistant.evaluation.metrics import METRIC_KEYS, roc_points
 
 SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max", "pixel_auroc": "P-AUROC",
          "pixel_aupro": "AUPRO", "pixel_f1_max": "P-F1max", "balanced_accuracy": "BalAcc", "overkill": "Overkill",
-         "miss": "Miss"}
+         "miss": "Miss", "review_rate": "Review", "balanced_accuracy_outside_review": "BalAcc outside review"}
 
 
 def build_report(results, shots: int, seeds: list[int], config: dict, zero_shot_mode: str = "head") -> dict:
@@ -58,6 +58,9 @@ def markdown(report: dict) -> str:
               "the zero-shot head stored with its weights (fitted on synthetic data at training time)")
     lines += ["", "Balanced accuracy, overkill (normals rejected) and miss (anomalies passed) use the threshold",
               f"{source}; no threshold was set by hand."]
+    if "review_rate" in keys:
+        lines += ["Review: share of images judged borderline (their score lies within the threshold's uncertainty: a "
+                  "person should check them); BalAcc outside review: the balanced accuracy of the other images."]
     return "\n".join(lines) + "\n"
 
 

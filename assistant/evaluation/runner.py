@@ -31,6 +31,7 @@ class SeedRun:
     metrics: dict  # metric -> value
     seconds_per_image: float  # predict time per image (encode excluded)
     calibration: list[dict] = field(default_factory=list)  # the expert's calibration record per reference set
+    verdicts: list[str] = field(default_factory=list)  # (n,) normal | borderline | anomalous
 
 
 @dataclass
@@ -105,11 +106,12 @@ def load_masks(items: list[EvalItem], size: int) -> np.ndarray:
 
 
 def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Iterable[int], batch_size: int = 16,
-                      pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB
-                      ) -> CategoryResult:
+                      pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB,
+                      lot: bool = False) -> CategoryResult:
     """Evaluate one category for every seed; maps are compared with masks at the tower's image size.
     `mutual` (k = 0 only): every test image is scored against the category's other test images, unlabeled
-    (expert.mutual_predict); no references are drawn, so every seed gives the same result."""
+    (expert.mutual_predict); no references are drawn, so every seed gives the same result.
+    `lot`: the category's test folder is one lot inspected together (expert.lot_decide after the references)."""
     if mutual and shots > 0:
         raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
     size = tower.image_size
@@ -125,9 +127,10 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         scores = np.array([r.pred_score for r in batch])
         preds = np.array([int(r.pred_label) for r in batch])
         maps = np.stack([r.anomaly_map for r in batch]) if masks is not None else None
-        metrics = _metrics(labels, scores, preds, masks, maps)
+        verdicts = [r.verdict for r in batch]
+        metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
         calib = [{"rule": batch[0].extras.get("calibration", ""), "threshold": batch[0].threshold}]
-        res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib)
+        res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib, verdicts)
                     for seed in seeds]
         return res
     feats = TestFeatures(tower, items, batch_size, cat.name, feature_budget_mb)
@@ -142,6 +145,8 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         preds = np.zeros(len(items), int)
         maps = np.zeros((len(items), size, size), np.float32) if masks is not None else None
         thresholds, calib = [], []
+        verdicts = [""] * len(items)
+        per_item: list = [None] * len(items)
         t_pred = 0.0
         for refs, idx in groups.items():
             state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
@@ -157,34 +162,40 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
                 results = expert.predict(out, state, (size, size), images=images, tower=tower)
                 t_pred += time.perf_counter() - t0
                 for i, r in zip(part, results):
-                    scores[i], preds[i] = r.pred_score, int(r.pred_label)
-                    if maps is not None:
-                        maps[i] = r.anomaly_map
+                    per_item[i] = r
                 if per_image:
                     thresholds += [r.threshold for r in results]
             if per_image:
                 calib.append({"method": state.calibration["method"], "rule": results[0].extras.get("calibration", ""),
                               "threshold_median": float(np.median(thresholds)),
                               "threshold_range": [float(min(thresholds)), float(max(thresholds))]})
-        metrics = _metrics(labels, scores, preds, masks, maps)
+        if lot:
+            per_item = expert.lot_decide(per_item)
+            thresholds = [per_item[0].threshold] if per_item else thresholds
+            calib.append({"rule": per_item[0].extras.get("calibration", ""), "threshold": per_item[0].threshold})
+        for i, r in enumerate(per_item):
+            scores[i], preds[i], verdicts[i] = r.pred_score, int(r.pred_label), r.verdict
+            if maps is not None:
+                maps[i] = r.anomaly_map
+        metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
         res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
-                                thresholds, metrics, t_pred / max(len(items), 1), calib))
+                                thresholds, metrics, t_pred / max(len(items), 1), calib, verdicts))
     if same:
         res.runs += [replace(res.runs[0], seed=s) for s in seed_list[1:]]
     return res
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps) -> dict:
-    """Image metrics, plus pixel metrics when the category has masks."""
-    metrics = image_metrics(labels, scores, preds)
+def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps, verdicts=None) -> dict:
+    """Image metrics (with the review band when verdicts are given), plus pixel metrics when the category has masks."""
+    metrics = image_metrics(labels, scores, preds, verdicts)
     if masks is not None:
         metrics.update(pixel_metrics(masks, maps))
     return metrics
 
 
 def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: Iterable[int], batch_size: int = 16,
-             pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB
-             ) -> list[CategoryResult]:
+             pixel: bool = True, mutual: bool = False, feature_budget_mb: float = FEATURE_BUDGET_MB,
+             lot: bool = False) -> list[CategoryResult]:
     """Evaluate every category; a category with fewer than `shots` reference normals is skipped with a note."""
     out = []
     for c in categories:
@@ -193,5 +204,5 @@ def evaluate(expert, tower, categories: list[EvalCategory], shots: int, seeds: I
             tqdm.write(reason)
             continue
         out.append(evaluate_category(expert, tower, c, shots, list(seeds), batch_size, pixel, mutual,
-                                     feature_budget_mb))
+                                     feature_budget_mb, lot))
     return out
