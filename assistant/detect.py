@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from assistant.anomaly.expert import LOT_MIN
 from assistant.cli import UsageError, add_config_arguments
 
 
@@ -55,9 +54,9 @@ def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
 def verdict_words(result) -> str:
     """'anomalous (moderately suspicious)', 'normal', or 'borderline: just under the threshold ...'."""
     if result.borderline:
-        side = "just over" if result.pred_label else "just under"
-        return (f"borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
-                "have a person check it")
+        from assistant.chat import borderline_note
+
+        return borderline_note(result)
     return f"{result.verdict} ({result.severity})"
 
 
@@ -96,6 +95,8 @@ def run(args) -> int:
         results = expert.mutual_predict(feats, sizes)
     else:
         results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0] for q, sz in zip(queries, sizes)]
+        from assistant.anomaly.expert import LOT_MIN
+
         if state.few_shot and len(results) >= LOT_MIN:  # several parts of one kind: the lot joins the references
             results = expert.lot_decide(results)
     t2 = time.perf_counter()

@@ -5,7 +5,6 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from assistant.anomaly.calibration import (
     NULL_LEVELS,

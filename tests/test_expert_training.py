@@ -129,6 +129,8 @@ def test_calibrate_only_adds_margins_and_keeps_the_weights(tmp_path):
     (rec,) = meta["meta"]["calibration_refits"]
     assert rec["shots"] == [4] and set(rec["calibration_margin"]) == {"k4"} and rec["data"][0]["folder"] == "synth"
     assert meta["meta"]["steps"] == 2  # the training record is kept
+    assert set(meta["null_model"]["offsets"]) <= {"k1", "k2", "k4", "k8"} and "k1" in meta["null_model"]["offsets"]
+    assert rec["null_model_spread"] == meta["null_model"]["spread"]  # fitted on the synthetic normals, recorded
     with pytest.raises(ValueError, match="--margin-shots: expected reference counts"):
         train_main(["expert", *common, "--calibrate-only", str(out), "--margin-shots", "4,x"])
     from assistant.anomaly.expert import ExpertCheckpointError

@@ -224,15 +224,30 @@ def fit_null(expert, tower, recs: list[dict], tokens, glob, grid, shots: tuple[i
     """NullModel from the *normal* samples of synthetic categories (no defect is used): for every category, k and
     draw, fit k references (the category's reference normals, then its normal samples beyond the scored ones),
     and record log(score of each scored normal sample) - log(median null score). See assistant/anomaly/calibration.py."""
+    import dataclasses
+
     from assistant.anomaly.calibration import fit_null_model
+
+    target = target_overkill or expert.cfg.target_overkill
+    by_cat = indices_by_category(recs)
+    per_category: dict[str, dict[int, list[np.ndarray]]] = {}
+    saved_cfg, expert.cfg = expert.cfg, dataclasses.replace(expert.cfg, calibration="null")  # null_median needed
+    try:
+        _null_offsets(expert, tower, recs, by_cat, tokens, glob, grid, shots, draws, max_per_cat, per_category)
+    finally:
+        expert.cfg = saved_cfg
+    model = fit_null_model(per_category, target)
+    for key, offs in model.offsets.items():
+        at = float(np.exp(np.interp(1 - target, model.levels, offs)))
+        log(f"null model {key}: new good parts' {1 - target:.0%} quantile at x{at:.3f} the null median, spread across categories {model.spread[key]:.3f} ({model.categories} categories)")
+    return model
+
+
+def _null_offsets(expert, tower, recs, by_cat, tokens, glob, grid, shots, draws, max_per_cat, per_category) -> None:
+    """Fill per_category[cat][k] with log(normal sample score / null median), one array per reference draw."""
     from assistant.imaging import load_image
     from assistant.vision.base import VisionOutput
 
-    import dataclasses
-
-    by_cat = indices_by_category(recs)
-    per_category: dict[str, dict[int, list[np.ndarray]]] = {}
-    saved_cfg, expert.cfg = expert.cfg, dataclasses.replace(expert.cfg, calibration="null")
     for cat, all_idx in tqdm(sorted(by_cat.items()), desc="null model", unit="category", leave=False):
         idx = [i for i in all_idx[:max_per_cat] if int(recs[i].get("label", 0)) == 0]
         spare = [recs[i]["image"] for i in all_idx[max_per_cat:] if int(recs[i].get("label", 0)) == 0]
@@ -249,14 +264,6 @@ def fit_null(expert, tower, recs: list[dict], tokens, glob, grid, shots: tuple[i
                 scores = np.array([r.pred_score for r in expert.predict(vo, state, (tower.image_size,) * 2)])
                 m = state.estimate.null_median
                 per_category.setdefault(cat, {}).setdefault(k, []).append(np.log(np.clip(scores, 1e-6, None) / m))
-    expert.cfg = saved_cfg
-    model = fit_null_model(per_category, target_overkill or expert.cfg.target_overkill)
-    for key, offs in model.offsets.items():
-        at = float(np.interp(1 - (target_overkill or expert.cfg.target_overkill), model.levels, offs))
-        log(f"null model {key}: new good parts' {1 - (target_overkill or expert.cfg.target_overkill):.0%} quantile at "
-            f"x{np.exp(at):.3f} the null median, spread across categories {model.spread[key]:.3f} "
-            f"({model.categories} categories)")
-    return model
 
 
 @torch.no_grad()
@@ -325,7 +332,7 @@ def calibrate_only(args, expert, tower, recs, tokens, glob, grid, shots, null_sh
     meta = dict(expert.meta)
     meta["calibration_refits"] = [*meta.get("calibration_refits", []), {
         "data": _data_info(args.data), "max_samples": args.max_samples, "n_samples": len(recs), "shots": list(shots),
-        "calibration_margin": fitted, "null_shots": list(null_shots), "null_model": expert.null_model.to_dict(),
+        "calibration_margin": fitted, "null_shots": list(null_shots), "null_model_spread": expert.null_model.spread,
         "seconds": round(time.time() - t0, 1)}]
     expert.save_pretrained(out_dir, meta=meta)
     print(json.dumps({"calibration_margin": expert.calibration_margin, "fitted": fitted,

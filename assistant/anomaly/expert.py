@@ -47,7 +47,6 @@ SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then res
 CALIBRATION_BETA = 0.7  # threshold position between held-out normals (0) and synthesized anomalies (1), log scale
 CONFIG_NAME = "expert_config.json"
 LOT_MIN = 6  # parts inspected together from which the lot's own score distribution joins the verdict
-LOT_RULE = "geo"  # how the lot's split and the references' threshold combine (AnomalyExpert.lot_decide)
 
 # Prompt ensemble for CLIP towers (WinCLIP/AnomalyGPT style state phrases x templates).
 NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
@@ -650,23 +649,22 @@ class AnomalyExpert(nn.Module):
         return [self._result(m, sc, state, "mutual", tuple(grid_maps.shape[-2:])) for m, sc in zip(maps, scores)]
 
     # -------------------------------------------------------------- several parts at once (a lot)
-    def lot_decide(self, results: list[AnomalyResult], rule: str = LOT_RULE) -> list[AnomalyResult]:
+    def lot_decide(self, results: list[AnomalyResult]) -> list[AnomalyResult]:
         """Judge the parts of one lot (same kind, inspected together) with the lot's own score distribution as well
         as the references: most parts of a lot are good, so the lower of the two clusters of its log scores
         (`batch_split`) shows how new good parts of this kind score, which one or a few references cannot. The lot
-        threshold is the geometric mean of the references' threshold and the split between the lot's clusters
-        (`rule`: "geo"; "split" uses the lot alone, "min" the lower of the two). Lots smaller than LOT_MIN keep the
-        references' verdicts."""
+        threshold is the geometric mean of the references' threshold and the split between the lot's clusters. Lots
+        smaller than LOT_MIN keep the references' verdicts."""
         if len(results) < LOT_MIN:
             return results
         scores = np.array([r.pred_score for r in results])
         t_ref = float(np.exp(np.mean(np.log([max(r.threshold, 1e-6) for r in results]))))
         split = batch_split(scores)
-        t = {"geo": math.sqrt(t_ref * split), "split": split, "min": min(t_ref, split)}[rule]
+        t = math.sqrt(t_ref * split)
         return [relabel(r, t, r.pixel_threshold * t / max(r.threshold, 1e-6), self.cfg.review_confidence,
                         self.cfg.min_box_area, lot_size=len(results), reference_threshold=r.threshold,
-                        lot_split=split, calibration=f"lot of {len(results)}: {rule} of the references' threshold and "
-                        "the split between the lot's two score clusters") for r in results]
+                        lot_split=split, calibration=f"lot of {len(results)}: geometric mean of the references' threshold "
+                        "and the split between the lot's two score clusters") for r in results]
 
     # -------------------------------------------------------------- references + calibration
     @torch.no_grad()

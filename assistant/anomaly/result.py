@@ -1,11 +1,13 @@
 """AnomalyResult: the expert's typed output for one image (anomalib field names)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from assistant.anomaly.calibration import judge, review_band
 from assistant.constants import position_word, size_word
 
 
@@ -154,10 +156,6 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
             min_box_area: float = 0.0, **extras) -> AnomalyResult:
     """The same map and score judged at another threshold (sensitivity slider, lot context): binary label, three-way
     verdict with the result's threshold uncertainty, mask and boxes follow; `extras` are added to result.extras."""
-    import dataclasses
-
-    from assistant.anomaly.calibration import judge, review_band
-
     label = bool(result.pred_score > threshold)
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
     boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.extras.get("box_merge_px", 0.0)) if label else []
