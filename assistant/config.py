@@ -39,6 +39,7 @@ class ExpertConfig:
     augment_references: bool = True  # add rotations/flips of references to the memory bank
     max_bank: int = 16384  # per-level bank size above which greedy coreset subsampling runs
     coreset_ratio: float = 0.25  # fraction kept by coreset subsampling when the bank is large
+    bank_images: int = 16  # per-level bank at most this many images' patches (coreset above): query time stops growing
     neighbourhood: int = 1  # patch-feature neighbourhood aggregation window (1 = off; patch_pool already aggregates)
     patch_pool: int = 2  # average-pool the patch grid by this factor before the kNN (speed and robustness; 1 = off)
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, pixels

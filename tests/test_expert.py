@@ -46,7 +46,7 @@ def expert_cfg():
 def test_nn_distance_matches_brute_force():
     q, b = torch.randn(37, 5), torch.randn(50, 5)
     full = torch.cdist(q, b)
-    assert torch.allclose(nn_distance(q, b, k=1, chunk=8), full.min(1).values, atol=1e-4)
+    assert torch.allclose(nn_distance(q, b, k=1, budget=400), full.min(1).values, atol=1e-4)
     assert torch.allclose(nn_distance(q, b, k=3), full.topk(3, largest=False).values.mean(1), atol=1e-4)
 
 
@@ -56,6 +56,15 @@ def test_greedy_coreset_is_unique_and_keeps_outliers():
     assert len(set(idx.tolist())) == 5
     assert {200, 201} <= set(idx.tolist())  # the far points are picked by k-center
     assert len(greedy_coreset(x, 1000)) == len(x)
+
+
+def test_bank_is_capped_at_bank_images_worth_of_patches(expert_cfg):
+    cfg = expert_cfg
+    cfg.bank_images, cfg.max_bank = 4, 10_000
+    expert = AnomalyExpert(cfg, [8], 8)
+    bank = torch.randn(50 * 16, 8)  # 50 images' worth of 16 patches
+    assert expert._coreset(bank, 16, 0).shape == (64, 8)  # 4 images x 16 patches: query cost independent of k
+    assert expert._coreset(bank[:64], 16, 0).shape == (64, 8)  # within the cap: kept whole
 
 
 def test_dihedral_views_are_the_eight_symmetries():

@@ -209,15 +209,19 @@ def aggregate(tokens: torch.Tensor, grid: tuple[int, int], window: int) -> torch
     return x.flatten(2).transpose(1, 2)
 
 
-def nn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
-    """Euclidean distance of each query row to its k nearest bank rows (mean of k): (Q, C), (M, C) -> (Q,)."""
+def nn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, budget: int = 1 << 22) -> torch.Tensor:
+    """Euclidean distance of each query row to its k nearest bank rows (mean of k): (Q, C), (M, C) -> (Q,).
+
+    Query rows go in chunks of at most `budget` distance entries (16 MB in float32), so a large bank (many
+    references during calibration) never needs a Q x M matrix at once."""
     out = []
     b2 = (bank * bank).sum(1)  # (M,)
+    chunk = max(1, budget // max(1, bank.shape[0]))
     for i in range(0, query.shape[0], chunk):
         q = query[i:i + chunk]
-        d2 = (q * q).sum(1, keepdim=True) + b2.unsqueeze(0) - 2.0 * q @ bank.t()  # (q, M)
+        d2 = torch.addmm(b2.unsqueeze(0), q, bank.t(), alpha=-2.0)  # (q, M): |b|^2 - 2 q.b, one temporary
         d2 = d2.topk(k, dim=1, largest=False).values if k > 1 else d2.min(dim=1, keepdim=True).values
-        out.append(d2.clamp_min(0).sqrt().mean(1))
+        out.append((d2 + (q * q).sum(1, keepdim=True)).clamp_min(0).sqrt().mean(1))
     return torch.cat(out)
 
 
@@ -692,7 +696,7 @@ class AnomalyExpert(nn.Module):
         encoded, grids, grid = [p[0] for p in pf], pf[0][1], pf[0][2]  # k x L x (V, N_l, C), L x grid_l, (h', w')
         L = len(self.level_dims)
         flat = [[e[lv].reshape(-1, e[lv].shape[-1]) for lv in range(L)] for e in encoded]  # k x L x (V N', C)
-        banks = [self._coreset(torch.cat([f[lv] for f in flat]), seed) for lv in range(L)]
+        banks = [self._coreset(torch.cat([f[lv] for f in flat]), encoded[0][lv].shape[1], seed) for lv in range(L)]
         state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k)
         # pseudo-normal distances: each reference against the others (k >= 2, leave-one-out) or, with one
         # reference, each rotation/flip view against the bank of the other views (leave-view-out)
@@ -762,10 +766,12 @@ class AnomalyExpert(nn.Module):
             d = torch.minimum(d, self_nn_distance(feats, grid, self.cfg.self_exclude))
         return d
 
-    def _coreset(self, bank: torch.Tensor, seed: int) -> torch.Tensor:
-        if bank.shape[0] <= self.cfg.max_bank:
+    def _coreset(self, bank: torch.Tensor, per_image: int, seed: int) -> torch.Tensor:
+        """(M, C) bank of one level -> at most min(max_bank, bank_images x per_image) rows (greedy k-center)."""
+        cap = min(self.cfg.max_bank, self.cfg.bank_images * per_image)
+        if bank.shape[0] <= cap:
             return bank
-        n = min(self.cfg.max_bank, max(self.cfg.max_bank // 4, int(bank.shape[0] * self.cfg.coreset_ratio)))
+        n = min(cap, max(self.cfg.max_bank // 4, int(bank.shape[0] * self.cfg.coreset_ratio)))
         if bank.shape[0] > 8 * n:  # greedy k-center is O(n M): pre-sample uniformly first
             g = torch.Generator().manual_seed(seed)
             bank = bank[torch.randperm(bank.shape[0], generator=g)[:8 * n]]
