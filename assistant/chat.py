@@ -9,7 +9,9 @@
 Features are cached per session: the query and every reference are encoded once by the vision tower;
 adding or removing a reference re-fits the expert from the cached reference features and re-predicts from
 the cached query features. The sensitivity control moves the calibrated thresholds (`apply_sensitivity`)
-and re-labels from the stored score and map; nothing is re-encoded. Sessions are plain objects holding
+and re-labels from the stored score and map; nothing is re-encoded. Parts inspected one after another with the
+same references form a lot: from LOT_MIN of them, the lot's score distribution joins the references' threshold
+(`AnomalyExpert.lot_decide`); changing the references starts a new lot. Sessions are plain objects holding
 their own data; nothing module-level holds user data (the Assistant holds only weights).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from assistant.anomaly.expert import LOT_MIN
 from assistant.anomaly.result import AnomalyResult, relabel
 from assistant.constants import position_phrase
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
@@ -102,7 +105,8 @@ class ChatSession:
         self._query_out: VisionOutput | None = None  # (1, N, C_l) per level
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
-        self._relabelled = None  # (raw result, sensitivity, re-labelled result)
+        self._relabelled = None  # (raw result, lot size, sensitivity, re-labelled result)
+        self._lot: dict[str, AnomalyResult] = {}  # parts inspected with the current references: fingerprint -> raw result
         self._cautioned = None  # the Evidence whose reference mismatch an answer already pointed out
         self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
@@ -158,10 +162,27 @@ class ChatSession:
     def _assign(self, query, refs, evidence) -> AnomalyResult | None:
         if query is not None:
             self.query, self._query_out = query
-        if refs is not None:
+        if refs is not None:  # other references, other scores: the lot starts again with the current part
             self.references, self._ref_outs = list(refs[0]), list(refs[1])
+            self._lot = {}
         self._evidence = evidence
+        if evidence is not None and self.references:  # a lot needs references: scores against the same ones
+            self._lot[image_fingerprint(self.query)] = evidence.result
         return self.result if evidence is not None else None
+
+    @property
+    def lot_size(self) -> int:
+        """Parts inspected in this session with the current references (the current one included)."""
+        return len(self._lot)
+
+    def _lot_result(self, raw: AnomalyResult) -> AnomalyResult:
+        """The current part judged with the lot: from LOT_MIN parts inspected with the same references, the lot's
+        own score distribution joins the references' threshold (AnomalyExpert.lot_decide), as `detect DIR` does."""
+        if len(self._lot) < LOT_MIN or image_fingerprint(self.query) not in self._lot:
+            return raw
+        key = image_fingerprint(self.query)
+        others = [r for k, r in self._lot.items() if k != key]
+        return self.assistant.expert.lot_decide(others + [raw])[-1]
 
     # evidence ---------------------------------------------------------------------------------------
     @property
@@ -178,11 +199,12 @@ class ChatSession:
     @property
     def result(self) -> AnomalyResult:
         """The result at the session's sensitivity (what the answers and pictures show)."""
-        raw, s = self.raw_result, self.sensitivity
+        raw, s, n = self.raw_result, self.sensitivity, len(self._lot)
         memo = self._relabelled
-        if memo is None or memo[0] is not raw or memo[1] != s:  # re-label once per (result, sensitivity)
-            memo = self._relabelled = (raw, s, apply_sensitivity(raw, s, self.assistant.cfg.expert.min_box_area))
-        return memo[2]
+        if memo is None or memo[0] is not raw or memo[1] != n or memo[2] != s:  # once per (result, lot, sensitivity)
+            judged = apply_sensitivity(self._lot_result(raw), s, self.assistant.cfg.expert.min_box_area)
+            memo = self._relabelled = (raw, n, s, judged)
+        return memo[3]
 
     @property
     def evidence(self):
@@ -190,7 +212,8 @@ class ChatSession:
         ev = self._evidence
         if ev is None:
             raise ChatError("no image in this session yet: upload a query image first")
-        return ev if self.sensitivity == 0.0 else dataclasses.replace(ev, result=self.result)
+        result = self.result
+        return ev if result is ev.result else dataclasses.replace(ev, result=result)
 
     def set_sensitivity(self, sensitivity: float) -> AnomalyResult | None:
         """Move the thresholds relative to the calibrated ones; re-labels without re-encoding."""
@@ -246,3 +269,4 @@ class ChatSession:
         with self._lock:
             self.query = self._query_out = self._evidence = None
             self.references, self._ref_outs, self.history = [], [], []
+            self._lot = {}

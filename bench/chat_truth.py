@@ -10,6 +10,7 @@ spaced) are opened in a ChatSession with one reference from train/good (random.R
   ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?",
   compare "Compare it with the reference.", good "Is this part good?", usable "Can this part be used?",
   scrap "Should it be thrown away?" (the last two worded unlike any training question).
+A borderline verdict (threshold uncertain) must be said once, with the first answer, and a clear one never.
 An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
 the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count on a normal verdict: the answer says there is no defect;
@@ -94,7 +95,8 @@ def expected(result) -> dict:
     ev = result_evidence(result)
     pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
     regions = re.search(r"regions: (\d+)", ev)
-    return {"anomalous": bool(result.pred_label), "position": pos.group(1) if pos else None,
+    return {"anomalous": bool(result.pred_label), "borderline": result.verdict == "borderline",
+            "position": pos.group(1) if pos else None,
             "percent": percent_text(result.area_fraction) if result.size else None,
             "regions": int(regions.group(1)) if regions else None, "evidence": ev}
 
@@ -120,6 +122,12 @@ def decision_truthful(answer: str, bad: bool, yes_means_normal: bool) -> bool:
         return lead == ("no" if bad == yes_means_normal else "yes")
     said = set(re.findall(r"\b(reject|accept)", text))
     return said == {"reject" if bad else "accept"}
+
+
+def says_borderline_once(answer: str, fact: dict, first: bool) -> bool:
+    """A borderline verdict is said once, with the first answer about the image (assistant.chat.borderline_note),
+    and never for a clear one."""
+    return answer.lower().count("borderline") == int(fact["borderline"] and first)
 
 
 def truthful(kind: str, answer: str, fact: dict) -> bool:
@@ -191,13 +199,14 @@ def main(argv=None) -> int:
         for it in pick_items(cat, args.per_category):
             session = ChatSession(asst, it.image, references=refs)
             fact = expected(session.result)
-            for kind, q in questions:
+            for i, (kind, q) in enumerate(questions):
                 if args.first:
                     session.history = []  # same image, references and result; no earlier turn
                 answer = "".join(session.ask(q)).strip()
                 rows.append({"category": cat.name, "image": it.image, "kind": kind, "question": q, "answer": answer,
-                             "expert_anomalous": fact["anomalous"], "evidence": fact["evidence"],
-                             "truthful": truthful(kind, answer, fact)})
+                             "expert_anomalous": fact["anomalous"], "expert_borderline": fact["borderline"],
+                             "evidence": fact["evidence"],
+                             "truthful": truthful(kind, answer, fact) and says_borderline_once(answer, fact, i == 0)})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -205,12 +214,13 @@ def main(argv=None) -> int:
     order = "each question as the first turn" if args.first else "questions in this order in one chat"
     print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
           f"{time.perf_counter() - t0:.0f} s")
-    print("| question | expert: anomalous | expert: normal | all |")
-    print("|---|---|---|---|")
+    print("| question | expert: anomalous | expert: normal | of these, borderline | all |")
+    print("|---|---|---|---|---|")
     for kind, q in questions + [("all", "all questions")]:
         sel = [r for r in rows if kind == "all" or (r["kind"], r["question"]) == (kind, q)]
         cells = []
-        for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]], sel):
+        for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]],
+                     [r for r in sel if r["expert_borderline"]], sel):
             cells.append(f"{sum(r['truthful'] for r in part) / len(part):.3f} ({len(part)})" if part else "-")
         print(f"| {q} | " + " | ".join(cells) + " |")
     wrong = [r for r in rows if not r["truthful"]]

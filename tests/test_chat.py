@@ -136,6 +136,26 @@ def test_sensitivity_relabels_without_encoding(assistant):
         session.set_sensitivity(3)
 
 
+def test_parts_inspected_in_one_session_form_a_lot(assistant):
+    from assistant.anomaly.expert import LOT_MIN
+
+    session = ChatSession(assistant, None, [part_image(40)])
+    goods = [part_image(41 + i) for i in range(LOT_MIN - 1)]
+    for img in goods[:-1]:
+        session.set_query(img)
+        assert "lot_size" not in session.result.extras  # fewer than LOT_MIN parts: the references' verdict
+    session.set_query(goods[-1])
+    session.set_query(goods[-1])  # the same part again is not a second part of the lot
+    assert session.lot_size == LOT_MIN - 1
+    judged = session.set_query(part_image(50, defect=(20, 20)))
+    assert session.lot_size == LOT_MIN and judged is session.result
+    assert judged.extras["lot_size"] == LOT_MIN
+    assert judged.extras["reference_threshold"] == pytest.approx(session.raw_result.threshold)
+    assert session.evidence.result is judged  # the answers speak of the lot's verdict
+    session.set_references([part_image(60)])  # other references: a new lot
+    assert session.lot_size == 1 and "lot_size" not in session.result.extras
+
+
 def test_sessions_are_independent(assistant):
     qa, qb, ref = part_image(8, defect=(4, 4)), part_image(9, defect=(36, 36)), part_image(10)
     a, b = ChatSession(assistant, qa, [ref]), ChatSession(assistant, qb, [ref])

@@ -99,3 +99,15 @@ def test_ask_parses_kind_and_question_and_names_what_it_expected():
     for bad in ["Is this part scrap?", "bogus=Is it?", "scrap="]:
         with pytest.raises(ValueError, match="expected KIND=QUESTION"):
             ct.parse_ask([bad])
+
+
+def test_borderline_is_said_once_with_the_first_answer_and_never_for_a_clear_verdict():
+    clear = ct.expected(_result(True))
+    assert clear["borderline"] is False
+    assert ct.says_borderline_once("Yes, there is an anomaly.", clear, first=True)
+    assert not ct.says_borderline_once("Yes. It is borderline: ...", clear, first=True)
+    border = {**clear, "borderline": True}
+    note = "Yes, there is an anomaly. It is borderline: the score is just over the threshold; I would have a person check it."
+    assert ct.says_borderline_once(note, border, first=True)
+    assert not ct.says_borderline_once("Yes, there is an anomaly.", border, first=True)  # the note is missing
+    assert not ct.says_borderline_once(note, border, first=False)  # said again on a follow-up
