@@ -165,6 +165,19 @@ def pick_items(cat, n: int) -> list:
     return spaced(goods, n // 2) + spaced(bads, n - n // 2)
 
 
+def print_table(rows: list[dict], questions: list[tuple[str, str]]) -> None:
+    """Truthful fraction (answers) per question, split by the expert's verdict."""
+    print("| question | expert: anomalous | expert: normal | of these, borderline | all |")
+    print("|---|---|---|---|---|")
+    for kind, q in questions + [("all", "all questions")]:
+        sel = [r for r in rows if kind == "all" or (r["kind"], r["question"]) == (kind, q)]
+        cells = []
+        for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]],
+                     [r for r in sel if r["expert_borderline"]], sel):
+            cells.append(f"{sum(r['truthful'] for r in part) / len(part):.3f} ({len(part)})" if part else "-")
+        print(f"| {q} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, help="MVTec-layout category folders (or roots)")
@@ -214,15 +227,7 @@ def main(argv=None) -> int:
     order = "each question as the first turn" if args.first else "questions in this order in one chat"
     print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
           f"{time.perf_counter() - t0:.0f} s")
-    print("| question | expert: anomalous | expert: normal | of these, borderline | all |")
-    print("|---|---|---|---|---|")
-    for kind, q in questions + [("all", "all questions")]:
-        sel = [r for r in rows if kind == "all" or (r["kind"], r["question"]) == (kind, q)]
-        cells = []
-        for part in ([r for r in sel if r["expert_anomalous"]], [r for r in sel if not r["expert_anomalous"]],
-                     [r for r in sel if r["expert_borderline"]], sel):
-            cells.append(f"{sum(r['truthful'] for r in part) / len(part):.3f} ({len(part)})" if part else "-")
-        print(f"| {q} | " + " | ".join(cells) + " |")
+    print_table(rows, questions)
     wrong = [r for r in rows if not r["truthful"]]
     for r in wrong[:12]:
         print(f"- {Path(r['image']).parent.name}/{Path(r['image']).name} [{r['evidence']}] {r['question']} -> {r['answer']}")
