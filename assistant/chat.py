@@ -24,9 +24,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from assistant.anomaly.expert import LOT_MIN
-from assistant.anomaly.result import AnomalyResult, relabel
 from assistant.constants import position_phrase
+from assistant.expert import LOT_MIN, AnomalyResult, relabel
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
 

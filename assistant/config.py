@@ -48,7 +48,7 @@ class ExpertConfig:
     zero_shot_weight: float = 0.0  # weight of the zero-shot map fused into the few-shot map (0 = kNN map only)
     checkpoint: str | None = None  # directory with trained expert heads (safetensors + config.json)
     calibration_synth: int = 8  # anomalies synthesized on references for the pixel (mask) threshold
-    calibration: str = "null"  # image threshold: null (normal variation, anomaly/calibration.py) | margin (earlier rule)
+    calibration: str = "null"  # image threshold: null (normal variation, expert/calibration.py) | margin (earlier rule)
     target_overkill: float = 0.1  # about this fraction of good parts scores above the threshold (flagged for review)
     review_confidence: float = 0.8  # verdicts less sure than this (threshold uncertainty) are "borderline"
     camera_views: int = 8  # one reference: camera views of it scored as new-part stand-ins for the threshold

@@ -95,7 +95,7 @@ def run(args) -> int:
         results = expert.mutual_predict(feats, sizes)
     else:
         results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0] for q, sz in zip(queries, sizes)]
-        from assistant.anomaly.expert import LOT_MIN
+        from assistant.expert import LOT_MIN
 
         if state.few_shot and len(results) >= LOT_MIN:  # several parts of one kind: the lot joins the references
             results = expert.lot_decide(results)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult
 from assistant.config import REPO_ROOT, Config, load_config
+from assistant.expert import AnomalyResult
 from assistant.imaging import ImageInput, load_image
 from assistant.lvlm import HEADS_FILE, LVLM, ImageFeatures, build_lvlm, image_features, visual_inputs
 from assistant.vision.base import VisionOutput, build_vision_tower
@@ -68,7 +68,7 @@ class Assistant:
                 cfg.lvlm.checkpoint = str(p)
             if (p / "expert.safetensors").is_file() and not any(o.startswith("expert.checkpoint=") for o in overrides):
                 cfg.expert.checkpoint = str(p)
-        from assistant.anomaly.expert import build_expert
+        from assistant.expert import build_expert
 
         t0 = time.perf_counter()
         tower = build_vision_tower(cfg.vision)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult
+from assistant.expert import AnomalyResult
 
 HEAT_ALPHA = 0.45  # weight of the heat-map in the blend
 BOX_COLOUR = (255, 40, 40)  # RGB of box outlines

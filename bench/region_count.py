@@ -45,8 +45,8 @@ def synth_sets(build: Path) -> list[tuple[str, list, list[Path]]]:
 
 def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int, list[int]]:
     """(flagged anomalous images over all reference sets, hits per cells value)."""
-    from assistant.anomaly.result import mask_boxes
     from assistant.evaluation.runner import _slice, encode_items
+    from assistant.expert import mask_boxes
     from assistant.imaging import load_image, load_mask
 
     size = tower.image_size

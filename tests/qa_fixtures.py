@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult
+from assistant.expert import AnomalyResult
 
 TYPES = ["Anomaly Detection", "Defect Classification", "Defect Localization", "Object Classification"]
 

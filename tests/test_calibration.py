@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from assistant.anomaly.calibration import (
+from assistant.config import ConfigError, load_config
+from assistant.expert import LOT_MIN, AnomalyExpert, AnomalyResult, normal_scale
+from assistant.expert.calibration import (
     NULL_LEVELS,
     NullModel,
     camera_view,
@@ -16,9 +18,6 @@ from assistant.anomaly.calibration import (
     masked_map,
     review_band,
 )
-from assistant.anomaly.expert import LOT_MIN, AnomalyExpert, normal_scale
-from assistant.anomaly.result import AnomalyResult
-from assistant.config import ConfigError, load_config
 from tests.test_expert import texture, tower  # noqa: F401  (tower: module fixture, tiny random EfficientNet)
 
 

@@ -137,7 +137,7 @@ def test_sensitivity_relabels_without_encoding(assistant):
 
 
 def test_parts_inspected_in_one_session_form_a_lot(assistant):
-    from assistant.anomaly.expert import LOT_MIN
+    from assistant.expert import LOT_MIN
 
     session = ChatSession(assistant, None, [part_image(40)])
     goods = [part_image(41 + i) for i in range(LOT_MIN - 1)]
@@ -235,8 +235,8 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
     """The first question is answered after an unseen opening turn that states the expert's verdict (a yes/no
     question asked first kept its polarity only that way); it is not shown or kept; later turns see the real
     history; open_with_verdict=False sends nothing."""
-    from assistant.anomaly.result import AnomalyResult
     from assistant.chat import DETECT_QUESTION, verdict_turn
+    from assistant.expert import AnomalyResult
 
     flagged = AnomalyResult(np.zeros((30, 30), np.float32), 2.0, True, np.zeros((30, 30), bool), threshold=1.0)
     flagged.pred_mask[0:6, 20:28] = True

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult, mask_boxes
 from assistant.chat import apply_sensitivity
+from assistant.expert import AnomalyResult, mask_boxes
 from assistant.overlay import BOX_COLOUR, normalise_map, render_mask, render_overlay
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.anomaly.result import AnomalyResult, Box
+from assistant.expert import AnomalyResult, Box
 
 spec = importlib.util.spec_from_file_location("chat_truth", Path(__file__).resolve().parent.parent / "bench" / "chat_truth.py")
 ct = importlib.util.module_from_spec(spec)

@@ -225,10 +225,10 @@ def test_vqa_mode_resumes_to_the_same_answers_and_refuses_other_settings(tmp_pat
 def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_path):
     """--shots 0 without --mutual on a tower without text: each test image is judged alone (in-image rarity,
     its own threshold from anomalies synthesized on it); the report names that mode and its rule."""
-    from assistant.anomaly.expert import AnomalyExpert, level_scale
     from assistant.config import load_config
     from assistant.evaluation.report import build_report, markdown
     from assistant.evaluation.runner import evaluate_category
+    from assistant.expert import AnomalyExpert, level_scale
     from assistant.vision.efficientnet import EfficientNetTower
 
     cfg = load_config("offline-small", ["vision.image_size=64", "vision.device=cpu", "expert.calibration_synth=2",
@@ -253,9 +253,9 @@ def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_pat
 def test_a_folder_over_the_feature_budget_is_encoded_per_seed_with_the_same_figures(tmp_path, capsys):
     """When the test features would exceed the budget they are not kept across seeds but encoded again per batch:
     the same scores and metrics (up to float rounding), in bounded memory."""
-    from assistant.anomaly.expert import AnomalyExpert, level_scale
     from assistant.config import load_config
     from assistant.evaluation.runner import TestFeatures, evaluate_category
+    from assistant.expert import AnomalyExpert, level_scale
     from assistant.vision.efficientnet import EfficientNetTower
 
     cfg = load_config("offline-small", ["vision.image_size=64", "vision.device=cpu", "expert.calibration_synth=2",

@@ -224,7 +224,7 @@ def test_jsonl_questions_end_to_end(mmad, tmp_path):
 
 
 def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
-    from assistant.anomaly.result import AnomalyResult
+    from assistant.expert import AnomalyResult
 
     def blind(image, references):  # a baseline that calls everything anomalous
         z = np.zeros((32, 32), np.float32)

@@ -4,8 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from assistant.anomaly.expert import (
+from assistant.config import load_config
+from assistant.expert import (
     AnomalyExpert,
+    AnomalyResult,
     ExpertCheckpointError,
     PrototypeHead,
     ReferenceState,
@@ -15,8 +17,7 @@ from assistant.anomaly.expert import (
     nn_distance,
     synthesize_anomaly,
 )
-from assistant.anomaly.result import AnomalyResult
-from assistant.config import load_config
+from assistant.expert.references import coreset
 from assistant.vision.efficientnet import EfficientNetTower
 
 
@@ -61,10 +62,9 @@ def test_greedy_coreset_is_unique_and_keeps_outliers():
 def test_bank_is_capped_at_bank_images_worth_of_patches(expert_cfg):
     cfg = expert_cfg
     cfg.bank_images, cfg.max_bank = 4, 10_000
-    expert = AnomalyExpert(cfg, [8], 8)
     bank = torch.randn(50 * 16, 8)  # 50 images' worth of 16 patches
-    assert expert._coreset(bank, 16, 0).shape == (64, 8)  # 4 images x 16 patches: query cost independent of k
-    assert expert._coreset(bank[:64], 16, 0).shape == (64, 8)  # within the cap: kept whole
+    assert coreset(cfg, bank, 16, 0).shape == (64, 8)  # 4 images x 16 patches: query cost independent of k
+    assert coreset(cfg, bank[:64], 16, 0).shape == (64, 8)  # within the cap: kept whole
 
 
 def test_dihedral_views_are_the_eight_symmetries():
@@ -167,7 +167,7 @@ def test_self_fusion_takes_the_geometric_or_arithmetic_mean_of_the_levels(tower,
     expert = _with_self_scales(AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim), tower)
     out = tower.encode([texture(5), texture(6, blob=True)])
     dists, grids, grid = expert.self_level_distances(out)
-    levels = torch.stack([expert._to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
+    levels = torch.stack([expert.to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
                           for d, g, s in zip(dists, grids, expert.self_scales)], 1)
     assert expert_cfg.self_fusion == "geo"
     geo = expert.self_map(out)
@@ -200,7 +200,7 @@ def test_level_fusion_fuses_the_query_levels_and_leaves_the_calibration_scale(to
 
 
 def test_self_distances_flag_the_odd_patch():
-    from assistant.anomaly.expert import self_distances
+    from assistant.expert import self_distances
 
     tokens = torch.randn(1, 1, 8).repeat(1, 36, 1) + 0.01 * torch.randn(1, 36, 8)
     tokens[0, 14] = torch.randn(8) * 3  # one odd patch on a 6x6 grid
@@ -210,7 +210,7 @@ def test_self_distances_flag_the_odd_patch():
 
 
 def test_self_nn_distance_leaves_out_the_neighbourhood():
-    from assistant.anomaly.expert import self_nn_distance
+    from assistant.expert import self_nn_distance
 
     feats = torch.zeros(1, 36, 4)
     feats[0, :, 0] = torch.arange(36, dtype=torch.float32) % 6  # column index: columns repeat down the grid
@@ -304,7 +304,7 @@ def test_text_head_on_tiny_openclip():
 
 
 def test_verdict_mask_never_leaves_a_flagged_part_without_a_region():
-    from assistant.anomaly.result import verdict_mask
+    from assistant.expert import verdict_mask
 
     amap = np.zeros((10, 10), np.float32)
     amap[2, 7] = 1.0  # the hottest pixel
@@ -343,7 +343,7 @@ def test_mutual_scoring_caps_the_images_compared(tower, expert_cfg):
 
 
 def test_batch_split_separates_two_clusters():
-    from assistant.anomaly.expert import batch_split
+    from assistant.expert import batch_split
 
     scores = np.array([1.0, 1.1, 0.95, 1.05, 3.0, 3.3])
     t = batch_split(scores)
@@ -377,7 +377,7 @@ def test_reference_mismatch_flags_a_reference_of_another_part(tower, expert_cfg)
 
 
 def test_margin_key_takes_the_most_references_fitted_not_above_the_count():
-    from assistant.anomaly.expert import margin_key
+    from assistant.expert import margin_key
 
     m = {"k1": 1.0, "k2": 1.0, "k4": 1.0, "k8": 1.0, "k16": 1.0}
     assert [margin_key(n, m) for n in (1, 2, 3, 4, 7, 8, 15, 16, 40)] == [
@@ -410,7 +410,7 @@ def test_large_maps_are_smoothed_at_a_working_size_and_match_full_size_smoothing
     import cv2
     import torch.nn.functional as F
 
-    from assistant.anomaly.expert import SMOOTH_SIDE
+    from assistant.expert import SMOOTH_SIDE
 
     expert = AnomalyExpert(expert_cfg, [8], 8)
     raw = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from assistant.anomaly.expert import AnomalyExpert, TextHead
 from assistant.config import load_config
+from assistant.expert import AnomalyExpert, TextHead
 from assistant.vision.base import build_vision_tower
 from training.__main__ import main as train_main
 from training.expert import best_threshold, focal_dice_loss
@@ -133,7 +133,7 @@ def test_calibrate_only_adds_margins_and_keeps_the_weights(tmp_path):
     assert rec["null_model_spread"] == meta["null_model"]["spread"]  # fitted on the synthetic normals, recorded
     with pytest.raises(ValueError, match="--margin-shots: expected reference counts"):
         train_main(["expert", *common, "--calibrate-only", str(out), "--margin-shots", "4,x"])
-    from assistant.anomaly.expert import ExpertCheckpointError
+    from assistant.expert import ExpertCheckpointError
 
     with pytest.raises(ExpertCheckpointError, match="expected expert.safetensors"):
         train_main(["expert", *common, "--calibrate-only", str(tmp_path / "none"), "--out", str(refit)])

@@ -10,7 +10,7 @@ from assistant.anomaly.look_twice import (
     result_evidence,
     suspicious_crop,
 )
-from assistant.anomaly.result import AnomalyResult, Box
+from assistant.expert import AnomalyResult, Box
 
 
 def test_output_shape_and_global_token_last():

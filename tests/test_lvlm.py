@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from assistant.anomaly.result import AnomalyResult
 from assistant.config import load_config
 from assistant.constants import IGNORE_INDEX, IMAGE_TOKEN, LOOK_TOKEN, PROMPT_TOKEN, REF_TOKEN
+from assistant.expert import AnomalyResult
 from assistant.lvlm import LVLM, build_lvlm, image_features, pool_patch_tokens, visual_inputs
 from tests.tiny import perturb_trainable
 

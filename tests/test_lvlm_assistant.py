@@ -37,7 +37,7 @@ def ckpt(tiny_lm_dir, tmp_path_factory):
 
 
 def test_assistant_from_checkpoint_analyze_answer_stream(ckpt):
-    from assistant.anomaly.result import AnomalyResult
+    from assistant.expert import AnomalyResult
     from assistant.lvlm import visual_inputs
     from assistant.model import Assistant
 

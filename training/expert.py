@@ -223,10 +223,10 @@ def fit_null(expert, tower, recs: list[dict], tokens, glob, grid, shots: tuple[i
              draws: int = 1, max_per_cat: int = 40, target_overkill: float | None = None, log=print):
     """NullModel from the *normal* samples of synthetic categories (no defect is used): for every category, k and
     draw, fit k references (the category's reference normals, then its normal samples beyond the scored ones),
-    and record log(score of each scored normal sample) - log(median null score). See assistant/anomaly/calibration.py."""
+    and record log(score of each scored normal sample) - log(median null score). See assistant/expert/calibration.py."""
     import dataclasses
 
-    from assistant.anomaly.calibration import fit_null_model
+    from assistant.expert.calibration import fit_null_model
 
     target = target_overkill or expert.cfg.target_overkill
     by_cat = indices_by_category(recs)
@@ -342,11 +342,10 @@ def calibrate_only(args, expert, tower, recs, tokens, glob, grid, shots, null_sh
 
 
 def run(args) -> int:
-    from training import make_accelerator
-
-    from assistant.anomaly.expert import AnomalyExpert, level_scale
     from assistant.config import load_config
+    from assistant.expert import AnomalyExpert, level_scale
     from assistant.vision.base import VisionOutput, build_vision_tower
+    from training import make_accelerator
 
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from assistant.anomaly.look_twice import SUSPICION, evidence_text
-from assistant.anomaly.result import AnomalyResult
 from assistant.constants import IMAGE_TOKEN
+from assistant.expert import AnomalyResult
 from assistant.lvlm import LVLM, VisualInputs, build_lvlm, image_features, resize_map
 
 STATE_FILE = "trainer_state.json"
@@ -317,10 +317,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from training import make_accelerator
-
     from assistant.config import load_config
     from assistant.vision.base import build_vision_tower
+    from training import make_accelerator
 
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train
@@ -349,7 +348,7 @@ def run(args) -> int:
     if accelerator.is_main_process:
         expert = None
         if args.maps == "expert":
-            from assistant.anomaly.expert import build_expert
+            from assistant.expert import build_expert
 
             expert = build_expert(cfg, tower).eval()
         cache.build(tower, expert, use)
@@ -504,7 +503,7 @@ def export(cfg, final: Path, dest: Path, manifest: dict) -> None:
     """Copy adapter + heads + manifest to a checkpoint dir and write its config.json (the run config). The
     config points the expert at `dest`, so the trained expert the run used is copied along with it (without
     it the exported checkpoint would load an untrained expert with other thresholds)."""
-    from assistant.anomaly.expert import CONFIG_NAME, WEIGHTS_NAME, trained_expert_dir
+    from assistant.expert import CONFIG_NAME, WEIGHTS_NAME, trained_expert_dir
 
     dest.mkdir(parents=True, exist_ok=True)
     for f in final.iterdir():

@@ -28,7 +28,7 @@ class KNNBaseline:
     """detect(query, references) -> AnomalyResult with the plain kNN expert; reference states are cached."""
 
     def __init__(self, cfg, tower=None, cache_size: int = 8):
-        from assistant.anomaly.expert import build_expert
+        from assistant.expert import build_expert
         from assistant.vision.base import build_vision_tower
 
         self.cfg = cfg
@@ -64,10 +64,10 @@ def build_knn_baseline(config: str, overrides=(), device: str | None = None) -> 
 def add_knn_baseline(args, cfg, cats, tower) -> dict:
     """Folder mode: evaluate the kNN baseline on the same categories/seeds and add it to OUT/report.json
     ("baseline": {"name", "categories", "mean"}) and to report.md as a side-by-side table."""
-    from assistant.anomaly.expert import build_expert
     from assistant.config import load_config
     from assistant.evaluation.report import build_report
     from assistant.evaluation.runner import evaluate
+    from assistant.expert import build_expert
 
     bcfg = load_config(args.config, list(args.overrides) + KNN_OVERRIDES)
     expert = build_expert(bcfg, tower).eval()

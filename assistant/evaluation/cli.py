@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_expert(cfg):
     """(tower, expert) for a config: tower from cfg.vision, expert heads from cfg.expert.checkpoint."""
-    from assistant.anomaly.expert import build_expert
+    from assistant.expert import build_expert
     from assistant.vision.base import build_vision_tower
 
     tower = build_vision_tower(cfg.vision)

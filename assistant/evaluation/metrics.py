@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from sklearn.metrics import (average_precision_score, balanced_accuracy_score, precision_recall_curve,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 METRIC_KEYS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max",
                "balanced_accuracy", "overkill", "miss", "review_rate", "balanced_accuracy_outside_review"]

@@ -18,8 +18,14 @@ import time
 from pathlib import Path
 
 from assistant.evaluation.qa_runner import make_units, run_order, run_units
-from assistant.evaluation.store import (StoreError, check_run_file, merge_shards, read_answers, resolve_chunk,
-                                        write_answers)
+from assistant.evaluation.store import (
+    StoreError,
+    check_run_file,
+    merge_shards,
+    read_answers,
+    resolve_chunk,
+    write_answers,
+)
 
 
 def _add(parser: argparse.ArgumentParser, *flags, **kw) -> None:

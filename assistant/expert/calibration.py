@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.stats import norm
 
 VERDICTS = ("normal", "borderline", "anomalous")
@@ -214,3 +214,93 @@ def fit_null_model(per_category: dict[str, dict[int, list[np.ndarray]]], target_
         own = [float(np.quantile(x, 1.0 - target_overkill)) for x in per]
         spread[f"k{k}"] = float(np.std(own)) if len(own) > 1 else 0.0
     return NullModel(offsets=offsets, spread=spread, categories=len(per_category))
+
+
+CALIBRATION_BETA = 0.7  # threshold position between held-out normals (0) and synthesized anomalies (1), log scale
+
+
+def dihedral_views(img: Image.Image) -> list[Image.Image]:
+    """The 8 rotations/flips of an image (identity first)."""
+    views = []
+    for flip in (False, True):
+        base = ImageOps.mirror(img) if flip else img
+        for rot in (0, 90, 180, 270):
+            views.append(base.rotate(rot, expand=True) if rot else base)
+    return views
+
+
+def mild_jitter(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A lightly different shot of the same part: rotation within 8 degrees, 3% shift, 4% scale, brightness, noise."""
+    w, h = img.size
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-8, 8), rng.uniform(0.96, 1.04))
+    m[:, 2] += (rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.03, 0.03) * h)
+    out = cv2.warpAffine(np.asarray(img), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 2.0, out.shape)
+    return Image.fromarray(np.clip(out.astype(np.float32) * rng.uniform(0.95, 1.05) + noise, 0, 255).astype(np.uint8))
+
+
+def synthesize_anomaly(img: Image.Image, rng: random.Random) -> tuple[Image.Image, np.ndarray]:
+    """A simple defect on a normal image for calibration: cut-paste patch, scratch or stain. -> (image, mask)."""
+    w, h = img.size
+    arr = np.asarray(img).copy()
+    mask = np.zeros((h, w), np.uint8)
+    kind = rng.choice(["cutpaste", "scratch", "stain"])
+    # place defects where the image has structure (the part, not a flat background) when possible
+    gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    fg = np.abs(gray - np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))) > 20
+    ys, xs = np.nonzero(fg) if fg.mean() > 0.05 else np.nonzero(np.ones_like(fg))
+    j = rng.randrange(len(ys))
+    cy, cx = int(ys[j]), int(xs[j])
+    side = int(min(w, h) * rng.uniform(0.06, 0.16))
+    if kind == "cutpaste":
+        sy, sx = rng.randrange(0, h - side), rng.randrange(0, w - side)
+        patch = arr[sy:sy + side, sx:sx + side].copy()
+        patch = np.rot90(patch, rng.randrange(4)).copy()
+        patch = np.clip(patch.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30), 0, 255).astype(np.uint8)
+        y0, x0 = max(0, min(h - side, cy - side // 2)), max(0, min(w - side, cx - side // 2))
+        m = np.zeros((side, side), np.uint8)
+        cv2.ellipse(m, (side // 2, side // 2), (side // 2 - 1, max(2, int(side / 2 * rng.uniform(0.5, 1)) - 1)),
+                    rng.uniform(0, 180), 0, 360, 1, -1)
+        region = arr[y0:y0 + side, x0:x0 + side]
+        region[m > 0] = patch[m > 0]
+        mask[y0:y0 + side, x0:x0 + side] = m
+    elif kind == "scratch":
+        pts = [(cx, cy)]
+        for _ in range(rng.randint(2, 4)):
+            px, py = pts[-1]
+            a = rng.uniform(0, 2 * math.pi)
+            pts.append((int(px + math.cos(a) * side), int(py + math.sin(a) * side)))
+        thick = max(2, int(min(w, h) * rng.uniform(0.008, 0.02)))
+        color = tuple(int(c) for c in (rng.choice([rng.uniform(0, 60), rng.uniform(190, 255)]),) * 3)
+        cv2.polylines(arr, [np.array(pts, np.int32)], False, color, thick)
+        cv2.polylines(mask, [np.array(pts, np.int32)], False, 1, thick)
+    else:
+        axes = (max(2, side // 2), max(2, int(side / 2 * rng.uniform(0.4, 1))))
+        cv2.ellipse(mask, (cx, cy), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+        shift = np.array([rng.uniform(-70, 70) for _ in range(3)], np.float32)
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, side / 10))[..., None]
+        arr = np.clip(arr.astype(np.float32) * (1 - 0.4 * soft) + soft * (shift + 40 * (rng.random() < 0.5)), 0,
+                      255).astype(np.uint8)
+    return Image.fromarray(arr), mask > 0
+
+
+def margin_key(n_shots: int, margins: dict[str, float]) -> str | None:
+    """The calibration margin for `n_shots` references: k1 for one (its held-out scores are leave-view-out), else
+    the one fitted for the most references not above it ("k2", "k4", "k8", "k16"; checkpoints without k8 use k4 for
+    every k >= 4, without k4 k2 for every k >= 2)."""
+    if n_shots == 1:
+        return "k1" if "k1" in margins else None
+    fitted = sorted(int(k[1:]) for k in margins if k[:1] == "k" and k[1:].isdigit() and 2 <= int(k[1:]) <= n_shots)
+    return f"k{fitted[-1]}" if fitted else None
+
+
+def batch_split(scores: np.ndarray) -> float:
+    """Threshold between the two k-means clusters of log image scores (midpoint of the gap between them)."""
+    from sklearn.cluster import KMeans
+
+    x = np.log(np.clip(np.asarray(scores, np.float64), 1e-6, None)).reshape(-1, 1)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float(np.max(scores)) if len(x) else 0.0
+    lab = KMeans(2, n_init=4, random_state=0).fit_predict(x)
+    hi = lab[int(np.argmax(x))]
+    return float(np.exp((x[lab != hi].max() + x[lab == hi].min()) / 2))
