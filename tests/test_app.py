@@ -167,9 +167,10 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, INSPECTION_ASSISTANT_TINY_TOKENIZER=str(tiny_tokenizer_dir), OMP_NUM_THREADS="1")
+    env = dict(os.environ, INSPECTION_ASSISTANT_TINY_TOKENIZER=str(tiny_tokenizer_dir), OMP_NUM_THREADS="1",
+               GRADIO_SERVER_PORT=str(port))  # as a Gradio deployment sets it
     # a test run started in the background inherits SIGINT as ignored; the server must see Ctrl+C as a user would
-    proc = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "--config", "tiny", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "--config", "tiny"],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -193,6 +194,18 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
             proc.wait()
             pytest.fail("serve did not stop within 60 s of Ctrl+C; last output:\n" + proc.stdout.read()[-2000:])
     assert proc.returncode == 0
+
+
+def test_serve_binds_flags_then_gradio_environment_then_config():
+    from assistant.cli import UsageError
+    from assistant.serve import bind_address
+
+    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
+    assert bind_address(None, None, "127.0.0.1", 7860, {}) == ("127.0.0.1", 7860)
+    assert bind_address(None, None, "127.0.0.1", 7860, env) == ("0.0.0.0", 8123)
+    assert bind_address("10.0.0.2", 9000, "127.0.0.1", 7860, env) == ("10.0.0.2", 9000)
+    with pytest.raises(UsageError, match="GRADIO_SERVER_PORT: expected a port number"):
+        bind_address(None, None, "127.0.0.1", 7860, {"GRADIO_SERVER_PORT": "eighty"})
 
 
 def test_verdict_badge_cautions_a_zero_shot_verdict():
