@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def oracle_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -13,9 +13,7 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TARGETS = {"first token (s)": 0.6, "follow-up first token (s)": 0.6, "40-token answer (s)": 2.5, "peak RSS (GB)": 1.5}
 

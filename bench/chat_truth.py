@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where is it?"),
              ("size", "How large is it?"), ("ship", "Is it safe to ship?"),

@@ -10,14 +10,11 @@ import os
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
 
 from data_synth import METHODS, synthesize
 from data_synth.build import BuildSettings, build
