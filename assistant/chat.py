@@ -21,41 +21,12 @@ import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 from PIL import Image
 
-from assistant.constants import position_phrase
-from assistant.expert import LOT_MIN, AnomalyResult, relabel
+from assistant.expert import LOT_MIN, SENSITIVITY_RANGE, AnomalyResult, apply_sensitivity
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
-
-SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresholds, -1 doubles them
-
-
-DETECT_QUESTION = "Is there any anomaly in the image?"
-# appended (not by the LM) to the first answer about a result flagged reference_mismatch, as the app's badge says it
-REFERENCE_CAUTION = ("Caution: most of this image differs from the reference, so this verdict is less reliable; "
-                     "check that the reference shows the same part, view and lighting.")
-
-
-def borderline_note(result: AnomalyResult) -> str | None:
-    """The sentence appended (not by the LM) to the first answer about a borderline result: the LM states the binary
-    verdict at the threshold; this says how sure it is, as the badge and `detect` do. None when not borderline."""
-    if result.verdict != "borderline":
-        return None
-    side = "just over" if result.pred_label else "just under"
-    return (f"It is borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
-            "I would have a person check it.")
-
-
-def verdict_turn(result: AnomalyResult) -> tuple[str, str]:
-    """The expert's verdict as an opening (question, answer) turn, in the form the LM was trained on. A chat
-    whose first question is not the detection question ("Can we ship it?") gets it as context: the LM answers
-    follow-ups truthfully, but a yes/no question asked first lost its polarity (bench/chat_truth.py --first)."""
-    if not result.pred_label:
-        return DETECT_QUESTION, "No, the object looks normal."
-    where = f" {position_phrase(result.position)} of the image" if result.position else ""
-    return DETECT_QUESTION, f"Yes, there is an anomaly: a defect{where}."
+from assistant.wording import REFERENCE_CAUTION, borderline_note, verdict_turn
 
 
 class ChatError(ValueError):
@@ -67,24 +38,6 @@ def image_fingerprint(img: Image.Image) -> str:
     return hashlib.sha1(img.tobytes() + repr(img.size).encode()).hexdigest()[:16]
 
 
-def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: float = 0.0) -> AnomalyResult:
-    """Re-label a result with thresholds moved relative to the calibrated ones (no re-encode).
-
-    sensitivity s in [-1, 1]: both thresholds are multiplied by 2**-s (s = +1 halves them: more defects
-    flagged; s = -1 doubles them: stricter). Thresholds that are not positive are shifted instead, by s
-    times the map's standard deviation. s = 0 returns `result` itself. The mask is empty when the verdict
-    is normal, so the picture never disagrees with the verdict (`verdict_mask`).
-    """
-    s = float(np.clip(sensitivity, *SENSITIVITY_RANGE))
-    if s == 0.0:
-        return result
-
-    def move(t: float) -> float:
-        return t * 2.0 ** -s if t > 0 else t - s * float(result.anomaly_map.std())
-
-    return relabel(result, move(result.threshold), move(result.pixel_threshold),
-                   result.extras.get("review_confidence", 0.8), min_box_area, sensitivity=s,
-                   calibrated_threshold=float(result.threshold), calibrated_pixel_threshold=float(result.pixel_threshold))
 
 
 class ChatSession:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from assistant.cli import UsageError, add_config_arguments
+from assistant.wording import verdict_words
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,15 +50,6 @@ def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
     cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(render_overlay(img, result, caption=True), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(out / "mask.png"), render_mask(result))
     (out / "result.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
-
-
-def verdict_words(result) -> str:
-    """'anomalous (moderately suspicious)', 'normal', or 'borderline: just under the threshold ...'."""
-    if result.borderline:
-        from assistant.chat import borderline_note
-
-        return borderline_note(result)
-    return f"{result.verdict} ({result.severity})"
 
 
 def run(args) -> int:
@@ -101,7 +93,7 @@ def run(args) -> int:
             results = expert.lot_decide(results)
     t2 = time.perf_counter()
     how = (f"mutual scoring over {len(queries)} images, no references" if mutual
-           else f"calibrated, {state.n_shots} reference(s) and the lot of {len(queries)}" if "lot_size" in results[0].extras
+           else f"calibrated, {state.n_shots} reference(s) and the lot of {len(queries)}" if results[0].lot_size is not None
            else f"calibrated, {state.n_shots} reference(s)" if state.n_shots
            else "zero-shot, calibrated on anomalies synthesized on the image" if expert.self_calibrated()
            else "zero-shot threshold from training")
@@ -117,8 +109,8 @@ def run(args) -> int:
             print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
                   f"{len(result.boxes)} region(s)")
         if result.reference_mismatch:
-            print(f"warning: most of the image differs from the reference (median map {result.extras['reference_median']:.2f}"
-                  f" > {result.extras['reference_mismatch_cut']:.2f}); check that the reference shows the same part, "
+            print(f"warning: most of the image differs from the reference (median map {result.reference_median:.2f}"
+                  f" > {result.reference_mismatch_cut:.2f}); check that the reference shows the same part, "
                   "view and lighting: the verdict is less reliable")
         print(f"time: references {t1 - t0:.2f} s, query {t2 - t1:.3f} s -> {out}/overlay.png, mask.png, result.json")
         return 0

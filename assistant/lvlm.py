@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assistant.anomaly.look_twice import LookTwice, result_evidence, suspicious_crop
+from assistant.anomaly.look_twice import LookTwice, suspicious_crop
 from assistant.anomaly.prompt_learner import MAP_SIZE, PromptLearner, normalise_map
 from assistant.constants import IGNORE_INDEX, IMAGE_TOKEN, LOOK_TOKEN, PROMPT_TOKEN, REF_TOKEN, SPECIAL_TOKENS
 from assistant.lm import add_special_tokens, load_lm
+from assistant.wording import result_evidence
 
 HEADS_FILE = "lvlm_heads.safetensors"
 HEADS_CONFIG = "lvlm_heads.json"

@@ -126,7 +126,7 @@ class Assistant:
     def _result(self, evidence: Evidence, sensitivity: float) -> AnomalyResult:
         if not sensitivity:
             return evidence.result
-        from assistant.chat import apply_sensitivity
+        from assistant.expert import apply_sensitivity
 
         return apply_sensitivity(evidence.result, sensitivity, self.cfg.expert.min_box_area)
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def _text(update) -> str:
     chat = update[0] if isinstance(update, (list, tuple)) else None
     if not chat or chat[-1].get("role") != "assistant":

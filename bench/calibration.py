@@ -17,7 +17,6 @@ import sys
 import numpy as np
 
 
-
 def oracle_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
     """Best balanced accuracy of a single threshold on these labels (sklearn's ROC: max of (TPR + TNR) / 2)."""
     from sklearn.metrics import roc_curve

@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 
-
 TARGETS = {"first token (s)": 0.6, "follow-up first token (s)": 0.6, "40-token answer (s)": 2.5, "peak RSS (GB)": 1.5}
 
 

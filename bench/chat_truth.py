@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-
 QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where is it?"),
              ("size", "How large is it?"), ("ship", "Is it safe to ship?"),
              ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
@@ -89,20 +88,20 @@ def number_agrees(answer: str) -> bool:
 
 def expected(result) -> dict:
     """Facts of the overlay, worded as the LM's evidence states them (assistant.anomaly.look_twice)."""
-    from assistant.anomaly.look_twice import percent_text, result_evidence
+    from assistant.wording import percent, result_evidence
 
     ev = result_evidence(result)
     pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
     regions = re.search(r"regions: (\d+)", ev)
     return {"anomalous": bool(result.pred_label), "borderline": result.verdict == "borderline",
             "position": pos.group(1) if pos else None,
-            "percent": percent_text(result.area_fraction) if result.size else None,
+            "percent": percent(result.area_fraction) if result.size else None,
             "regions": int(regions.group(1)) if regions else None, "evidence": ev}
 
 
 def says_same(answer: str) -> bool:
     """A comparison that finds no difference ("It matches the reference: no differences ...")."""
-    from assistant.evaluation.vqa import parse_position
+    from assistant.wording import parse_position
 
     text = answer.lower()
     same = re.search(r"\bmatch(?:es)?\b|\bno differences?\b|\blooks? like a normal\b|\bidentical\b|\bthe same as\b", text)
@@ -130,7 +129,7 @@ def says_borderline_once(answer: str, fact: dict, first: bool) -> bool:
 
 
 def truthful(kind: str, answer: str, fact: dict) -> bool:
-    from assistant.evaluation.vqa import parse_position, parse_verdict
+    from assistant.wording import parse_position, parse_verdict
 
     bad = fact["anomalous"]
     verdict = parse_verdict(answer)

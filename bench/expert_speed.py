@@ -21,7 +21,6 @@ import sys
 import time
 
 
-
 def method_config(args, method: str):
     """The config of one method row: ours, or the plain kNN detector of `evaluate --baseline knn`
     (assistant.evaluation.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""

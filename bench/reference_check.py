@@ -16,7 +16,6 @@ import sys
 import time
 
 
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, help="MVTec-layout categories (or folders of them)")
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
                 for j in range(0, n, 16):
                     res += expert.predict(_slice(feats[qc.name], list(range(j, min(j + 16, n)))), state, size)
                 flags.setdefault((rc.name, qc.name), []).extend(
-                    (it.label, r.reference_mismatch, r.extras["reference_median"]) for it, r in zip(qc.items, res))
+                    (it.label, r.reference_mismatch, r.reference_median) for it, r in zip(qc.items, res))
     print(f"reference mismatch cut {expert.reference_mismatch:.3f} (fitted on synthetic categories); "
           f"1 reference, seeds {args.seeds}; {time.perf_counter() - t0:.0f} s\n")
     print("| reference | query | pair | queries | flagged | flagged good | flagged defective | median map value |")

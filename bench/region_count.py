@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 
-
 def gt_regions(mask) -> int:
     import cv2
     import numpy as np
@@ -60,7 +59,7 @@ def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int,
                 if not r.pred_label:
                     continue
                 flagged += 1
-                cell = r.extras["box_merge_px"]  # one cell (the config is run with box_merge_cells=1)
+                cell = r.box_merge_px  # one cell (the config is run with box_merge_cells=1)
                 for k, c in enumerate(cells):
                     hits[k] += len(mask_boxes(r.pred_mask, r.anomaly_map, expert.cfg.min_box_area, c * cell)) == gt
     return flagged, hits

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-
 from data_synth import METHODS, synthesize
 from data_synth.build import BuildSettings, build
 from data_synth.sources import ProceduralSource

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.constants import IMAGE_TOKEN, position_phrase
-from data_synth.text import article, describe, percent, pick
+from assistant.constants import IMAGE_TOKEN
+from assistant.wording import percent, position_phrase
+from data_synth.text import article, describe, pick
 
 DETECT_Q = [
     "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",

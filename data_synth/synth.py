@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from assistant.constants import position_word, size_word
+from assistant.wording import position_word, size_word
 
 cv2.setNumThreads(1)  # determinism and fair sharing of the CPU
 

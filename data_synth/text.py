@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.constants import position_phrase
+from assistant.wording import percent, position_phrase
 
 TYPE_SYNONYMS = {
     "scratch": ["scratch", "scratch", "scrape", "score mark"],
@@ -39,14 +39,6 @@ LOOKS = {
     "scar": "a thin elongated mark with a different tone",
     "contamination": "irregular blotches of foreign material",
 }  # defect_type -> what it looks like
-
-
-def percent(area_fraction: float) -> str:
-    """Rounded area percentage as written in every text: '0.4%', '3.2%', '12%'."""
-    p = area_fraction * 100
-    if p < 0.1:
-        return "less than 0.1%"
-    return f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
 
 
 def article(word: str) -> str:

@@ -177,17 +177,17 @@ def test_a_lot_lowers_a_threshold_the_references_set_too_high(tower, expert_cfg)
     assert not any(r.pred_label for r in alone)
     lot = expert.lot_decide(alone)
     assert [r.pred_label for r in lot] == [s > 2 for s in scores]
-    assert all(r.extras["lot_size"] == 9 and r.extras["reference_threshold"] == 4.0 for r in lot)
+    assert all(r.lot_size == 9 and r.reference_threshold == 4.0 for r in lot)
     assert lot[0].threshold < 4.0 and lot[-1].pred_mask.any() and not lot[0].pred_mask.any()
     small = [result_with(s) for s in scores[:LOT_MIN - 1]]
     assert expert.lot_decide(small) == small  # too few parts: the references decide
 
 
 def test_sensitivity_keeps_the_review_band_relative_to_the_moved_threshold():
-    from assistant.chat import apply_sensitivity
+    from assistant.expert import apply_sensitivity
 
     r = result_with(10.5)
-    r.extras["review_confidence"] = 0.8
+    r.review_confidence = 0.8
     moved = apply_sensitivity(r, 1.0)  # threshold halved: 10.5 is far above 5
     assert moved.threshold == pytest.approx(5.0) and moved.verdict == "anomalous"
     assert moved.threshold_low < 5.0 < moved.threshold_high

@@ -86,7 +86,7 @@ def test_multi_turn_streams_and_never_reencodes(assistant):
     session = ChatSession(assistant, q, [ref])
     result = session.result
     assert result.anomaly_map.shape == (48, 48) and isinstance(result.pred_label, bool)
-    assert result.extras.get("shots") == 1
+    assert result.shots == 1
     with EncodeSpy(assistant.tower) as spy:
         chunks = list(session.ask("Is there any anomaly?"))
         follow = [session.answer(t) for t in ("Where is it?", "How large is it?")]
@@ -109,11 +109,11 @@ def test_references_update_evidence_without_reencoding_query(assistant):
     with EncodeSpy(assistant.tower) as spy:
         session.add_reference(r2)
     assert spy.calls > 0 and not any(im is session.query for im in spy.images), "query must not be re-encoded"
-    assert session.result.extras.get("shots") == 2 and len(session.references) == 2
+    assert session.result.shots == 2 and len(session.references) == 2
     two_refs = session.result.pred_score
     assert two_refs == ChatSession(assistant, q, [r1, r2]).result.pred_score  # same as a fresh session
     session.remove_reference(1)
-    assert session.result.extras.get("shots") == 1
+    assert session.result.shots == 1
     assert session.result.pred_score == pytest.approx(one_ref, rel=1e-5)
     with pytest.raises(ChatError, match="out of range: the session has 1 references"):
         session.remove_reference(3)
@@ -143,17 +143,17 @@ def test_parts_inspected_in_one_session_form_a_lot(assistant):
     goods = [part_image(41 + i) for i in range(LOT_MIN - 1)]
     for img in goods[:-1]:
         session.set_query(img)
-        assert "lot_size" not in session.result.extras  # fewer than LOT_MIN parts: the references' verdict
+        assert session.result.lot_size is None  # fewer than LOT_MIN parts: the references' verdict
     session.set_query(goods[-1])
     session.set_query(goods[-1])  # the same part again is not a second part of the lot
     assert session.lot_size == LOT_MIN - 1
     judged = session.set_query(part_image(50, defect=(20, 20)))
     assert session.lot_size == LOT_MIN and judged is session.result
-    assert judged.extras["lot_size"] == LOT_MIN
-    assert judged.extras["reference_threshold"] == pytest.approx(session.raw_result.threshold)
+    assert judged.lot_size == LOT_MIN
+    assert judged.reference_threshold == pytest.approx(session.raw_result.threshold)
     assert session.evidence.result is judged  # the answers speak of the lot's verdict
     session.set_references([part_image(60)])  # other references: a new lot
-    assert session.lot_size == 1 and "lot_size" not in session.result.extras
+    assert session.lot_size == 1 and session.result.lot_size is None
 
 
 def test_sessions_are_independent(assistant):
@@ -235,8 +235,8 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
     """The first question is answered after an unseen opening turn that states the expert's verdict (a yes/no
     question asked first kept its polarity only that way); it is not shown or kept; later turns see the real
     history; open_with_verdict=False sends nothing."""
-    from assistant.chat import DETECT_QUESTION, verdict_turn
     from assistant.expert import AnomalyResult
+    from assistant.wording import DETECT_QUESTION, verdict_turn
 
     flagged = AnomalyResult(np.zeros((30, 30), np.float32), 2.0, True, np.zeros((30, 30), bool), threshold=1.0)
     flagged.pred_mask[0:6, 20:28] = True
@@ -258,7 +258,7 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
 def test_a_reference_mismatch_is_pointed_out_once_outside_the_lm(assistant):
     """When the expert flags reference_mismatch, the first answer ends with REFERENCE_CAUTION (not generated, not
     in the LM's history); later answers about the same images do not repeat it; new references can bring it back."""
-    from assistant.chat import REFERENCE_CAUTION
+    from assistant.wording import REFERENCE_CAUTION
 
     session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
     assert not session.result.reference_mismatch
@@ -275,7 +275,7 @@ def test_a_reference_mismatch_is_pointed_out_once_outside_the_lm(assistant):
 def test_a_borderline_verdict_is_said_once_outside_the_lm(assistant):
     """A result within the threshold's uncertainty gets the borderline sentence after the first answer (the LM is
     given the binary verdict); later answers about the same images do not repeat it."""
-    from assistant.chat import borderline_note
+    from assistant.wording import borderline_note
 
     session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
     r = session._evidence.result

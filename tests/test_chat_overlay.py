@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.chat import apply_sensitivity
-from assistant.expert import AnomalyResult, mask_boxes
+from assistant.expert import AnomalyResult, apply_sensitivity, mask_boxes
 from assistant.overlay import BOX_COLOUR, normalise_map, render_mask, render_overlay
 
 
@@ -53,7 +52,7 @@ def test_sensitivity_zero_is_identity_and_scales_thresholds():
     strict = apply_sensitivity(r, -1.0)  # thresholds doubled: score 1.5 < 2.0 -> normal, empty mask
     assert strict.threshold == pytest.approx(2.0) and strict.pixel_threshold == pytest.approx(1.6)
     assert not strict.pred_label and not strict.pred_mask.any() and strict.boxes == []
-    assert strict.extras["calibrated_threshold"] == pytest.approx(1.0)
+    assert strict.calibrated_threshold == pytest.approx(1.0)
     assert strict.anomaly_map is r.anomaly_map and strict.pred_score == r.pred_score  # map/score untouched
 
 

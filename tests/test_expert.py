@@ -102,7 +102,7 @@ def test_few_shot_detects_a_defect_and_calibrates(tower, expert_cfg):
         assert defect.pred_mask.any() and defect.boxes
     assert not normal.pred_mask.any() or normal.pred_label
     # regions closer than one patch-grid cell are one: the 8x8 grid pooled by 2 is 4x4, so a cell is 64/4 px tall
-    assert defect.extras["box_merge_px"] == pytest.approx(expert_cfg.box_merge_cells * 16.0)
+    assert defect.box_merge_px == pytest.approx(expert_cfg.box_merge_cells * 16.0)
 
 
 def test_two_references_use_leave_one_out(tower, expert_cfg):
@@ -143,7 +143,7 @@ def test_single_image_zero_shot_finds_the_defect_and_sets_a_threshold_per_image(
     assert 16 <= peak[0] < 48 and 16 <= peak[1] < 48
     for r in (normal, defect):
         assert np.isfinite(r.threshold) and r.threshold > 0 and r.pred_label == (r.pred_score > r.threshold)
-        assert r.extras["path"] == "zero-shot" and "synthesized on this image" in r.extras["calibration"]
+        assert r.path == "zero-shot" and "synthesized on this image" in r.calibration
     assert defect.pred_label and defect.pred_mask.any()  # the bright square stands out above light synthetic defects
     # the same image always gets the same threshold (fixed seed), whatever it is batched with
     again = expert.predict(tower.encode(imgs[1:]), state, (64, 64), images=imgs[1:], tower=tower)[0]
@@ -255,7 +255,7 @@ def test_save_and_load_round_trip(tower, expert_cfg, tmp_path):
     assert torch.allclose(expert.zero_shot_map(out), loaded.zero_shot_map(out))
     state = loaded.fit_references(tower, [])
     res = loaded.predict(out, state, (64, 64))[0]
-    assert res.threshold == pytest.approx(0.42) and res.extras["path"] == "zero-shot"
+    assert res.threshold == pytest.approx(0.42) and res.path == "zero-shot"
 
 
 def test_loading_with_another_level_fusion_than_the_margins_were_fitted_for_warns(tower, expert_cfg, tmp_path):
@@ -325,7 +325,7 @@ def test_mutual_scoring_ranks_the_defective_parts_first_without_references(tower
     for r in res[6:]:
         peak = np.unravel_index(r.anomaly_map.argmax(), r.anomaly_map.shape)
         assert 16 <= peak[0] < 48 and 16 <= peak[1] < 48
-        assert r.extras["path"] == "mutual" and "two-cluster" in r.extras["calibration"]
+        assert r.path == "mutual" and "two-cluster" in r.calibration
     assert [r.pred_label for r in res] == [False] * 6 + [True] * 2
     assert len({r.threshold for r in res}) == 1
     with pytest.raises(ValueError, match="at least 2 unlabeled images of the same kind, got 1"):
@@ -367,13 +367,13 @@ def test_reference_mismatch_flags_a_reference_of_another_part(tower, expert_cfg)
     out = tower.encode([texture(1), blocks(2)])
     same, other = expert.predict(out, state, (64, 64))
     assert expert.reference_mismatch is None and not same.reference_mismatch and not other.reference_mismatch
-    assert "reference_mismatch_cut" not in same.extras
-    assert other.extras["reference_median"] > 1.5 * same.extras["reference_median"]
-    expert.reference_mismatch = (same.extras["reference_median"] + other.extras["reference_median"]) / 2
+    assert same.reference_mismatch_cut is None
+    assert other.reference_median > 1.5 * same.reference_median
+    expert.reference_mismatch = (same.reference_median + other.reference_median) / 2
     same, other = expert.predict(out, state, (64, 64))
     assert not same.reference_mismatch and other.reference_mismatch
     assert other.to_dict()["reference_mismatch"] is True and same.to_dict()["reference_mismatch"] is False
-    assert other.extras["reference_mismatch_cut"] == pytest.approx(expert.reference_mismatch, abs=1e-4)
+    assert other.reference_mismatch_cut == pytest.approx(expert.reference_mismatch, abs=1e-4)
 
 
 def test_margin_key_takes_the_most_references_fitted_not_above_the_count():

@@ -3,14 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.anomaly.look_twice import (
-    LookTwice,
-    evidence_text,
-    percent_text,
-    result_evidence,
-    suspicious_crop,
-)
+from assistant.anomaly.look_twice import LookTwice, suspicious_crop
 from assistant.expert import AnomalyResult, Box
+from assistant.wording import evidence_text, percent, result_evidence
 
 
 def test_output_shape_and_global_token_last():
@@ -81,7 +76,7 @@ def test_evidence_words_state_verdict_location_and_size():
                     "the image; regions: 1.")
     assert "slightly suspicious" in result_evidence(_result(mask, 1.1))
     assert result_evidence(_result(mask, 0.5)) == "Expert evidence: no suspicious features."
-    assert percent_text(0.0004) == "less than 0.1%" and percent_text(0.123) == "12%"
+    assert percent(0.0004) == "less than 0.1%" and percent(0.123) == "12%"
 
 
 def test_evidence_location_falls_back_to_the_map_maximum():

@@ -4,13 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from assistant.evaluation.vqa import (
-    answer_metrics,
-    mask_position,
-    merge_report,
-    parse_position,
-    parse_verdict,
-)
+from assistant.evaluation.vqa import answer_metrics, merge_report
+from assistant.wording import mask_position, parse_position, parse_verdict
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -12,9 +12,9 @@ from assistant.evaluation.mmad import (
     load_mmad,
     mmad_scores,
     normalize_type,
-    parse_choice,
     shuffle_options,
 )
+from assistant.wording import parse_choice
 
 ODD = json.loads((Path(__file__).parent / "fixtures" / "mmad_odd_answers.json").read_text())
 

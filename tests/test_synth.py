@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from assistant.constants import position_word
 from assistant.imaging import ImageError
+from assistant.wording import position_word
 from data_synth import METHODS, SynthConfig, SynthError, foreground_mask, synthesize, synthesize_many
 from data_synth.__main__ import main as cli_main
 from data_synth.build import BuildSettings, build, read_manifest

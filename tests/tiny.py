@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.constants import POSITION_WORDS, SIZE_WORDS
 from assistant.lm import CHATML_TEMPLATE
+from assistant.wording import POSITION_WORDS, SIZE_WORDS
 
 # Same fields as configs/tiny.yaml lm.tiny_cfg: hidden 32, 2 layers.
 TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

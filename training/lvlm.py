@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assistant.anomaly.look_twice import SUSPICION, evidence_text
 from assistant.constants import IMAGE_TOKEN
 from assistant.expert import AnomalyResult
 from assistant.lvlm import LVLM, VisualInputs, build_lvlm, image_features, resize_map
+from assistant.wording import SUSPICION, evidence_text
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
@@ -277,7 +277,7 @@ def load_state(model: LVLM, optimizer, ckpt: Path) -> dict:
 def detection_question(sample: Sample) -> str:
     """The first question whose reference answer parses to the sample's label: with --opener-ratio a conversation
     may open with "where?" (no verdict) or "is it safe to ship?" (whose "yes" means normal)."""
-    from assistant.evaluation.vqa import parse_verdict
+    from assistant.wording import parse_verdict
 
     want = bool(sample.label)
     return next((q for q, a in sample.turns if parse_verdict(a) is want), sample.turns[0][0])
@@ -287,7 +287,7 @@ def detection_question(sample: Sample) -> str:
 def heldout_accuracy(model: LVLM, cache: FeatureCache, idx: list[int], batch: int = 8) -> dict:
     """Answer the detection question of held-out conversations (`detection_question`); parse yes/no; compare
     with the label."""
-    from assistant.evaluation.vqa import parse_verdict
+    from assistant.wording import parse_verdict
 
     was_training = model.training
     model.eval()

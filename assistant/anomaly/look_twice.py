@@ -63,44 +63,6 @@ class LookTwice(nn.Module):
         return torch.cat([self.norm(out), global_token.unsqueeze(1).to(out.dtype)], dim=1)  # (B, Q + 1, D)
 
 
-SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
-
-
-def percent_text(area_fraction: float) -> str:
-    """'0.4%', '3.2%', '12%' (the wording of the training texts)."""
-    p = area_fraction * 100
-    return "less than 0.1%" if p < 0.1 else f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
-
-
-def evidence_text(anomalous: bool, suspicion: str | None = None, position: str | None = None, size: str | None = None,
-                  area_fraction: float | None = None, regions: int | None = None) -> str:
-    """The expert's verdict in words: one sentence the LM can copy truthful facts from."""
-    if not anomalous:
-        return "Expert evidence: no suspicious features."
-    parts = [f"Expert evidence: {suspicion or 'suspicious'} features"]
-    if position:
-        parts.append(f"location: {position}")
-    if size:
-        parts.append(f"size: {size}" + (f", about {percent_text(area_fraction)} of the image" if area_fraction else ""))
-    if regions:
-        parts.append(f"regions: {regions}")
-    return "; ".join(parts) + "."
-
-
-def result_evidence(result) -> str:
-    """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location."""
-    if not result.pred_label:
-        return evidence_text(False)
-    from assistant.constants import position_word
-
-    pos = result.position
-    if pos is None and result.anomaly_map.size:
-        r, c = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
-        pos = position_word((r + 0.5) / result.anomaly_map.shape[0], (c + 0.5) / result.anomaly_map.shape[1])
-    return evidence_text(True, result.severity, pos, result.size, result.area_fraction if result.size else None,
-                         len(result.boxes) or (1 if result.size else None))
-
-
 def suspicious_crop(anomaly_map: np.ndarray, image_size: tuple[int, int], zoom: float = 2.0) -> tuple[int, int, int, int]:
     """Box (x0, y0, x1, y1) in pixels of an image of `image_size` (W, H): a 1/zoom-side window centred on the
     map's maximum (map may have any resolution), shifted to stay inside the image."""

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
-from difflib import get_close_matches
 from pathlib import Path
 
 import numpy as np
@@ -113,64 +111,6 @@ def build_prompt(question: str, options: dict[str, str] | None) -> str:
         return question
     lines = "\n".join(f"{k}. {v}" for k, v in options.items())
     return f"{question}\n{lines}\n{INSTRUCTION}"
-
-
-_LETTER = r"\(?\s*(?:([A-Z])(?![A-Za-z])|([a-z])(?=\s*[\.\)\],;:!]|\s*$))"  # capital, or a lone lowercase letter
-_ANSWER_TAG = re.compile(r"(?i:answer)\s*(?:(?i:is)|[:：])?\s*[:：]?\s*" + _LETTER)
-_OPTION_WORD = re.compile(r"\b(?i:option|choice)\s*" + _LETTER)
-_PAREN = re.compile(r"\(([A-Z])\)()")
-_LONE_CAP = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])()")
-
-
-def _is_article(text: str, end: int) -> bool:
-    """A capital "A" followed by a lowercase word ("A crack ...") is the article, not option A."""
-    m = re.match(r"\s+([a-z]+)", text[end:])
-    return bool(m) and m.group(1) not in ("is", "or", "and")
-
-
-def parse_choice(response: str, options: dict[str, str]) -> str | None:
-    """Option letter chosen by a free-text response, or None when nothing can be recovered.
-
-    In order: "Answer: X" / "the answer is X" (a lowercase letter only when it stands alone);
-    "option X"; "(X)"; a response that is just a letter ("b", "B."); a standalone capital option
-    letter (the article "A crack" excluded); a response that is the start of exactly one option's
-    text; then, as the benchmark does, the option whose text is closest (difflib) to the response.
-    An explicit "Answer: X" with X not among the options gives None.
-    """
-    text = (response or "").strip()
-    if not text:
-        return None
-    keys = {k.upper(): k for k in options}
-
-    def pick(pattern: re.Pattern) -> str | None:
-        for m in pattern.finditer(text):
-            letter = m.group(1) or m.group(2)
-            if letter == "A" and _is_article(text, m.end()):
-                continue
-            if letter.upper() in keys:
-                return keys[letter.upper()]
-        return None
-
-    for pattern in (_ANSWER_TAG, _OPTION_WORD, _PAREN):
-        got = pick(pattern)
-        if got:
-            return got
-    if any((m.group(1) or "") not in ("", "A") for m in _ANSWER_TAG.finditer(text)):
-        return None  # "Answer: E." names a letter that is not an option: invalid, not a guess
-    bare = re.sub(r"[\s\.\)\(:,;!]+", "", text)
-    if len(bare) == 1 and bare.upper() in keys:
-        return keys[bare.upper()]
-    got = pick(_LONE_CAP)
-    if got:
-        return got
-    norm = {k: v.lower().strip().rstrip(".") for k, v in options.items()}
-    low = text.lower().rstrip(".")
-    starts = [k for k, v in norm.items() if v and (v.startswith(low) or low.startswith(v))]
-    if len(starts) == 1:
-        return starts[0]
-    lowered = {v: k for k, v in norm.items()}
-    close = get_close_matches(low, list(lowered), n=1, cutoff=0.0)
-    return lowered[close[0]] if close else None
 
 
 def detection_choice(options: dict[str, str], anomalous: bool) -> str | None:

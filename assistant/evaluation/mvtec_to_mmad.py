@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.constants import POSITION_WORDS, SIZE_WORDS, position_word, size_word
 from assistant.evaluation.datasets import discover
 from assistant.imaging import load_image, load_mask
+from assistant.wording import POSITION_WORDS, SIZE_WORDS, position_word, size_word
 
 OTHER_DEFECTS = ["scratch", "contamination", "crack", "hole", "missing part", "discoloration"]  # distractor pool
 OTHER_OBJECTS = ["bottle", "screw", "cable", "wood", "leather", "capsule"]  # distractor pool

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from assistant.evaluation.jsonl_data import QAItem
-from assistant.evaluation.mmad import DETECTION, build_prompt, detection_choice, parse_choice
+from assistant.evaluation.mmad import DETECTION, build_prompt, detection_choice
 from assistant.evaluation.store import AnswerStore, Chunk, answers_path, shard
+from assistant.wording import parse_choice, parse_yes_no
 
 MAP_SIDE = 96  # side of the downsized anomaly maps kept for plots
 
@@ -66,18 +66,13 @@ def run_order(units: list[Unit]) -> list[str]:
     return [record_key(u.seed, it) for u in units for it in u.items]
 
 
-def _yes_no(text: str) -> str | None:
-    m = re.search(r"\b(yes|no)\b", (text or "").lower())
-    return m.group(1) if m else None
-
-
 def grade(item: QAItem, response: str) -> tuple[str | None, bool | None]:
     """(parsed answer, correct) for a response; correct is None when the gold answer is unknown."""
     if item.options:
         parsed = parse_choice(response, item.options)
-    elif item.answer is not None and _yes_no(item.answer) is not None and len(item.answer.split()) <= 2:
-        parsed = _yes_no(response)
-        return parsed, (parsed == _yes_no(item.answer))
+    elif item.answer is not None and parse_yes_no(item.answer) is not None and len(item.answer.split()) <= 2:
+        parsed = parse_yes_no(response)
+        return parsed, (parsed == parse_yes_no(item.answer))
     else:
         parsed = " ".join((response or "").lower().split())
     if item.answer is None:

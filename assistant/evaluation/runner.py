@@ -129,7 +129,7 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
         maps = np.stack([r.anomaly_map for r in batch]) if masks is not None else None
         verdicts = [r.verdict for r in batch]
         metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
-        calib = [{"rule": batch[0].extras.get("calibration", ""), "threshold": batch[0].threshold}]
+        calib = [{"rule": batch[0].calibration, "threshold": batch[0].threshold}]
         res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib, verdicts)
                     for seed in seeds]
         return res
@@ -166,13 +166,13 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
                 if per_image:
                     thresholds += [r.threshold for r in results]
             if per_image:
-                calib.append({"method": state.calibration["method"], "rule": results[0].extras.get("calibration", ""),
+                calib.append({"method": state.calibration["method"], "rule": results[0].calibration,
                               "threshold_median": float(np.median(thresholds)),
                               "threshold_range": [float(min(thresholds)), float(max(thresholds))]})
         if lot:
             per_item = expert.lot_decide(per_item)
             thresholds = [per_item[0].threshold] if per_item else thresholds
-            calib.append({"rule": per_item[0].extras.get("calibration", ""), "threshold": per_item[0].threshold})
+            calib.append({"rule": per_item[0].calibration, "threshold": per_item[0].threshold})
         for i, r in enumerate(per_item):
             scores[i], preds[i], verdicts[i] = r.pred_score, int(r.pred_label), r.verdict
             if maps is not None:

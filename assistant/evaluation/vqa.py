@@ -10,61 +10,15 @@ with masks), consistency (answer verdict == expert pred_label), plus answer_unpa
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from assistant.constants import POSITION_WORDS, position_word
+from assistant.wording import DETECT_QUESTION, WHERE_QUESTION, mask_position, parse_position, parse_verdict
 
-QUESTION_DETECT = "Is there any anomaly in the image?"
-QUESTION_WHERE = "Where is it?"
 ANSWER_KEYS = ["answer_accuracy", "answer_balanced_accuracy", "answer_overkill", "answer_miss", "location_accuracy",
                "consistency", "answer_unparsed", "expert_balanced_accuracy"]
-
-_NEG = [r"\bno (?:visible |obvious |apparent )?(?:anomal\w*|defects?|damage|problems?|issues?|flaws?)\b",
-        r"\b(?:looks|appears|seems|is) (?:completely |perfectly )?(?:normal|fine|good|flawless|defect-free|ok)\b",
-        r"\bnot? (?:anomalous|defective|damaged)\b", r"\bfree of (?:defects|anomalies)\b", r"\bnothing wrong\b",
-        r"\bno suspicious\b"]
-_POS = [(r"\b(?:there is|there are|i see|has|shows|contains) (?:an? |some |one |\d+ )?(?:\w+ ){0,3}"
-         r"(?:anomal\w*|defects?|scratch\w*|cracks?|holes?|stains?|dents?|damage|contamination|cuts?)\b"),
-        r"\b(?:is|looks|appears) (?:\w+ )?(?:anomalous|defective|damaged|broken)\b", r"\banomal(?:y|ies|ous)\b",
-        r"\bdefect(?:s|ive)?\b"]
-_POSITIONS = sorted([w for row in POSITION_WORDS for w in row], key=len, reverse=True)
-
-
-def parse_verdict(answer: str) -> bool | None:
-    """True = anomalous, False = normal, None = cannot tell. A leading yes/no decides; else key phrases."""
-    text = " ".join(str(answer).lower().split())
-    m = re.match(r"^\W*(yes|no|yeah|nope|correct)\b", text)
-    if m:
-        return m.group(1) in ("yes", "yeah", "correct")
-    if any(re.search(p, text) for p in _NEG):
-        return False
-    if any(re.search(p, text) for p in _POS):
-        return True
-    return None
-
-
-def parse_position(answer: str) -> str | None:
-    """The first 3x3 grid word in the answer ('top left' ... 'bottom right', 'center'/'centre'/'middle')."""
-    text = " ".join(str(answer).lower().replace("-", " ").split())
-    text = text.replace("centre", "center").replace("middle", "center")
-    best = None
-    for w in _POSITIONS:
-        m = re.search(rf"\b{w}\b", text)
-        if m and (best is None or m.start() < best[0]):
-            best = (m.start(), w)
-    return best[1] if best else None
-
-
-def mask_position(mask: np.ndarray) -> str | None:
-    """Grid word of the ground-truth mask centroid (None for an empty mask)."""
-    if mask is None or not mask.any():
-        return None
-    ys, xs = np.nonzero(mask)
-    return position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
 
 
 def answer_metrics(records: list[dict]) -> dict:
@@ -117,7 +71,7 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
     check_run_file(out, {"mode": "vqa", "shots": shots, "max_new_tokens": max_new_tokens, **(settings or {})})
     summaries = {}
     with AnswerStore(out / "answers.jsonl") as store:
-        done = {(r["category"], r["seed"], r["image"]): r for r in store.records if r["question"] == QUESTION_WHERE}
+        done = {(r["category"], r["seed"], r["image"]): r for r in store.records if r["question"] == WHERE_QUESTION}
         if done:
             print(f"resuming: {len(done)} image(s) already answered in {out / 'answers.jsonl'}")
         for cat in categories:
@@ -148,8 +102,8 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
                     side = assistant.tower.image_size  # maps at the tower's size, as in the expert evaluation
                     evs = [assistant.evidence_from_features(imgs[i], q_outs[i], refs, r_out, seed=seed, state=state,
                                                             map_size=(side, side)) for i in idx]
-                    a1 = assistant.answer_batch(evs, [QUESTION_DETECT] * len(idx), max_new_tokens=max_new_tokens)
-                    a2 = assistant.answer_batch(evs, [QUESTION_WHERE] * len(idx), [[(QUESTION_DETECT, a)] for a in a1],
+                    a1 = assistant.answer_batch(evs, [DETECT_QUESTION] * len(idx), max_new_tokens=max_new_tokens)
+                    a2 = assistant.answer_batch(evs, [WHERE_QUESTION] * len(idx), [[(DETECT_QUESTION, a)] for a in a1],
                                                 max_new_tokens=max_new_tokens)
                     for i, ev, x1, x2 in zip(idx, evs, a1, a2):
                         it, res = cat.items[i], ev.result
@@ -160,9 +114,9 @@ def evaluate_vqa(assistant, categories, shots: int, seeds, out_dir: str | Path, 
                                "answer_label": parse_verdict(x1), "answer_position": parse_position(x2)}
                         base = f"{cat.name}|{seed}|{it.image}|"
                         if base + "detect" not in store:  # (a run stopped between the two lines wrote this one)
-                            store.add({**rec, "key": base + "detect", "question": QUESTION_DETECT, "answer": x1,
+                            store.add({**rec, "key": base + "detect", "question": DETECT_QUESTION, "answer": x1,
                                        "parsed_label": rec["answer_label"]})
-                        where = {**rec, "key": base + "where", "question": QUESTION_WHERE, "answer": x2,
+                        where = {**rec, "key": base + "where", "question": WHERE_QUESTION, "answer": x2,
                                  "parsed_position": rec["answer_position"]}
                         store.add(where)
                         done[(cat.name, seed, it.image)] = where
@@ -181,7 +135,7 @@ def summarize_answers(path: str | Path) -> dict:
             continue
         r = json.loads(line)
         rec = runs.setdefault((r["category"], r["seed"]), {}).setdefault(r["image"], dict(r))
-        if r["question"] == QUESTION_WHERE:
+        if r["question"] == WHERE_QUESTION:
             rec["answer_position"] = r.get("parsed_position")
     out: dict = {}
     for cat in sorted({c for c, _ in runs}):
@@ -210,7 +164,7 @@ def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
         vals = [c[k] for c in report["categories"].values() if c.get(k) is not None]
         if vals:
             mean[k] = float(np.mean(vals))
-    report["vqa"] = {"questions": [QUESTION_DETECT, QUESTION_WHERE], **{k: v for k, v in meta.items() if k != "config"}}
+    report["vqa"] = {"questions": [DETECT_QUESTION, WHERE_QUESTION], **{k: v for k, v in meta.items() if k != "config"}}
     path.write_text(json.dumps(report, indent=1))
     cols = ["answer_balanced_accuracy", "location_accuracy", "consistency", "answer_overkill", "answer_miss",
             "answer_unparsed", "expert_balanced_accuracy"]

@@ -4,7 +4,7 @@
     heads.py        zero-shot heads (learned prototypes; CLIP text prompts)
     calibration.py  views, synthetic defects for calibration, null-distribution thresholds, margins, verdicts
     references.py   ReferenceState and fit_references (memory bank + thresholds from reference normals)
-    postprocess.py  upsampling, image score, masks, boxes, re-labelling at another threshold
+    postprocess.py  upsampling, image score, masks, boxes, re-labelling at another threshold (sensitivity)
     model.py        AnomalyExpert: fit_references / predict / mutual_predict / lot_decide, build_expert
     io.py           checkpoints (safetensors + config.json)
     result.py       AnomalyResult, Box
@@ -26,12 +26,19 @@ from assistant.expert.io import (
 )
 from assistant.expert.knn import aggregate, greedy_coreset, nn_distance, normal_scale, self_nn_distance
 from assistant.expert.model import LOT_MIN, AnomalyExpert, build_expert
-from assistant.expert.postprocess import SMOOTH_SIDE, mask_boxes, relabel, verdict_mask
+from assistant.expert.postprocess import (
+                                          SENSITIVITY_RANGE,
+                                          SMOOTH_SIDE,
+                                          apply_sensitivity,
+                                          mask_boxes,
+                                          relabel,
+                                          verdict_mask,
+)
 from assistant.expert.references import ReferenceState
 from assistant.expert.result import AnomalyResult, Box
 
-__all__ = ["CONFIG_NAME", "LOT_MIN", "SMOOTH_SIDE", "WEIGHTS_NAME", "AnomalyExpert", "AnomalyResult", "Box",
+__all__ = ["CONFIG_NAME", "LOT_MIN", "SENSITIVITY_RANGE", "SMOOTH_SIDE", "WEIGHTS_NAME", "AnomalyExpert", "AnomalyResult", "Box",
            "ExpertCheckpointError", "PrototypeHead", "ReferenceState", "TextHead", "aggregate", "batch_split",
            "build_expert", "dihedral_views", "greedy_coreset", "level_scale", "margin_key", "mask_boxes", "mild_jitter",
-           "nn_distance", "normal_scale", "relabel", "self_distances", "self_nn_distance", "synthesize_anomaly",
+           "nn_distance", "normal_scale", "relabel", "apply_sensitivity", "self_distances", "self_nn_distance", "synthesize_anomaly",
            "trained_expert_dir", "verdict_mask"]

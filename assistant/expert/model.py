@@ -238,23 +238,22 @@ class AnomalyExpert(nn.Module):
         label = bool(score > state.threshold)
         mask = verdict_mask(amap, label, state.pixel_threshold, self.cfg.score_topk)
         merge_px = self.cfg.box_merge_cells * max(amap.shape[0] / grid[0], amap.shape[1] / grid[1])
-        extras = {"shots": state.n_shots, "score_topk": self.cfg.score_topk, "path": path, "box_merge_px": merge_px,
-                  "review_confidence": self.cfg.review_confidence,
-                  "calibration": state.calibration.get("rule", state.calibration.get("method", ""))}
-        mismatch = False
-        if reference_median is not None:
-            extras["reference_median"] = round(float(reference_median), 4)
-            if self.reference_mismatch is not None:
-                extras["reference_mismatch_cut"] = round(float(self.reference_mismatch), 4)
-                mismatch = bool(reference_median > self.reference_mismatch)
+        mismatch, cut = False, None
+        if reference_median is not None and self.reference_mismatch is not None:
+            cut = round(float(self.reference_mismatch), 4)
+            mismatch = bool(reference_median > self.reference_mismatch)
         sigma = state.sigma
         verdict, confidence = judge(float(score), state.threshold, sigma, self.cfg.review_confidence)
         low, high = review_band(state.threshold, sigma, self.cfg.review_confidence)
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
                              boxes=self.boxes(amap, mask, merge_px), threshold=state.threshold,
-                             pixel_threshold=state.pixel_threshold, extras=extras, reference_mismatch=mismatch,
+                             pixel_threshold=state.pixel_threshold, reference_mismatch=mismatch,
                              verdict=verdict, confidence=confidence, threshold_sigma=sigma, threshold_low=low,
-                             threshold_high=high)
+                             threshold_high=high, path=path, shots=state.n_shots,
+                             calibration=state.calibration.get("rule", state.calibration.get("method", "")),
+                             score_topk=self.cfg.score_topk, box_merge_px=merge_px,
+                             review_confidence=self.cfg.review_confidence, reference_mismatch_cut=cut,
+                             reference_median=None if reference_median is None else round(float(reference_median), 4))
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray, merge_px: float = 0.0) -> list[Box]:
         """Regions of the mask (`mask_boxes`), largest first, tiny ones dropped."""

@@ -13,6 +13,7 @@ from assistant.expert.calibration import judge, review_band
 from assistant.expert.result import AnomalyResult, Box
 
 SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then resized (AnomalyExpert.upsample)
+SENSITIVITY_RANGE = (-1.0, 1.0)  # slider range; +1 halves the calibrated thresholds, -1 doubles them
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int], smoothing_sigma: float) -> np.ndarray:
@@ -88,17 +89,17 @@ def mask_boxes(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0, merge_
 
 
 def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, review_confidence: float = 0.8,
-            min_box_area: float = 0.0, **extras) -> AnomalyResult:
+            min_box_area: float = 0.0, **changes) -> AnomalyResult:
     """The same map and score judged at another threshold (sensitivity slider, lot context): binary label, three-way
-    verdict with the result's threshold uncertainty, mask and boxes follow; `extras` are added to result.extras."""
+    verdict with the result's threshold uncertainty, mask and boxes follow; `changes` sets further fields (lot_size, sensitivity, ...)."""
     label = bool(result.pred_score > threshold)
-    mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.extras.get("score_topk", 0.01))
-    boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.extras.get("box_merge_px", 0.0)) if label else []
+    mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.score_topk)
+    boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.box_merge_px) if label else []
     verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
     low, high = review_band(threshold, result.threshold_sigma, review_confidence)
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),
                                pixel_threshold=float(pixel_threshold), verdict=verdict, confidence=confidence,
-                               threshold_low=low, threshold_high=high, extras=dict(result.extras, **extras))
+                               threshold_low=low, threshold_high=high, review_confidence=review_confidence, **changes)
 
 
 def best_f1_threshold(values: np.ndarray, gt: np.ndarray) -> float:
@@ -110,3 +111,23 @@ def best_f1_threshold(values: np.ndarray, gt: np.ndarray) -> float:
 def f1(pred: np.ndarray, gt: np.ndarray) -> float:
     tp = float(np.logical_and(pred, gt).sum())
     return 2 * tp / max(float(pred.sum() + gt.sum()), 1.0)
+
+
+def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: float = 0.0) -> AnomalyResult:
+    """Re-label a result with thresholds moved relative to the calibrated ones (no re-encode).
+
+    sensitivity s in [-1, 1]: both thresholds are multiplied by 2**-s (s = +1 halves them: more defects
+    flagged; s = -1 doubles them: stricter). Thresholds that are not positive are shifted instead, by s
+    times the map's standard deviation. s = 0 returns `result` itself. The mask is empty when the verdict
+    is normal, so the picture never disagrees with the verdict (`verdict_mask`).
+    """
+    s = float(np.clip(sensitivity, *SENSITIVITY_RANGE))
+    if s == 0.0:
+        return result
+
+    def move(t: float) -> float:
+        return t * 2.0 ** -s if t > 0 else t - s * float(result.anomaly_map.std())
+
+    return relabel(result, move(result.threshold), move(result.pixel_threshold),
+                   result.review_confidence, min_box_area, sensitivity=s,
+                   calibrated_threshold=float(result.threshold), calibrated_pixel_threshold=float(result.pixel_threshold))

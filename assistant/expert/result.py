@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assistant.constants import position_word, size_word
+from assistant.wording import mask_position, size_word, suspicion_word
 
 
 @dataclass
@@ -35,7 +35,6 @@ class AnomalyResult:
     boxes: list[Box] = field(default_factory=list)  # connected components of pred_mask, largest first
     threshold: float = 0.0  # calibrated image-score threshold used for pred_label
     pixel_threshold: float = 0.0  # map threshold used for pred_mask
-    extras: dict = field(default_factory=dict)  # per-path scores, timings, shots used, ...
     # True when most of the image is unlike the references (their median patch is farther than the cut fitted on
     # synthetic parts): a reference of another part, view or lighting; the verdict is then less reliable
     reference_mismatch: bool = False
@@ -46,6 +45,22 @@ class AnomalyResult:
     threshold_sigma: float = 0.0  # log-scale uncertainty of the threshold (0: none known)
     threshold_low: float = 0.0  # scores between threshold_low and threshold_high are borderline
     threshold_high: float = 0.0
+    # how the result was made
+    path: str = ""  # "mutual" (references), "zero-shot" (in-image rarity), ...
+    shots: int = 0  # reference images the expert was fitted on
+    calibration: str = ""  # the rule that set the threshold, in words
+    score_topk: float = 0.01  # share of top map pixels averaged into pred_score
+    box_merge_px: float = 0.0  # regions closer than this (map pixels) are one box
+    review_confidence: float = 0.8  # confidence below which the verdict is borderline
+    reference_median: float | None = None  # median of the map (references given): how unlike the reference overall
+    reference_mismatch_cut: float | None = None  # reference_median above this = reference_mismatch
+    # set when the result was re-judged (lot context, sensitivity slider)
+    lot_size: int | None = None  # parts in the lot whose score clusters set the threshold
+    reference_threshold: float | None = None  # the references' own threshold before the lot moved it
+    lot_split: float | None = None  # the split between the lot's two score clusters
+    sensitivity: float = 0.0  # slider value the thresholds were moved by
+    calibrated_threshold: float | None = None  # thresholds before the slider moved them
+    calibrated_pixel_threshold: float | None = None
 
     def __post_init__(self):
         if not self.verdict:
@@ -64,11 +79,7 @@ class AnomalyResult:
     @property
     def position(self) -> str | None:
         """3x3 grid word of the predicted mask centroid (None when the mask is empty)."""
-        if not self.pred_mask.any():
-            return None
-        ys, xs = np.nonzero(self.pred_mask)
-        h, w = self.pred_mask.shape
-        return position_word(ys.mean() / h, xs.mean() / w)
+        return mask_position(self.pred_mask)
 
     @property
     def size(self) -> str | None:
@@ -76,12 +87,8 @@ class AnomalyResult:
 
     @property
     def severity(self) -> str:
-        """Words for how far the score sits above/below the threshold."""
-        t = max(abs(self.threshold), 1e-8)
-        r = self.pred_score / t
-        if not self.pred_label:
-            return "normal"
-        return "slightly suspicious" if r < 1.15 else "moderately suspicious" if r < 1.5 else "highly suspicious"
+        """Words for how far the score sits above the threshold ("normal" below it)."""
+        return suspicion_word(self.pred_score, self.threshold) if self.pred_label else "normal"
 
     def to_dict(self) -> dict:
         return {
@@ -99,5 +106,15 @@ class AnomalyResult:
             "boxes": [b.to_dict() for b in self.boxes],
             "reference_mismatch": bool(self.reference_mismatch),
             "map_shape": list(self.anomaly_map.shape),
-            "extras": {k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, dict))},
+            "extras": self.provenance(),
         }
+
+    def provenance(self) -> dict:
+        """How the result was made (path, shots, calibration rule, lot, slider), None fields left out."""
+        keys = ("shots", "score_topk", "path", "box_merge_px", "review_confidence", "calibration", "reference_median",
+                "reference_mismatch_cut", "lot_size", "reference_threshold", "lot_split", "calibrated_threshold",
+                "calibrated_pixel_threshold")
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.sensitivity:
+            out["sensitivity"] = self.sensitivity
+        return out

@@ -1,0 +1,265 @@
+"""Every user-facing word about the expert's evidence, and every parser that reads words back.
+
+One place for: the 3x3 position grid and size words, percentages, suspicion (severity) words, the evidence
+sentence the LM is conditioned on, the verdict sentences said outside the LM, and the parsers that turn free-text
+answers into a verdict, a position, an option letter or yes/no. data_synth writes its texts with these words,
+training and evaluation grade answers with these parsers, so what is said and what is checked cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import get_close_matches
+
+import numpy as np
+
+DETECT_QUESTION = "Is there any anomaly in the image?"
+WHERE_QUESTION = "Where is it?"
+
+POSITION_WORDS = [
+    ["top left", "top", "top right"],
+    ["left", "center", "right"],
+    ["bottom left", "bottom", "bottom right"],
+]  # 3x3 grid words, indexed [row][col] from the mask centroid
+
+SIZE_WORDS = [(0.005, "tiny"), (0.02, "small"), (0.08, "medium"), (1.01, "large")]  # area fraction upper bounds
+
+
+def position_word(cy: float, cx: float) -> str:
+    """Grid word of a point given as fractions (0..1) of height and width."""
+    r = min(int(cy * 3), 2)
+    c = min(int(cx * 3), 2)
+    return POSITION_WORDS[r][c]
+
+
+def position_phrase(pos: str) -> str:
+    """'top left' -> 'in the top left'; 'top' -> 'at the top'; 'left' -> 'on the left'; 'center' -> 'in the center'."""
+    if pos in ("top", "bottom"):
+        return f"at the {pos}"
+    if pos in ("left", "right"):
+        return f"on the {pos}"
+    return f"in the {pos}"
+
+
+def size_word(area_fraction: float) -> str:
+    """Size word of an area fraction (0..1) of the image."""
+    for bound, word in SIZE_WORDS:
+        if area_fraction < bound:
+            return word
+    return SIZE_WORDS[-1][1]
+
+
+def mask_position(mask: np.ndarray) -> str | None:
+    """Grid word of the ground-truth mask centroid (None for an empty mask)."""
+    if mask is None or not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    return position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
+
+
+SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
+SUSPICION_RATIOS = ((1.15, "minor"), (1.5, "moderate"))  # score / threshold upper bounds of each level
+
+
+def suspicion_word(score: float, threshold: float) -> str:
+    """How far an anomalous score sits above its threshold, in words ("slightly suspicious", ...)."""
+    r = score / max(abs(threshold), 1e-8)
+    level = next((lv for bound, lv in SUSPICION_RATIOS if r < bound), "severe")
+    return SUSPICION[level]
+
+
+def percent(area_fraction: float) -> str:
+    """Rounded area percentage as written in every text: '0.4%', '3.2%', '12%'."""
+    p = area_fraction * 100
+    if p < 0.1:
+        return "less than 0.1%"
+    return f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
+
+
+def evidence_text(
+    anomalous: bool,
+    suspicion: str | None = None,
+    position: str | None = None,
+    size: str | None = None,
+    area_fraction: float | None = None,
+    regions: int | None = None,
+) -> str:
+    """The expert's verdict in words: one sentence the LM can copy truthful facts from."""
+    if not anomalous:
+        return "Expert evidence: no suspicious features."
+    parts = [f"Expert evidence: {suspicion or 'suspicious'} features"]
+    if position:
+        parts.append(f"location: {position}")
+    if size:
+        parts.append(f"size: {size}" + (f", about {percent(area_fraction)} of the image" if area_fraction else ""))
+    if regions:
+        parts.append(f"regions: {regions}")
+    return "; ".join(parts) + "."
+
+
+def result_evidence(result) -> str:
+    """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location."""
+    if not result.pred_label:
+        return evidence_text(False)
+    pos = result.position
+    if pos is None and result.anomaly_map.size:
+        r, c = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
+        pos = position_word((r + 0.5) / result.anomaly_map.shape[0], (c + 0.5) / result.anomaly_map.shape[1])
+    return evidence_text(
+        True,
+        result.severity,
+        pos,
+        result.size,
+        result.area_fraction if result.size else None,
+        len(result.boxes) or (1 if result.size else None),
+    )
+
+
+REFERENCE_CAUTION = (
+    "Caution: most of this image differs from the reference, so this verdict is less reliable; "
+    "check that the reference shows the same part, view and lighting."
+)
+
+
+def borderline_note(result) -> str | None:
+    """The sentence appended (not by the LM) to the first answer about a borderline result: the LM states the binary
+    verdict at the threshold; this says how sure it is, as the badge and `detect` do. None when not borderline."""
+    if result.verdict != "borderline":
+        return None
+    side = "just over" if result.pred_label else "just under"
+    return (
+        f"It is borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
+        "I would have a person check it."
+    )
+
+
+def verdict_turn(result) -> tuple[str, str]:
+    """The expert's verdict as an opening (question, answer) turn, in the form the LM was trained on. A chat
+    whose first question is not the detection question ("Can we ship it?") gets it as context: the LM answers
+    follow-ups truthfully, but a yes/no question asked first lost its polarity (bench/chat_truth.py --first)."""
+    if not result.pred_label:
+        return DETECT_QUESTION, "No, the object looks normal."
+    where = f" {position_phrase(result.position)} of the image" if result.position else ""
+    return DETECT_QUESTION, f"Yes, there is an anomaly: a defect{where}."
+
+
+def verdict_words(result) -> str:
+    """'anomalous (moderately suspicious)', 'normal', or 'borderline: just under the threshold ...'."""
+    if result.borderline:
+        return borderline_note(result)
+    return f"{result.verdict} ({result.severity})"
+
+
+_NEG = [
+    r"\bno (?:visible |obvious |apparent )?(?:anomal\w*|defects?|damage|problems?|issues?|flaws?)\b",
+    r"\b(?:looks|appears|seems|is) (?:completely |perfectly )?(?:normal|fine|good|flawless|defect-free|ok)\b",
+    r"\bnot? (?:anomalous|defective|damaged)\b",
+    r"\bfree of (?:defects|anomalies)\b",
+    r"\bnothing wrong\b",
+    r"\bno suspicious\b",
+]
+
+_POS = [
+    (
+        r"\b(?:there is|there are|i see|has|shows|contains) (?:an? |some |one |\d+ )?(?:\w+ ){0,3}"
+        r"(?:anomal\w*|defects?|scratch\w*|cracks?|holes?|stains?|dents?|damage|contamination|cuts?)\b"
+    ),
+    r"\b(?:is|looks|appears) (?:\w+ )?(?:anomalous|defective|damaged|broken)\b",
+    r"\banomal(?:y|ies|ous)\b",
+    r"\bdefect(?:s|ive)?\b",
+]
+
+_POSITIONS = sorted([w for row in POSITION_WORDS for w in row], key=len, reverse=True)
+
+
+def parse_verdict(answer: str) -> bool | None:
+    """True = anomalous, False = normal, None = cannot tell. A leading yes/no decides; else key phrases."""
+    text = " ".join(str(answer).lower().split())
+    m = re.match(r"^\W*(yes|no|yeah|nope|correct)\b", text)
+    if m:
+        return m.group(1) in ("yes", "yeah", "correct")
+    if any(re.search(p, text) for p in _NEG):
+        return False
+    if any(re.search(p, text) for p in _POS):
+        return True
+    return None
+
+
+def parse_position(answer: str) -> str | None:
+    """The first 3x3 grid word in the answer ('top left' ... 'bottom right', 'center'/'centre'/'middle')."""
+    text = " ".join(str(answer).lower().replace("-", " ").split())
+    text = text.replace("centre", "center").replace("middle", "center")
+    best = None
+    for w in _POSITIONS:
+        m = re.search(rf"\b{w}\b", text)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), w)
+    return best[1] if best else None
+
+
+_LETTER = r"\(?\s*(?:([A-Z])(?![A-Za-z])|([a-z])(?=\s*[\.\)\],;:!]|\s*$))"  # capital, or a lone lowercase letter
+
+_ANSWER_TAG = re.compile(r"(?i:answer)\s*(?:(?i:is)|[:：])?\s*[:：]?\s*" + _LETTER)
+
+_OPTION_WORD = re.compile(r"\b(?i:option|choice)\s*" + _LETTER)
+
+_PAREN = re.compile(r"\(([A-Z])\)()")
+
+_LONE_CAP = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])()")
+
+
+def _is_article(text: str, end: int) -> bool:
+    """A capital "A" followed by a lowercase word ("A crack ...") is the article, not option A."""
+    m = re.match(r"\s+([a-z]+)", text[end:])
+    return bool(m) and m.group(1) not in ("is", "or", "and")
+
+
+def parse_choice(response: str, options: dict[str, str]) -> str | None:
+    """Option letter chosen by a free-text response, or None when nothing can be recovered.
+
+    In order: "Answer: X" / "the answer is X" (a lowercase letter only when it stands alone);
+    "option X"; "(X)"; a response that is just a letter ("b", "B."); a standalone capital option
+    letter (the article "A crack" excluded); a response that is the start of exactly one option's
+    text; then, as the benchmark does, the option whose text is closest (difflib) to the response.
+    An explicit "Answer: X" with X not among the options gives None.
+    """
+    text = (response or "").strip()
+    if not text:
+        return None
+    keys = {k.upper(): k for k in options}
+
+    def pick(pattern: re.Pattern) -> str | None:
+        for m in pattern.finditer(text):
+            letter = m.group(1) or m.group(2)
+            if letter == "A" and _is_article(text, m.end()):
+                continue
+            if letter.upper() in keys:
+                return keys[letter.upper()]
+        return None
+
+    for pattern in (_ANSWER_TAG, _OPTION_WORD, _PAREN):
+        got = pick(pattern)
+        if got:
+            return got
+    if any((m.group(1) or "") not in ("", "A") for m in _ANSWER_TAG.finditer(text)):
+        return None  # "Answer: E." names a letter that is not an option: invalid, not a guess
+    bare = re.sub(r"[\s\.\)\(:,;!]+", "", text)
+    if len(bare) == 1 and bare.upper() in keys:
+        return keys[bare.upper()]
+    got = pick(_LONE_CAP)
+    if got:
+        return got
+    norm = {k: v.lower().strip().rstrip(".") for k, v in options.items()}
+    low = text.lower().rstrip(".")
+    starts = [k for k, v in norm.items() if v and (v.startswith(low) or low.startswith(v))]
+    if len(starts) == 1:
+        return starts[0]
+    lowered = {v: k for k, v in norm.items()}
+    close = get_close_matches(low, list(lowered), n=1, cutoff=0.0)
+    return lowered[close[0]] if close else None
+
+
+def parse_yes_no(text: str) -> str | None:
+    """The first standalone 'yes' or 'no' of a text (None when neither)."""
+    m = re.search(r"\b(yes|no)\b", (text or "").lower())
+    return m.group(1) if m else None
