@@ -52,7 +52,6 @@ class ExpertConfig:
     target_overkill: float = 0.1  # about this fraction of good parts scores above the threshold (flagged for review)
     review_confidence: float = 0.8  # verdicts less sure than this (threshold uncertainty) are "borderline"
     camera_views: int = 8  # one reference: camera views of it scored as new-part stand-ins for the threshold
-    mask_quantile: float = 0.5  # pixel threshold relative to image threshold for pred_mask
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     box_merge_cells: float = 1.0  # mask components closer than this many patch-grid cells are one region (0 = off)
     self_reference: bool = False  # also match each query patch against its own image's other patches
@@ -189,6 +188,10 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# keys older checkpoints carry that no longer do anything: read and ignored so those checkpoints still load
+RETIRED_KEYS = frozenset({"expert.mask_quantile"})
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix or 'root'}': expected a mapping, got {type(data).__name__}")
@@ -197,6 +200,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in RETIRED_KEYS:
+            continue
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""

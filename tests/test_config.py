@@ -59,6 +59,13 @@ def test_typo_key_in_file_is_named(tmp_path):
     assert "'vision.nmae'" in msg and "did you mean 'vision.name'" in msg and "image_size" in msg
 
 
+def test_retired_key_of_an_older_checkpoint_is_ignored():
+    cfg = config_from_dict({"expert": {"mask_quantile": 0.5, "score_topk": 0.02}})
+    assert cfg.expert.score_topk == 0.02 and not hasattr(cfg.expert, "mask_quantile")
+    with pytest.raises(ConfigError, match="'vision.mask_quantile'"):  # retired only where it lived
+        config_from_dict({"vision": {"mask_quantile": 0.5}})
+
+
 def test_typo_section_is_named(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("vison:\n  name: x\n")
