@@ -159,8 +159,7 @@ class AnomalyExpert(nn.Module):
         image's own median: a part with many defects, or a busy one, must not rescale itself.
 
         Levels are fused by their geometric mean (`self_fusion: geo`): a patch must be rare at every stride, so
-        one level's stray response counts less. On the 28 synthetic categories image AUROC 0.865 -> 0.867; on the
-        real dev folders 0.792 -> 0.802 (where the choice was first seen; README)."""
+        one level's stray response counts less."""
         self.require_self_scales()
         dists, grids, grid = self.self_level_distances(out)
         maps = torch.stack([self.to_grid(torch.nan_to_num(d / s, posinf=1.0), g, grid)
@@ -290,9 +289,8 @@ class AnomalyExpert(nn.Module):
     @torch.no_grad()
     def mutual_predict(self, out: VisionOutput, image_size: tuple[int, int] | list[tuple[int, int]]) -> list[AnomalyResult]:
         """One AnomalyResult per image of an unlabeled batch (`mutual_maps`). The verdict threshold splits the
-        batch's log image scores in two clusters (k-means): on the 28 synthetic training categories this gave
-        balanced accuracy 0.912, against 0.767 for the best single threshold fitted on them. A batch is
-        assumed to hold both good and defective parts; a batch of only good parts still has an upper cluster."""
+        batch's log image scores in two clusters (k-means), which adapts to each batch where a single fitted
+        threshold cannot (docs/results.md). A batch is assumed to hold both good and defective parts; a batch of only good parts still has an upper cluster."""
         grid_maps = self.mutual_maps(out)
         if isinstance(image_size, list):  # one (H, W) per image: each map at its own image's size
             maps = [self.upsample(grid_maps[i:i + 1], tuple(sz))[0] for i, sz in enumerate(image_size)]
