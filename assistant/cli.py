@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from assistant.config import add_config_arguments  # noqa: F401  (the commands' shared flags)
+
 COMMANDS = {
     "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),
     "detect": ("assistant.detect", "anomaly map, mask, boxes and verdict for one image (+ references)"),
@@ -41,13 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
-
-
-def add_config_arguments(p: argparse.ArgumentParser, default: str = "offline-small") -> None:
-    """Shared --config / --set flags."""
-    p.add_argument("--config", default=default, help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
-                   help="override any config field, e.g. --set expert.knn_k=3 (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:

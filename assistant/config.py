@@ -261,5 +261,13 @@ def apply_override(data: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def add_config_arguments(parser, default: str | None = "offline-small") -> None:
+    """The --config / --set flags shared by the commands and the trainers (`parser`: an argparse parser)."""
+    parser.add_argument("--config", default=default,
+                        help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                        help="override any config field, e.g. --set expert.knn_k=3 (repeatable)")
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

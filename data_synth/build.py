@@ -186,20 +186,52 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
     for d in ("images", "masks", "references"):
         (out / d).mkdir(parents=True, exist_ok=True)
     cats: list[tuple[int, Category]] = [(si, c) for si, src in enumerate(sources) for c in src.categories()]
+    write_build_info(out, s, cfg, cats)
+    t0 = time.perf_counter()
+    pools = write_references(out, sources, cats, s)
+    t_refs = time.perf_counter() - t0
+    man = out / "manifest.jsonl"
+    done = _read_manifest(man)
+    man.write_text("".join(done[i] + "\n" for i in sorted(done)))  # drop a torn tail before appending
+    todo = [i for i in range(n) if i not in done]
+    bar = tqdm(total=n, initial=n - len(todo), desc="synth", unit="img", disable=not progress)
+    with open(man, "a") as fh:
+        for rec in _samples(todo, (sources, cats, s, cfg, out, pools), workers):
+            line = json.dumps(rec)
+            fh.write(line + "\n")
+            fh.flush()
+            done[int(rec["id"])] = line
+            bar.update(1)
+    bar.close()
+    recs = write_final(out, done, n, s)
+    n_anom = sum(r["label"] for r in recs)
+    return {"out": str(out), "samples": len(recs), "anomalous": n_anom, "normal": len(recs) - n_anom,
+            "new": len(todo), "categories": len(cats), "references": sum(len(v) for v in pools.values()),
+            "seconds_references": round(t_refs, 2), "seconds_samples": round(time.perf_counter() - t0 - t_refs, 2)}
+
+
+def write_build_info(out: Path, s: BuildSettings, cfg: SynthConfig, cats: list[tuple[int, Category]]) -> None:
+    """OUT/build.json: the settings, the synthesis config and the categories. A folder that holds a build with
+    other image settings is refused (the conversation-only ratios may change)."""
     info = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
-                         if not (k in ("multi_ratio", *CONVERSATION_ONLY) and v == 0)},  # builds without them keep their build.json
+                         # builds without them keep their build.json
+                         if not (k in ("multi_ratio", *CONVERSATION_ONLY) and v == 0)},
             "synth": asdict(cfg), "categories": [c.key for _, c in cats]}
     info_path = out / "build.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        # the conversation ratios shape only conversations.json, rewritten at the end of every build: a finished build
-        # can be given other conversations without re-synthesizing its images
+        # the conversation ratios shape only conversations.json, rewritten at the end of every build: a finished
+        # build can be given other conversations without re-synthesizing its images
         if {**old, "settings": _images_only(old["settings"])} != {**info, "settings": _images_only(info["settings"])}:
             raise SynthError(f"{out}: already holds a build with other settings ({old['settings']}); "
                              "use a new --out folder to build with different settings")
     info_path.write_text(json.dumps(info, indent=1) + "\n")
-    # reference pools: n_refs normals per category, deterministic in (seed, category index, j)
-    t0 = time.perf_counter()
+
+
+def write_references(out: Path, sources: list[NormalSource], cats: list[tuple[int, Category]],
+                     s: BuildSettings) -> dict[str, list[str]]:
+    """Reference pools: n_refs normals per category, deterministic in (seed, category index, j); existing files
+    are kept. Returns {category key: paths relative to OUT}."""
     pools: dict[str, list[str]] = {}
     for ci, (si, cat) in enumerate(cats):
         pools[cat.key] = []
@@ -210,34 +242,24 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
             if not p.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
                 _write_png(p, sources[si].sample(cat, np.random.default_rng([s.seed, 1_000_003, ci, j]), s.size))
-    t_refs = time.perf_counter() - t0
+    return pools
+
+
+def _samples(todo: list[int], state: tuple, workers: int):
+    """The manifest records of samples `todo`, in order, made by `workers` processes (or this one)."""
+    if workers > 1 and len(todo) > 1:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers, initializer=_init, initargs=state) as pool:
+            yield from pool.imap(make_sample, todo, chunksize=4)
+    else:
+        _init(*state)
+        for i in todo:
+            yield make_sample(i)
+
+
+def write_final(out: Path, done: dict[int, str], n: int, s: BuildSettings) -> list[dict]:
+    """The final files: the manifest in id order (only ids < n), then the conversations; returns the records."""
     man = out / "manifest.jsonl"
-    done = _read_manifest(man)
-    man.write_text("".join(done[i] + "\n" for i in sorted(done)))  # drop a torn tail before appending
-    todo = [i for i in range(n) if i not in done]
-    args = (sources, cats, s, cfg, out, pools)
-    bar = tqdm(total=n, initial=n - len(todo), desc="synth", unit="img", disable=not progress)
-    with open(man, "a") as fh:
-        if workers > 1 and len(todo) > 1:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, initializer=_init, initargs=args) as pool:
-                for rec in pool.imap(make_sample, todo, chunksize=4):
-                    line = json.dumps(rec)
-                    fh.write(line + "\n")
-                    fh.flush()
-                    done[int(rec["id"])] = line
-                    bar.update(1)
-        else:
-            _init(*args)
-            for i in todo:
-                rec = make_sample(i)
-                line = json.dumps(rec)
-                fh.write(line + "\n")
-                fh.flush()
-                done[i] = line
-                bar.update(1)
-    bar.close()
-    # final files: manifest in id order (only ids < n), then the conversations
     keep = [done[i] for i in sorted(done) if i < n]
     tmp = man.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
@@ -247,7 +269,4 @@ def build(sources: list[NormalSource], out: str | Path, n: int, settings: BuildS
     tmp = out / "conversations.tmp"
     tmp.write_text(json.dumps(convs, indent=1) + "\n")
     os.replace(tmp, out / "conversations.json")
-    n_anom = sum(r["label"] for r in recs)
-    return {"out": str(out), "samples": len(recs), "anomalous": n_anom, "normal": len(recs) - n_anom,
-            "new": len(todo), "categories": len(cats), "references": sum(len(v) for v in pools.values()),
-            "seconds_references": round(t_refs, 2), "seconds_samples": round(time.perf_counter() - t0 - t_refs, 2)}
+    return recs

@@ -382,3 +382,11 @@ def test_compare_last_ratio_moves_the_comparison_behind_the_follow_ups(built, tm
     with pytest.raises(SynthError, match="--compare-last-ratio"):
         build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(compare_last_ratio=1.5),
               progress=False)
+
+
+def test_defect_registry_lists_every_method_once():
+    from data_synth.defects import BLENDING_METHODS, DEFECT_TYPES, DEFECTS
+
+    assert METHODS == list(DEFECTS) == list(DEFECT_TYPES) and len(set(METHODS)) == len(METHODS)
+    assert BLENDING_METHODS == ("nsa", "cutpaste", "scar", "perlin", "stain", "color")
+    assert all(callable(d.draw) and d.defect_type and d.contrast_factor >= 1.0 for d in DEFECTS.values())
