@@ -19,7 +19,7 @@ from assistant.imaging import ImageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from assistant.cli import add_config_arguments
+    from assistant.config import add_config_arguments
 
     add_config_arguments(p, default=None)
     p.add_argument("--image", required=True, help="query image (photo of the part)")
