@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from assistant.config import UsageError  # defined with ConfigError; commands also import it from here
+
 COMMANDS = {
     "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),
     "detect": ("assistant.detect", "anomaly map, mask, boxes and verdict for one image (+ references)"),
@@ -16,10 +18,6 @@ COMMANDS = {
     "evaluate": ("assistant.evaluation.cli", "evaluate on MVTec/VisA folders, JSONL or MMAD questions"),
     "serve": ("assistant.serve", "launch the Gradio app"),
 }
-
-
-class UsageError(ValueError):
-    """Options that do not go together or are out of range: `main` prints the message, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
