@@ -9,7 +9,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from assistant.cli import add_config_arguments
 
     add_config_arguments(p, default=None)
-    p.add_argument("--host", default=None, help="bind address (default: $GRADIO_SERVER_NAME, else serve.host, 127.0.0.1)")
+    p.add_argument("--host", default=None,
+                   help="bind address (default: $GRADIO_SERVER_NAME, else serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None,
                    help="port (default: $GRADIO_SERVER_PORT, else serve.port, 7860; next free one if taken)")
     p.add_argument("--device", default=None, help="cpu|cuda|... (default: from the config)")

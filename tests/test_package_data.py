@@ -98,9 +98,9 @@ def test_wheel_install_serves_the_app_on_the_shipped_checkpoint(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env["PYTHONPATH"] = str(target)  # dependencies still come from this interpreter's environment
-    probe = subprocess.run([sys.executable, "-c", "import assistant, assistant.config as c; "
-                            "print(assistant.__file__); print(c.resolve_model(None))"],
-                           env=env, cwd=elsewhere, capture_output=True, text=True, check=True).stdout.split("\n")
+    code = "import assistant, assistant.config as c; print(assistant.__file__); print(c.resolve_model(None))"
+    probe = subprocess.run([sys.executable, "-c", code], env=env, cwd=elsewhere, capture_output=True, text=True,
+                           check=True).stdout.split("\n")
     assert probe[0] == str(target / "assistant" / "__init__.py"), probe
     assert probe[1] == str(target / "assistant" / "checkpoints" / "offline-small"), probe
     port = _free_port()

@@ -16,8 +16,10 @@ def _cautions(summary: dict) -> str:
     """HTML lines under the badge: a zero-shot verdict, or a reference unlike the image."""
     # with no reference the verdict comes from in-image rarity alone: balanced accuracy 0.72 on the dev folders
     # against 0.77 with one reference and many borderline scores (README, expert table)
-    caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict from "
-               "this image alone, less reliable. Add a photo of a good part.</span>" if summary["references"] == 0 else "")
+    caution = ""
+    if summary["references"] == 0:
+        caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict "
+                   "from this image alone, less reliable. Add a photo of a good part.</span>")
     if summary.get("reference_mismatch"):  # most of the image is unlike the reference(s): wrong part, view or light?
         extras = summary.get("extras", {})
         med, cut = extras.get("reference_median"), extras.get("reference_mismatch_cut")
