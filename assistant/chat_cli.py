@@ -99,8 +99,8 @@ def _command(session, line: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from assistant.chat import ChatSession
+    from assistant.config import resolve_model
     from assistant.model import Assistant
-    from assistant.serve import resolve_model
 
     config = resolve_model(args.config)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from assistant.config import add_config_arguments  # noqa: F401  (the commands' shared flags)
+from assistant.config import UsageError, add_config_arguments  # noqa: F401  (re-exported for commands)
 
 COMMANDS = {
     "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),
@@ -18,10 +18,6 @@ COMMANDS = {
     "evaluate": ("assistant.evaluation.cli", "evaluate on MVTec/VisA folders, JSONL or MMAD questions"),
     "serve": ("assistant.serve", "launch the Gradio app"),
 }
-
-
-class UsageError(ValueError):
-    """Options that do not go together or are out of range: `main` prints the message, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,19 +2,31 @@
 
 Every field has a one-line comment. Unknown keys are an error that names the key and lists the valid
 ones; `--set a.b=value` overrides any field (value parsed as YAML: numbers, bools, lists).
+
+The presets (`configs/<name>.yaml`) and the shipped checkpoint (`checkpoints/offline-small`) are package data
+inside `assistant/`, found through importlib.resources: a relative `configs/...` or `checkpoints/...` path that
+does not exist from the working directory is looked up there (`resolve_data_path`), so the same paths work from
+a checkout and from an installed wheel.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+DATA_ROOT = Path(resources.files("assistant"))  # the package folder, data included (wheels install unzipped)
+DATA_DIRS = ("configs", "checkpoints")  # its package-data folders: relative paths under them resolve there
+CONFIG_DIR = DATA_ROOT / "configs"  # YAML presets
+DEFAULT_CHECKPOINT = "checkpoints/offline-small"  # the embedded default (shipped weights + config.json)
+
+
+class UsageError(ValueError):
+    """Options that do not go together or are out of range: `main` prints the message, no traceback."""
 
 
 class ConfigError(ValueError):
@@ -218,9 +230,30 @@ def config_from_dict(data: dict) -> Config:
     return _build(Config, data or {}, "")
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """Accept a file path or a preset name (offline-small, tiny, clip-llava)."""
+def resolve_data_path(path: str | Path) -> Path:
+    """`path` itself when it exists (absolute, or from the working directory) or lies outside the package-data
+    folders; else the same relative path in the package data (`checkpoints/offline-small`, `configs/tiny.yaml`)
+    when it is there; else `path` as given (so errors name what was asked for)."""
     p = Path(path)
+    if p.is_absolute() or p.exists() or not p.parts or p.parts[0] not in DATA_DIRS:
+        return p
+    shipped = DATA_ROOT / p
+    return shipped if shipped.exists() else p
+
+
+def resolve_model(config: str | None) -> str:
+    """A --config value -> what Assistant.from_pretrained gets: package-data paths resolved (resolve_data_path);
+    by default the shipped checkpoint dir, or the offline-small preset while that dir has no config.json."""
+    if config is None:
+        ckpt = resolve_data_path(DEFAULT_CHECKPOINT)
+        return str(ckpt) if (ckpt / "config.json").is_file() else "offline-small"
+    resolved = resolve_data_path(config)
+    return config if resolved == Path(config) else str(resolved)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """Accept a file path, a checkpoint dir or a preset name (offline-small, tiny, clip-llava)."""
+    p = resolve_data_path(path)
     if p.is_file():
         return p
     if p.is_dir() and (p / "config.json").is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from assistant.config import REPO_ROOT, Config, load_config
+from assistant.config import Config, load_config, resolve_data_path
 from assistant.expert import AnomalyResult
 from assistant.imaging import ImageInput, load_image
 from assistant.lvlm import HEADS_FILE, LVLM, ImageFeatures, build_lvlm, image_features, visual_inputs
@@ -43,11 +43,8 @@ class Evidence:
 
 
 def _resolve(path: str | None) -> Path | None:
-    """Relative checkpoint paths are tried against the working dir, then the repo root."""
-    if not path:
-        return None
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    """Relative checkpoint paths are tried against the working dir, then the package data (resolve_data_path)."""
+    return resolve_data_path(path) if path else None
 
 
 class Assistant:
@@ -58,7 +55,7 @@ class Assistant:
     def from_pretrained(cls, path_or_preset: str | Path = "offline-small", overrides: Sequence[str] = (),
                         device: str | None = None, load_lvlm: bool = True) -> Assistant:
         """A checkpoint dir (config.json + lvlm/expert weights) or a preset name / YAML file."""
-        p = Path(path_or_preset)
+        p = resolve_data_path(path_or_preset)
         overrides = list(overrides)
         if device:
             overrides.append(f"vision.device={device}")

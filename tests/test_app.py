@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +11,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from assistant import app
 from assistant.chat import ChatSession, image_fingerprint
-from assistant.config import REPO_ROOT
 from tests.test_chat import part_image, speaking_tiny_assistant
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 200 * 200  # small upload limit so the "huge image" case is cheap
 
 
@@ -26,10 +28,6 @@ def assistant(tiny_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def server(assistant, tmp_path_factory):
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app
-
     example_dir = tmp_path_factory.mktemp("examples")
     demo = app.build_demo(assistant, example_dir)
     _, url, _ = app.launch(demo, assistant.cfg, example_dir, prevent_thread_lock=True, quiet=True,
@@ -197,8 +195,8 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
 
 
 def test_serve_binds_flags_then_gradio_environment_then_config():
+    from assistant.app import bind_address
     from assistant.cli import UsageError
-    from assistant.serve import bind_address
 
     env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
     assert bind_address(None, None, "127.0.0.1", 7860, {}) == ("127.0.0.1", 7860)
@@ -210,10 +208,6 @@ def test_serve_binds_flags_then_gradio_environment_then_config():
 
 def test_verdict_badge_cautions_a_zero_shot_verdict():
     """With no reference the badge says the verdict is zero-shot and asks for a good part; with one it does not."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app
-
     summary = {"pred_label": True, "pred_score": 0.8, "threshold": 0.5, "size": "small", "position": "center",
                "references": 0, "extras": {}}
     badge = app.verdict_badge(summary)
@@ -223,10 +217,6 @@ def test_verdict_badge_cautions_a_zero_shot_verdict():
 
 def test_verdict_badge_cautions_a_reference_of_another_part():
     """A result flagged reference_mismatch gets a caution naming the statistic and its cut; others do not."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app
-
     summary = {"pred_label": True, "pred_score": 4.6, "threshold": 3.4, "size": "large", "position": "center",
                "references": 1, "reference_mismatch": True,
                "extras": {"reference_median": 3.4, "reference_mismatch_cut": 2.365}}

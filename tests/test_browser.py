@@ -5,13 +5,11 @@ themselves never touch the network); Playwright's own browser downloads are neve
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from assistant.config import REPO_ROOT
 from tests.test_chat import part_image, speaking_tiny_assistant
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,9 +28,7 @@ def ensure_chromium() -> Path:
 def app_url(tiny_tokenizer_dir, tmp_path_factory):
     pytest.importorskip("playwright")
     ensure_chromium()
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app
+    from assistant import app
 
     assistant = speaking_tiny_assistant()
     example_dir = tmp_path_factory.mktemp("examples")

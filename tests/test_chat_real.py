@@ -1,23 +1,20 @@
 """One real-weight chat check: the shipped checkpoint on the app's generated examples (no network)."""
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
 
-from assistant.config import REPO_ROOT
+from assistant.config import DEFAULT_CHECKPOINT, resolve_data_path
 
 pytestmark = pytest.mark.real
-CHECKPOINT = REPO_ROOT / "checkpoints" / "offline-small"
+CHECKPOINT = resolve_data_path(DEFAULT_CHECKPOINT)  # the shipped checkpoint (package data)
 
 
 def test_shipped_checkpoint_chats_about_generated_washers(tmp_path):
     if not (CHECKPOINT / "config.json").is_file():
         pytest.skip("checkpoints/offline-small has no config.json yet (the trained checkpoint is not shipped)")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app
+    from assistant import app
     from assistant.chat import ChatSession
     from assistant.model import Assistant
 

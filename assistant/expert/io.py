@@ -6,6 +6,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from assistant.config import resolve_data_path
 from assistant.expert.calibration import NullModel
 
 WEIGHTS_NAME = "expert.safetensors"
@@ -77,14 +78,10 @@ def level_scale(tower) -> list[int]:
 
 
 def trained_expert_dir(cfg) -> Path | None:
-    """The folder of cfg.expert.checkpoint (relative paths also against the repository) when it holds trained
+    """The folder of cfg.expert.checkpoint (relative paths also against the package data) when it holds trained
     expert weights, else None."""
     ckpt = cfg.expert.checkpoint
     if not ckpt:
         return None
-    p = Path(ckpt)
-    if not p.is_absolute() and not p.exists():
-        from assistant.config import REPO_ROOT
-
-        p = REPO_ROOT / ckpt
+    p = resolve_data_path(ckpt)
     return p if (p / WEIGHTS_NAME).is_file() else None

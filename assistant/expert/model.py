@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from assistant.config import ExpertConfig
+from assistant.config import ExpertConfig, resolve_data_path
 from assistant.expert.calibration import NullModel, batch_split, judge, review_band
 from assistant.expert.heads import PrototypeHead, TextHead, prompt_text_features
 from assistant.expert.io import level_scale, read_checkpoint, trained_expert_dir, write_checkpoint
@@ -82,7 +82,7 @@ class AnomalyExpert(nn.Module):
         expert.level_scale = level_scale(tower)
         if ckpt_dir is None:
             return expert
-        read_checkpoint(expert, Path(ckpt_dir))
+        read_checkpoint(expert, resolve_data_path(ckpt_dir))  # checkpoints/... also from the package data
         return expert.to(tower.device)
 
     # -------------------------------------------------------------- maps

@@ -1,0 +1,180 @@
+"""Event handlers of the app: module functions whose first parameter is the loaded Assistant (bound with
+`bind` when the app is built); everything about one user travels in their gr.State (a ChatSession).
+
+    respond         chat turn: optional new image (new session), then a streamed answer
+    on_references   the reference gallery changed: re-judge the session's image
+    on_sensitivity  the slider moved: re-label only, no re-encode
+    reset           "New session": empty chat, gallery, evidence
+    inspect         the /inspect API: a question about an image (none = follow-up on the client's last one)
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+from assistant.app.evidence import evidence_outputs, no_text_answer
+from assistant.app.examples import DEFAULT_QUESTION
+from assistant.chat import ChatError, ChatSession
+from assistant.imaging import ImageError, load_image
+
+SKIP_EVIDENCE = 4  # overlay, mask, badge, JSON
+
+
+def bind(fn: Callable, assistant) -> Callable:
+    """`fn` with the assistant bound; keeps its name and docstring (Gradio's API page shows them)."""
+    bound = functools.partial(fn, assistant)
+    bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__
+    return bound
+
+
+# uploads -----------------------------------------------------------------------------------------
+def file_path(item) -> str | None:
+    """Path from a multimodal/gallery/file value item (str, dict, FileData, (path, caption))."""
+    if item is None:
+        return None
+    if isinstance(item, (tuple, list)):
+        return file_path(item[0]) if item else None
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name")
+    return getattr(item, "path", None) or str(item)
+
+
+def describe_upload(path: str | None) -> str:
+    return Path(path).name if path else "the upload"
+
+
+def clean_error(err: Exception, *paths: str | None) -> str:
+    """Error text with server-side upload paths shortened to file names."""
+    msg = str(err)
+    for p in paths:
+        if p:
+            msg = msg.replace(f"{p}: ", "").replace(str(p), Path(p).name)
+    return msg
+
+
+def new_session(assistant) -> ChatSession:
+    return ChatSession(assistant, max_pixels=assistant.cfg.serve.max_pixels)
+
+
+def load_references(session: ChatSession, gallery, max_pixels: int) -> list[str]:
+    """Set the session's references from the gallery; returns messages for files that failed."""
+    good, errors = [], []
+    for p in [file_path(x) for x in (gallery or [])]:
+        try:
+            good.append(load_image(p, max_pixels))
+        except ImageError as e:
+            errors.append(f"Reference image {describe_upload(p)} was not used: {clean_error(e, p)}")
+    session.set_references(good)
+    return errors
+
+
+# chat ------------------------------------------------------------------------------------------------
+def _say(chat: list, text: str) -> None:
+    chat.append({"role": "assistant", "content": text})
+
+
+def _open_image(assistant, path: str, chat: list, gallery, sensitivity) -> ChatSession | None:
+    """A new session on the uploaded image (with the gallery's references), its problems told in `chat`;
+    None when the image could not be used."""
+    chat.append({"role": "user", "content": {"path": path}})
+    try:
+        fresh = new_session(assistant)
+        fresh.set_sensitivity(float(sensitivity or 0.0))
+        errors = load_references(fresh, gallery, assistant.cfg.serve.max_pixels)
+        fresh.set_query(path)
+    except ImageError as e:
+        chat[-1] = {"role": "user", "content": f"📎 {describe_upload(path)}"}  # no broken picture in the chat
+        _say(chat, f"⚠️ I could not use {describe_upload(path)} as an image: {clean_error(e, path)}. "
+                   "Please upload a PNG, JPEG, BMP, TIFF or WebP photo of the part.")
+        return None
+    except (ChatError, RuntimeError) as e:  # e.g. zero-shot without trained heads: needs a reference
+        _say(chat, f"⚠️ {e}")
+        return None
+    for err in errors:
+        _say(chat, f"⚠️ {err}")
+    return fresh
+
+
+def respond(assistant, message, chat, gallery, sensitivity, session):
+    """Chat turn: an attached image starts a new session; the answer streams, the evidence comes first."""
+    chat = list(chat or [])
+    message = message or {}
+    text = (message.get("text") or "").strip()
+    files = [file_path(f) for f in (message.get("files") or [])]
+    skip = (gr.skip(),) * SKIP_EVIDENCE
+    if files:
+        fresh = _open_image(assistant, files[-1], chat, gallery, sensitivity)
+        if fresh is None:
+            yield (chat, None, session, *skip)
+            return
+        session, text = fresh, text or DEFAULT_QUESTION
+    if not text:
+        yield (chat, None, session, *skip)
+        return
+    chat.append({"role": "user", "content": text})
+    if session is None or not session.has_image:
+        _say(chat, "Please upload a photo of the part first (drag it into the message box or click the paperclip), "
+                   "then ask your question.")
+        yield (chat, None, session, *skip)
+        return
+    _say(chat, "…")
+    shown = evidence_outputs(session)
+    yield (chat, None, session, *shown)  # evidence first, while the answer is generated
+    answer = ""
+    for chunk in session.ask(text):
+        answer += chunk
+        chat[-1] = {"role": "assistant", "content": answer}
+        yield (chat, None, session, *skip)
+    chat[-1] = {"role": "assistant", "content": answer.strip() or no_text_answer(session.result)}
+    yield (chat, None, session, *shown)  # final value carries the evidence too (API clients read it)
+
+
+def on_references(assistant, gallery, chat, session):
+    """The gallery changed: the session's image is judged again against the new references."""
+    if session is None or not session.has_image:
+        return chat, session, *(gr.skip(),) * SKIP_EVIDENCE
+    chat = list(chat or [])
+    try:
+        errors = load_references(session, gallery, assistant.cfg.serve.max_pixels)
+    except (ImageError, ChatError, RuntimeError) as e:
+        errors = [f"the references were not changed: {e}"]
+    for err in errors:
+        _say(chat, f"⚠️ {err}")
+    verdict = "anomalous" if session.result.pred_label else "normal"
+    _say(chat, f"Evidence updated with {len(session.references)} reference image(s): "
+               f"{verdict}, score {session.result.pred_score:.3g}.")
+    return chat, session, *evidence_outputs(session)
+
+
+def on_sensitivity(sensitivity, session):
+    """The slider moved: the threshold moves relative to the calibrated one (re-label only)."""
+    if session is None:
+        return session, *(gr.skip(),) * SKIP_EVIDENCE
+    session.set_sensitivity(float(sensitivity))
+    return session, *evidence_outputs(session)
+
+
+def reset():
+    """New session: chat, message box, gallery, both sessions, slider, evidence."""
+    return [], None, None, None, None, 0.0, *evidence_outputs(None)
+
+
+# stateless-or-follow-up API ----------------------------------------------------------------------
+def inspect(assistant, image, references, question, sensitivity, session):
+    """Answer `question` about `image` (with `references`); image None = follow-up on the last one."""
+    question = (question or "").strip() or DEFAULT_QUESTION
+    try:
+        if image is not None:
+            session = new_session(assistant)
+            session.set_references([file_path(r) for r in (references or [])])
+            session.set_query(file_path(image))
+        elif session is None:
+            raise ChatError("no image: send a query image with the first question")
+        session.set_sensitivity(float(sensitivity or 0.0))
+    except (ImageError, ChatError, RuntimeError) as e:
+        paths = [file_path(image), *(file_path(r) for r in (references or []))]
+        raise gr.Error(f"bad request: {clean_error(e, *paths)}", print_exception=False) from None
+    return session.answer(question), session.summary(), session
