@@ -87,7 +87,7 @@ def number_agrees(answer: str) -> bool:
 
 
 def expected(result) -> dict:
-    """Facts of the overlay, worded as the LM's evidence states them (assistant.anomaly.look_twice)."""
+    """Facts of the overlay, worded as the LM's evidence states them (assistant.wording)."""
     from assistant.wording import percent, result_evidence
 
     ev = result_evidence(result)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.anomaly.look_twice import LookTwice, suspicious_crop
+from assistant.lvlm import LookTwice, suspicious_crop
 from assistant.expert import AnomalyResult, Box
 from assistant.wording import evidence_text, percent, result_evidence
 

@@ -427,7 +427,7 @@ def run(args) -> int:
                 loss = outp.loss
                 if tc.expert_loss_weight > 0:
                     target = torch.tensor([float(samples[i].label) for i in idx], device=loss.device)
-                    aux = torch.nn.functional.binary_cross_entropy_with_logits(core.last_verdict_logits, target)
+                    aux = torch.nn.functional.binary_cross_entropy_with_logits(outp.verdict_logits, target)
                     aux_losses.append(aux.item())
                     loss = loss + tc.expert_loss_weight * aux
                 accelerator.backward(loss)
