@@ -204,6 +204,8 @@ def test_forward_returns_typed_output_with_the_verdict_logit(model, tower):
     out.verdict_logits.sum().backward()
     assert model.heads.verdict.weight.grad is not None and model.heads.verdict.weight.grad.abs().sum() > 0
     assert not hasattr(model, "last_verdict_logits")
+    with torch.no_grad():
+        assert model(ids, mask, vs, labels=labels, output_verdict=False).verdict_logits is None
 
 
 def test_training_steps_lower_the_loss(model, tower):

@@ -423,7 +423,7 @@ def run(args) -> int:
             ids, mask, labels = core.collate(seqs)
             ntok += int(mask.sum())
             with accelerator.accumulate(model):
-                outp = model(ids, mask, vis, labels=labels)
+                outp = model(ids, mask, vis, labels=labels, output_verdict=tc.expert_loss_weight > 0)
                 loss = outp.loss
                 if tc.expert_loss_weight > 0:
                     target = torch.tensor([float(samples[i].label) for i in idx], device=loss.device)

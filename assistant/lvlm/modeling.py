@@ -75,7 +75,7 @@ class VisualEmbeddings:
 class LVLMOutput:
     """What LVLM.forward returns (the shape of HF's LlavaCausalLMOutputWithPast)."""
     logits: torch.Tensor  # (B, T, V); with labels only at the K positions whose next token is supervised: (B, K, V)
-    verdict_logits: torch.Tensor  # (B,) the look-twice selector's anomaly logit (training's optional expert loss)
+    verdict_logits: torch.Tensor | None  # (B,) the look-twice selector's anomaly logit (training's expert loss)
     loss: torch.Tensor | None = None  # mean cross-entropy over supervised tokens; None without labels
     past_key_values: object = None  # the LM's cache (None with labels)
 
@@ -181,14 +181,17 @@ class LVLM(nn.Module):
         """(B, T) ids -> (B, T, D) embeddings with every placeholder run replaced by its features."""
         return self.merge_embeddings(input_ids, self.visual_embeddings(visuals))
 
-    def forward(self, input_ids, attention_mask, visuals, labels=None) -> LVLMOutput:
+    def forward(self, input_ids, attention_mask, visuals, labels=None, output_verdict: bool = True) -> LVLMOutput:
         """With labels, `.loss` is the mean cross-entropy over supervised tokens, computing logits only at
-        positions whose next token is supervised (most of the sequence is image and prompt)."""
+        positions whose next token is supervised (most of the sequence is image and prompt).
+        output_verdict=False leaves `.verdict_logits` None: under DistributedDataParallel every returned tensor
+        must take part in the loss, so training asks for the verdict logit only when its loss uses it."""
         visual = self.visual_embeddings(visuals)
         embeds = self.merge_embeddings(input_ids, visual)
+        verdict = visual.verdict_logits if output_verdict else None
         if labels is None:
             out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask)
-            return LVLMOutput(out.logits, visual.verdict_logits, past_key_values=out.past_key_values)
+            return LVLMOutput(out.logits, verdict, past_key_values=out.past_key_values)
         target = labels[:, 1:]  # (B, T - 1): position t predicts token t + 1
         keep = (target != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
         if keep.numel() == 0:
@@ -197,7 +200,7 @@ class LVLM(nn.Module):
         logits = out.logits.float()  # (B, K, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1),
                                ignore_index=IGNORE_INDEX)
-        return LVLMOutput(out.logits, visual.verdict_logits, loss=loss)
+        return LVLMOutput(out.logits, verdict, loss=loss)
 
     # ---- generation
     def prompt_batch(self, visuals: Sequence[VisualInputs], questions: Sequence[str],
