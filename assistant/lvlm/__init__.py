@@ -32,7 +32,15 @@ from assistant.lvlm.loading import (
     wrap_lora,
 )
 from assistant.lvlm.look_twice import LookTwice
-from assistant.lvlm.modeling import LVLM, LVLMHeads, LVLMOutput, Projector, VisualEmbeddings, build_lvlm, feature_dims
+from assistant.lvlm.modeling import (
+    LVLM,
+    LVLMHeads,
+    LVLMOutput,
+    Projector,
+    VisualEmbeddings,
+    build_lvlm,
+    feature_dims,
+)
 from assistant.lvlm.processing import FALLBACK_CHAT_TEMPLATE, SYSTEM_PROMPT, LVLMProcessor
 from assistant.lvlm.prompt_learner import PromptLearner, normalise_map
 
