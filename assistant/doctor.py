@@ -71,7 +71,7 @@ def _vision_row(cfg) -> Row:
 def _lm_row(cfg, prompt: str, max_new_tokens: int) -> Row:
     import torch
 
-    from assistant.lm import load_lm
+    from assistant.lvlm.lm import load_lm
     from assistant.vision.base import resolve_device
 
     row = Row("lm", cfg.lm.name)

@@ -27,7 +27,7 @@ def _prompt_ids(tok, device):
 def test_4bit_lm_is_quantized_on_the_gpu_and_close_to_full_precision(tiny_lm_dir):
     bnb = pytest.importorskip("bitsandbytes")
     from assistant.config import LMConfig
-    from assistant.lm import load_lm
+    from assistant.lvlm.lm import load_lm
 
     q4, tok = load_lm(LMConfig(name=str(tiny_lm_dir), load_in_4bit=True, dtype="bfloat16"))
     full, _ = load_lm(LMConfig(name=str(tiny_lm_dir), dtype="bfloat16"))

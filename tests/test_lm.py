@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from assistant import lm as lm_mod
 from assistant.config import LMConfig, load_config
 from assistant.constants import SPECIAL_TOKENS
-from assistant.lm import WeightsNotFoundError, add_special_tokens, default_cache_dir, load_lm
+from assistant.lvlm import lm as lm_mod
+from assistant.lvlm.lm import WeightsNotFoundError, add_special_tokens, default_cache_dir, load_lm
 
 CHAT = [{"role": "user", "content": "Is anything wrong with the bottle?"}]
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.anomaly.look_twice import LookTwice, suspicious_crop
 from assistant.expert import AnomalyResult, Box
+from assistant.lvlm import LookTwice, suspicious_crop
 from assistant.wording import evidence_text, percent, result_evidence
 
 

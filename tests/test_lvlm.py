@@ -10,7 +10,7 @@ from PIL import Image
 from assistant.config import load_config
 from assistant.constants import IGNORE_INDEX, IMAGE_TOKEN, LOOK_TOKEN, PROMPT_TOKEN, REF_TOKEN
 from assistant.expert import AnomalyResult
-from assistant.lvlm import LVLM, build_lvlm, image_features, pool_patch_tokens, visual_inputs
+from assistant.lvlm import LVLM, LVLMOutput, build_lvlm, image_features, pool_patch_tokens, visual_inputs
 from tests.tiny import perturb_trainable
 
 
@@ -72,7 +72,7 @@ def test_sequence_counts_masks_and_ignore_index(model, tower):
     v = visuals(model, tower, n_refs=2)
     turns = [("Is there any anomaly?", "Yes, at the top right."), ("How big?", "It is small.")]
     ids, labels = model.tokenize(model.messages(2, v.evidence, turns))
-    count = lambda t: int((ids == model.token_ids[t]).sum())
+    count = lambda t: int((ids == model.processor.token_ids[t]).sum())
     assert count(REF_TOKEN) == 2 * model.n_image == v.refs.shape[0] * v.refs.shape[1]
     assert count(IMAGE_TOKEN) == model.n_image == v.query.shape[0]
     assert count(LOOK_TOKEN) == model.n_look == model.cfg.lvlm.n_look_twice + 1 + 1  # queries + global + crop
@@ -81,7 +81,7 @@ def test_sequence_counts_masks_and_ignore_index(model, tower):
     assert "Yes, at the top right." in supervised and "It is small." in supervised
     assert "anomaly?" not in supervised and "How big" not in supervised  # user turns are not supervised
     assert (labels[labels != IGNORE_INDEX] == ids[labels != IGNORE_INDEX]).all()
-    placeholder = torch.isin(ids, torch.tensor(model.suppress_ids))
+    placeholder = torch.isin(ids, torch.tensor(model.processor.suppress_ids))
     assert (labels[placeholder] == IGNORE_INDEX).all()
     # the evidence sentence is in the prompt
     assert "Expert evidence: slightly suspicious features; location: top right" in model.tokenizer.decode(ids) or \
@@ -99,9 +99,9 @@ def test_placeholders_replaced_by_features(model, tower):
     with torch.no_grad():
         emb = model.embed(ids[None], [v])[0]
         expected = model.heads.projector(v.query)
-    pos = ids == model.token_ids[IMAGE_TOKEN]
+    pos = ids == model.processor.token_ids[IMAGE_TOKEN]
     assert torch.allclose(emb[pos], expected, atol=1e-6)
-    text_pos = ~torch.isin(ids, torch.tensor(model.suppress_ids))
+    text_pos = ~torch.isin(ids, torch.tensor(model.processor.suppress_ids))
     assert torch.equal(emb[text_pos], model.lm.get_input_embeddings()(ids)[text_pos])
 
 
@@ -185,6 +185,27 @@ def test_loss_on_supervised_positions_equals_full_loss(model, tower):
     assert torch.allclose(ours, full, atol=1e-5)
     with pytest.raises(ValueError, match="no supervised tokens"):
         model(ids, mask, vs, labels=torch.full_like(labels, IGNORE_INDEX))
+
+
+def test_forward_returns_typed_output_with_the_verdict_logit(model, tower):
+    """LVLMOutput carries the selector's verdict logit (B,), differentiable into the verdict head; the model keeps
+    no per-call state."""
+    vs = [visuals(model, tower, n_refs=1), visuals(model, tower, n_refs=0, anomalous=False)]
+    turns = [[("Any anomaly?", "Yes.")], [("Any anomaly?", "No.")]]
+    ids, mask, labels = model.collate([model.tokenize(model.messages(v.refs.shape[0], v.evidence, t))
+                                       for v, t in zip(vs, turns)])
+    out = model(ids, mask, vs, labels=labels)
+    assert isinstance(out, LVLMOutput) and out.loss.dim() == 0 and out.verdict_logits.shape == (2,)
+    with torch.no_grad():
+        assert torch.allclose(out.verdict_logits, model.visual_embeddings(vs).verdict_logits)
+        plain = model(ids, mask, vs)
+    assert plain.loss is None and plain.logits.shape[:2] == ids.shape
+    assert torch.allclose(plain.verdict_logits, out.verdict_logits)
+    out.verdict_logits.sum().backward()
+    assert model.heads.verdict.weight.grad is not None and model.heads.verdict.weight.grad.abs().sum() > 0
+    assert not hasattr(model, "last_verdict_logits")
+    with torch.no_grad():
+        assert model(ids, mask, vs, labels=labels, output_verdict=False).verdict_logits is None
 
 
 def test_training_steps_lower_the_loss(model, tower):

@@ -81,10 +81,11 @@ def test_training_cli_runs_resumes_and_exports(tiny_lm_dir, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     common = ["--config", "tiny", "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null",
               "--set", "expert.checkpoint=null", "--set", "train.max_len=400", "--set", "train.eval_every=2",
-              "--data", str(data), "--out", str(out), "--heldout", "2"]
+              "--set", "train.expert_loss_weight=0.5", "--data", str(data), "--out", str(out), "--heldout", "2"]
     assert _train([*common, "--set", "train.steps=3", "--stop-after-step", "2"]) == 0
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and "heldout_answer_accuracy" in log[-1]
+    assert all(r["expert_loss"] > 0 for r in log)  # BCE of the selector's verdict logit (LVLMOutput.verdict_logits)
     assert (out / "last" / "optimizer.safetensors").is_file() and (out / "last" / "lvlm_heads.safetensors").is_file()
     first = json.loads((out / "final" / "training_manifest.json").read_text())
     assert first["steps"] == 2 and first["planned_steps"] == 3 and first["stopped_early"]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from assistant.anomaly.prompt_learner import MAP_SIZE, PromptLearner, normalise_map
+from assistant.lvlm import MAP_SIZE, PromptLearner, normalise_map
 
 
 def test_normalise_map_scales_by_threshold_and_resizes():

@@ -34,7 +34,7 @@ def test_efficientnet_lite0_classifies_coffee_as_espresso():
 
 
 def test_smollm2_answers_in_english():
-    from assistant.lm import load_lm
+    from assistant.lvlm.lm import load_lm
 
     cfg = load_config("offline-small").lm
     assert cfg.dtype == "bfloat16"  # the embedded default runs the LM in bf16 (speed, memory)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.lm import CHATML_TEMPLATE
+from assistant.lvlm.lm import CHATML_TEMPLATE
 from assistant.wording import POSITION_WORDS, SIZE_WORDS
 
 # Same fields as configs/tiny.yaml lm.tiny_cfg: hidden 32, 2 layers.

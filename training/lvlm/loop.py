@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assistant.config import add_config_arguments
+from assistant.config import add_config_arguments, resolve_data_path
 from assistant.lvlm import LVLM, build_lvlm
 from training.checkpoint import STATE_FILE, build_settings, load_state, log_records, save_state
 from training.lvlm.cache import FeatureCache
@@ -162,7 +162,8 @@ def build_model(cfg, tower, init_from: str | None, accelerator) -> LVLM:
         # keeps the run's lm.dtype for inference
         build_cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, dtype="float32"))
         accelerator.print(f"training on CPU in float32 (lm.dtype={cfg.lm.dtype} is kept for inference)")
-    model = build_lvlm(build_cfg, tower, checkpoint=init_from)
+    # a relative checkpoints/... path also resolves to the shipped checkpoint (package data)
+    model = build_lvlm(build_cfg, tower, checkpoint=resolve_data_path(init_from) if init_from else None)
     if init_from:
         accelerator.print(f"initialised from {init_from}")
     if getattr(model.lm, "is_loaded_in_4bit", False):
@@ -254,11 +255,11 @@ def train_step(r: Run, batches: list[list[int]]) -> tuple[list[float], list[floa
         ids, mask, labels = core.collate(seqs)
         ntok += int(mask.sum())
         with acc.accumulate(r.model):
-            outp = r.model(ids, mask, vis, labels=labels)
+            outp = r.model(ids, mask, vis, labels=labels, output_verdict=tc.expert_loss_weight > 0)
             loss = outp.loss
             if tc.expert_loss_weight > 0:
                 target = torch.tensor([float(r.samples[i].label) for i in idx], device=loss.device)
-                aux = torch.nn.functional.binary_cross_entropy_with_logits(core.last_verdict_logits, target)
+                aux = torch.nn.functional.binary_cross_entropy_with_logits(outp.verdict_logits, target)
                 aux_losses.append(aux.item())
                 loss = loss + tc.expert_loss_weight * aux
             acc.backward(loss)

