@@ -9,6 +9,10 @@ import argparse
 import importlib
 import sys
 
+from assistant.cli_args import UsageError, add_config_arguments
+
+__all__ = ["COMMANDS", "UsageError", "add_config_arguments", "build_parser", "main"]
+
 COMMANDS = {
     "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),
     "detect": ("assistant.detect", "anomaly map, mask, boxes and verdict for one image (+ references)"),
@@ -16,10 +20,6 @@ COMMANDS = {
     "evaluate": ("assistant.evaluation.cli", "evaluate on MVTec/VisA folders, JSONL or MMAD questions"),
     "serve": ("assistant.serve", "launch the Gradio app"),
 }
-
-
-class UsageError(ValueError):
-    """Options that do not go together or are out of range: `main` prints the message, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
-
-
-def add_config_arguments(p: argparse.ArgumentParser, default: str = "offline-small") -> None:
-    """Shared --config / --set flags."""
-    p.add_argument("--config", default=default, help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
-                   help="override any config field, e.g. --set expert.knn_k=3 (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from assistant.cli import UsageError, add_config_arguments
+from assistant.cli_args import UsageError, add_config_arguments
 from assistant.wording import verdict_words
 
 
@@ -54,7 +54,7 @@ def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
 
 def run(args) -> int:
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
+    from assistant.expert import load_expert
     from assistant.imaging import ImageError, load_image
 
     cfg = load_config(args.config, args.overrides)

@@ -12,7 +12,7 @@ import platform
 import time
 from dataclasses import dataclass
 
-from assistant.cli import add_config_arguments
+from assistant.cli_args import add_config_arguments
 
 ESPRESSO = 967  # ImageNet class of scikit-image's coffee photo
 

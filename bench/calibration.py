@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     import torch
 
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, skip_reason
-    from assistant.evaluation.runner import evaluate_category
+    from assistant.expert import load_expert
+    from assistant.evaluation.data import discover, skip_reason
+    from assistant.evaluation.expert.runner import evaluate_category
 
     torch.set_num_threads(2)
     cfg = load_config(args.config, args.overrides)

@@ -25,7 +25,7 @@ def method_config(args, method: str):
     """The config of one method row: ours, or the plain kNN detector of `evaluate --baseline knn`
     (assistant.evaluation.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
     from assistant.config import load_config
-    from assistant.evaluation.baselines import knn_config
+    from assistant.evaluation.expert.baselines import knn_config
 
     return knn_config(args.config, args.overrides) if method == "knn-baseline" else load_config(args.config, args.overrides)
 
@@ -42,7 +42,7 @@ def one(args) -> dict:
     """Time one (method, shots, batch) row in this process."""
     import torch
 
-    from assistant.evaluation.cli import load_expert
+    from assistant.expert import load_expert
 
     torch.set_num_threads(args.threads)
     cfg = method_config(args, args.method)
@@ -78,10 +78,10 @@ def one(args) -> dict:
 
 
 def quality(args) -> list[dict]:
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover
-    from assistant.evaluation.report import build_report
-    from assistant.evaluation.runner import evaluate
+    from assistant.expert import load_expert
+    from assistant.evaluation.data import discover
+    from assistant.evaluation.expert.report import build_report
+    from assistant.evaluation.expert.runner import evaluate
 
     rows = []
     cats = discover(args.data)

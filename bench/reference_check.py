@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, sample_references
-    from assistant.evaluation.runner import _slice, encode_items
+    from assistant.expert import load_expert
+    from assistant.evaluation.data import discover, sample_references
+    from assistant.evaluation.expert.runner import encode_items, slice_features
     from assistant.imaging import load_image
 
     cfg = load_config(args.config, overrides=args.overrides)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                 n = len(qc.items)
                 res = []
                 for j in range(0, n, 16):
-                    res += expert.predict(_slice(feats[qc.name], list(range(j, min(j + 16, n)))), state, size)
+                    res += expert.predict(slice_features(feats[qc.name], list(range(j, min(j + 16, n)))), state, size)
                 flags.setdefault((rc.name, qc.name), []).extend(
                     (it.label, r.reference_mismatch, r.reference_median) for it, r in zip(qc.items, res))
     print(f"reference mismatch cut {expert.reference_mismatch:.3f} (fitted on synthetic categories); "

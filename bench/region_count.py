@@ -43,7 +43,7 @@ def synth_sets(build: Path) -> list[tuple[str, list, list[Path]]]:
 
 def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int, list[int]]:
     """(flagged anomalous images over all reference sets, hits per cells value)."""
-    from assistant.evaluation.runner import _slice, encode_items
+    from assistant.evaluation.expert.runner import encode_items, slice_features
     from assistant.expert import mask_boxes
     from assistant.imaging import load_image, load_mask
 
@@ -55,7 +55,7 @@ def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int,
         state = expert.fit_references(tower, [load_image(r) for r in refs], seed=0)
         for j in range(0, len(items), 16):
             part = list(range(j, min(j + 16, len(items))))
-            for r, gt in zip(expert.predict(_slice(feats, part), state, (size, size)), [gts[i] for i in part]):
+            for r, gt in zip(expert.predict(slice_features(feats, part), state, (size, size)), [gts[i] for i in part]):
                 if not r.pred_label:
                     continue
                 flagged += 1
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, sample_references
+    from assistant.expert import load_expert
+    from assistant.evaluation.data import discover, sample_references
 
     cells = [float(c) for c in args.cells.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from assistant.cli import add_config_arguments
+from assistant.cli_args import add_config_arguments, parse_shots
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -300,17 +300,6 @@ def fit_reference_mismatch(expert, tower, recs: list[dict], tokens, glob, grid, 
     log(f"reference mismatch cut {cut:.3f}: flags {stats['same_kind_flagged']:.1%} of same-kind and "
           f"{stats['other_kind_flagged']:.1%} of other-kind synthetic parts ({len(cats)} categories)")
     return cut, stats
-
-
-def parse_shots(text: str, flag: str = "--margin-shots") -> tuple[int, ...]:
-    try:
-        shots = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
-    except ValueError:
-        shots = ()
-    if not shots or min(shots) < 1:
-        raise ValueError(f"{flag}: expected reference counts >= 1 separated by commas (e.g. 1,2,4,8,16), "
-                         f"got {text!r}")
-    return shots
 
 
 def _data_info(folders) -> list[dict]:

@@ -54,7 +54,7 @@ class Sample:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from assistant.cli import add_config_arguments
+    from assistant.cli_args import add_config_arguments
 
     add_config_arguments(p)
     p.add_argument("--data", nargs="+", required=True, metavar="SYNTH_DIR", help="data_synth output folder(s)")

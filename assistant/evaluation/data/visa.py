@@ -4,14 +4,14 @@ CSV columns: object, split (train|test), label (normal|anomaly), image, mask —
 e.g. `candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png`.
 Mask pixels > 0 mark the defect. Each object becomes one EvalCategory (train normals are the reference
 candidates; test images are the items), the same objects the MVTec-layout loader produces. The
-MVTec-style converted VisA layout is an ordinary MVTec folder (datasets.py).
+MVTec-style converted VisA layout is an ordinary MVTec folder (mvtec.py).
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from assistant.evaluation.datasets import DatasetError, EvalCategory, EvalItem
+from assistant.evaluation.data.items import DatasetError, EvalCategory, EvalItem
 
 SPLIT_CSV = "split_csv/1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")

@@ -31,12 +31,33 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(f.max())
 
 
-def balanced_accuracy(labels, preds) -> float | None:
-    """Mean of the recall of normals and of anomalies (None when either class is absent)."""
+def balanced_accuracy(labels, preds, absent: float | None = None) -> float | None:
+    """Mean of the recall of normals (0) and of anomalies (1): scikit-learn's balanced_accuracy_score, the one place
+    every balanced accuracy of the evaluation is computed. When a class has no image the result is None, or, with
+    `absent` given, that value stands for the missing class's recall (the MMAD benchmark counts it as 0)."""
     y, p = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
-    if not _both_classes(y):
+    if _both_classes(y):
+        return float(balanced_accuracy_score(y, p))
+    if absent is None:
         return None
-    return float(balanced_accuracy_score(y, p))
+    present = [float((p[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
+    return (sum(present) + absent * (2 - len(present))) / 2.0
+
+
+def graded_balanced_accuracy(records: list[dict], field: str = "correct", absent: float | None = 0.0) -> float | None:
+    """Balanced accuracy of graded answers over normal and anomalous images: records with "label" 0/1 and a
+    true/false `field` (a right answer counts as the label predicted); records without a label are left out."""
+    recs = [r for r in records if r.get("label") in (0, 1)]
+    y = np.array([int(r["label"]) for r in recs], dtype=int)
+    right = np.array([bool(r[field]) for r in recs], dtype=bool)
+    return balanced_accuracy(y, np.where(right, y, 1 - y), absent)
+
+
+def best_balanced_accuracy(labels, scores) -> float:
+    """Balanced accuracy of the best single threshold on these labels (the oracle no calibration can beat): the
+    maximum of (TPR + TNR) / 2 along scikit-learn's ROC curve."""
+    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
+    return float(np.max((tpr + 1 - fpr) / 2))
 
 
 def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
@@ -60,7 +81,7 @@ def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
         if miss is not None:
             out["miss"] = miss
         if overkill is not None and miss is not None:
-            out["balanced_accuracy"] = 1.0 - (overkill + miss) / 2.0
+            out["balanced_accuracy"] = balanced_accuracy(y, p)
         if verdicts is not None and len(verdicts) == len(p):
             review = np.array([v == "borderline" for v in verdicts])
             out["review_rate"] = float(review.mean()) if review.size else 0.0

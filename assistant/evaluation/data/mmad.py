@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.evaluation.jsonl_data import QAItem, QuestionFileError
+from assistant.evaluation.data.jsonl import QAItem, QuestionFileError
+from assistant.evaluation.expert.metrics import graded_balanced_accuracy
 
 MMAD_TYPES = [
     "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
@@ -152,11 +153,7 @@ def mmad_scores(records: list[dict], group_key: str = "category") -> MMADScores:
         row: dict[str, float] = {}
         for t, recs in groups[name].items():
             if t == DETECTION:
-                accs = []
-                for lab in (0, 1):
-                    sub = [r["correct"] for r in recs if r.get("label") == lab]
-                    accs.append(float(np.mean(sub)) if sub else 0.0)
-                row[t] = (accs[0] + accs[1]) / 2.0
+                row[t] = graded_balanced_accuracy(recs, absent=0.0)
             else:
                 row[t] = float(np.mean([r["correct"] for r in recs]))
         ordered = {t: row[t] for t in types_present if t in row}
