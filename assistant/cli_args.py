@@ -15,7 +15,8 @@ class UsageError(ValueError):
 
 def add_config_arguments(p: argparse.ArgumentParser, default: str = "offline-small") -> None:
     """Shared --config / --set flags."""
-    p.add_argument("--config", default=default, help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
+    p.add_argument("--config", default=default,
+                   help="YAML file, checkpoint dir or preset name (offline-small, tiny, clip-llava)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
                    help="override any config field, e.g. --set expert.knn_k=3 (repeatable)")
 

@@ -23,7 +23,7 @@ import time
 
 def method_config(args, method: str):
     """The config of one method row: ours, or the plain kNN detector of `evaluate --baseline knn`
-    (assistant.evaluation.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
+    (assistant.evaluation.expert.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
     from assistant.config import load_config
     from assistant.evaluation.expert.baselines import knn_config
 
@@ -138,7 +138,9 @@ def main(argv=None) -> int:
         print(f"| {r['method']} | {r['shots']} | {r['batch']} | {r['device']} | {r['ms_per_image']:.1f} | "
               f"{r['ms_per_image_p90']:.1f} | {r['cpu_ms_per_image']:.1f} | {r['peak_rss_mb']:.0f} |")
     if args.data:
-        args.seeds = [int(s) for s in args.seeds.split(",")]
+        from assistant.cli_args import parse_int_list
+
+        args.seeds = parse_int_list(args.seeds, "--seeds")
         q = quality(args)
         print(f"\nQuality, 1-shot, seeds {args.seeds}, mean over {len(args.data)} folder(s)\n")
         print("| method | image AUROC | pixel AUROC | AUPRO | balanced acc. |")

@@ -12,7 +12,6 @@ Never part of `make test`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,16 +27,16 @@ def synth_sets(build: Path) -> list[tuple[str, list, list[Path]]]:
     """[(name, items, [reference]), ...] per category of a data_synth build: anomalous records with masks."""
     from types import SimpleNamespace
 
+    from data_synth.build import read_manifest
+
     by_cat: dict[str, list[dict]] = {}
-    for line in (build / "manifest.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_manifest(build):  # paths made absolute
         by_cat.setdefault(r["category"], []).append(r)
     out = []
     for cat, recs in sorted(by_cat.items()):
-        items = [SimpleNamespace(image=build / r["image"], mask=build / r["mask"])
-                 for r in recs if r["label"] == 1 and r.get("mask")]
+        items = [SimpleNamespace(image=r["image"], mask=r["mask"]) for r in recs if r["label"] == 1 and r.get("mask")]
         if items and recs[0].get("references"):
-            out.append((f"synth:{cat}", items, [build / recs[0]["references"][0]]))
+            out.append((f"synth:{cat}", items, [recs[0]["references"][0]]))
     return out
 
 
@@ -78,12 +77,13 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from assistant.cli_args import parse_int_list
     from assistant.config import load_config
     from assistant.expert import load_expert
     from assistant.evaluation.data import discover, sample_references
 
     cells = [float(c) for c in args.cells.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_int_list(args.seeds, "--seeds")
     tower, expert = load_expert(load_config(args.config, ["expert.box_merge_cells=1"]))
     rows = []
     for cat in discover(args.data) if args.data else []:

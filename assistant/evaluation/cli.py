@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_folder_arguments(g) -> None:
-    g.add_argument("--data", nargs="+", metavar="DIR", help="MVTec-layout category folder(s) or folder(s) of categories")
+    g.add_argument("--data", nargs="+", metavar="DIR",
+                   help="MVTec-layout category folder(s) or folder(s) of categories")
     g.add_argument("--mode", default="expert", choices=["expert", "vqa"],
                    help="expert = anomaly maps and verdicts; vqa = answers to 'Is there any anomaly in the image?' "
                         "and 'Where is it?'")
@@ -59,11 +60,14 @@ def _add_question_arguments(g) -> None:
     g.add_argument("--data-root", metavar="ROOT", help="folder the question file's image paths are relative to")
     g.add_argument("--templates", choices=["similar", "random"], default="similar",
                    help="MMAD reference list (default similar)")
-    g.add_argument("--shuffle-options", action="store_true", help="shuffle MMAD options per question (seeded by --seeds)")
+    g.add_argument("--shuffle-options", action="store_true",
+                   help="shuffle MMAD options per question (seeded by --seeds)")
     g.add_argument("--num-chunks", type=int, default=1, help="split the run into N shards (default 1)")
     g.add_argument("--chunk-idx", type=int, default=0, help="which shard this process runs, 0-based")
-    g.add_argument("--merge", action="store_true", help="merge OUT/shards/* into OUT/answers.jsonl and write the reports")
-    g.add_argument("--allow-partial", action="store_true", help="with --merge: report even if some questions are unanswered")
+    g.add_argument("--merge", action="store_true",
+                   help="merge OUT/shards/* into OUT/answers.jsonl and write the reports")
+    g.add_argument("--allow-partial", action="store_true",
+                   help="with --merge: report even if some questions are unanswered")
     g.add_argument("--max-questions", type=int, default=None, help="stop after answering this many (smoke runs)")
     g.add_argument("--no-plots", action="store_true", help="skip roc.png and qualitative.png")
     g.add_argument("--device", default=None, help="device for the model (default: config)")
@@ -88,8 +92,9 @@ def check_expert_args(args: argparse.Namespace) -> None:
     if args.mutual and args.shots != 0:
         raise UsageError(f"--mutual is a zero-shot mode: expected --shots 0, got --shots {args.shots}")
     if args.lot and (args.shots == 0 or args.mutual):
-        raise UsageError(f"--lot joins the references with the lot: expected --shots 1 or more, got --shots {args.shots}"
-                         + (" --mutual" if args.mutual else "") + " (without references use --shots 0 --mutual)")
+        raise UsageError("--lot joins the references with the lot: expected --shots 1 or more, got "
+                         f"--shots {args.shots}" + (" --mutual" if args.mutual else "")
+                         + " (without references use --shots 0 --mutual)")
     if args.baseline == "knn" and args.shots == 0 and not args.mutual:
         raise UsageError("--baseline knn is a nearest-neighbour detector: it needs references (--shots 1 or more) "
                          "or the other test images (--shots 0 --mutual)")

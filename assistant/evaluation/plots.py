@@ -17,7 +17,8 @@ def _pyplot():
     return plt
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "Image-level ROC") -> Path | None:
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+             title: str = "Image-level ROC") -> Path | None:
     """One ROC curve per name from (labels, scores); names with a single class are skipped.
 
     Returns the written path, or None when no curve could be drawn.
@@ -84,7 +85,8 @@ def qualitative_grid(cases: list[Case], path: str | Path, side: int = 160) -> Pa
             vmax = 2.0 * case.threshold if case.threshold > 0 else float(amap.max() or 1.0)
             row[2].imshow(amap, cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax)
         row[2].set_title("anomaly map", fontsize=7)
-        row[3].text(0.0, 1.0, "\n".join([w for line in case.text.splitlines() for w in textwrap.wrap(line, 60) or [""]][:14]), va="top", fontsize=7, family="monospace")
+        wrapped = [w for line in case.text.splitlines() for w in textwrap.wrap(line, 60) or [""]][:14]
+        row[3].text(0.0, 1.0, "\n".join(wrapped), va="top", fontsize=7, family="monospace")
         for ax in row:
             ax.axis("off")
     fig.tight_layout()

@@ -143,17 +143,20 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
         for g, row in mm["table"].items():
             lines.append(f"| {g} | " + " | ".join(_fmt(row[t]) if t in row else "–" for t in types)
                          + f" | {_fmt(row['Average'])} |")
-        lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types) + f" | **{_fmt(mm['average'])}** |")
+        lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types)
+                     + f" | **{_fmt(mm['average'])}** |")
         lines.append("")
     show = [c for c in ("answer_accuracy", "answer_balanced_accuracy", "consistency", "image_auroc", "image_ap",
                         "balanced_accuracy", "baseline_answer_balanced_accuracy", "baseline_image_auroc") if c in cols]
     lines += ["## Per category", "", "| category | normal | anomalous | questions | " + " | ".join(show) + " |",
               "|---" * (len(show) + 4) + "|"]
     for name, e in cats.items():
-        cells = [(_fmt(e[c]) + (f" ± {100 * e['std'][c]:.1f}" if len(report["seeds"]) > 1 else "")) if c in e else "–"
-                 for c in show]
-        lines.append(f"| {name} | {e['n_normal']} | {e['n_anomalous']} | {e['n_questions']} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | | | | " + " | ".join(_fmt(report["mean"][c]) if c in report["mean"] else "–" for c in show) + " |")
+        spread = len(report["seeds"]) > 1
+        cells = [(_fmt(e[c]) + (f" ± {100 * e['std'][c]:.1f}" if spread else "")) if c in e else "–" for c in show]
+        lines.append(f"| {name} | {e['n_normal']} | {e['n_anomalous']} | {e['n_questions']} | "
+                     + " | ".join(cells) + " |")
+    mean = report["mean"]
+    lines.append("| **mean** | | | | " + " | ".join(_fmt(mean[c]) if c in mean else "–" for c in show) + " |")
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths
 
@@ -251,8 +254,8 @@ def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
     """Folder VQA: add answer metrics to OUT/report.json (creating it when absent) and write report_vqa.md."""
     out = Path(out_dir)
     path = out / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"shots": meta.get("shots"), "seeds": meta.get("seeds"),
-                                                                   "config": meta.get("config"), "categories": {}}
+    new = {"shots": meta.get("shots"), "seeds": meta.get("seeds"), "config": meta.get("config"), "categories": {}}
+    report = json.loads(path.read_text()) if path.is_file() else new
     for name, s in summaries.items():
         cat = report["categories"].setdefault(name, {})
         std = cat.setdefault("std", {})

@@ -77,7 +77,8 @@ def run_units(units: Sequence[Unit], ask: Asker, path: str | Path, batch_size: i
     return stats
 
 
-def _add_answers(store: AnswerStore, records: list[list[dict]], stats: RunStats, bar, max_questions: int | None) -> bool:
+def _add_answers(store: AnswerStore, records: list[list[dict]], stats: RunStats, bar,
+                 max_questions: int | None) -> bool:
     """Add the records that are not in the store yet; True when `max_questions` is reached."""
     for recs in records:
         for rec in recs:

@@ -66,7 +66,8 @@ def load_mmad(path: str | Path, data_root: str | Path, templates: str = "similar
     except json.JSONDecodeError as e:
         raise QuestionFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict) or not data:
-        raise QuestionFileError(f"{path}: expected a non-empty JSON object keyed by image path, got {type(data).__name__}")
+        raise QuestionFileError(f"{path}: expected a non-empty JSON object keyed by image path, "
+                                f"got {type(data).__name__}")
     items: list[QAItem] = []
     for image_id, value in data.items():
         where = f"{path}: {image_id!r}"

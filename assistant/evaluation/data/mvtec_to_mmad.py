@@ -62,8 +62,8 @@ def build(data: list[str], data_root: str, per_class: int | None = None, seed: i
         except ValueError:
             raise ValueError(f"{cat.root} is not under --data-root {root}") from None
         if len(rel_cat.parts) != 2:
-            raise ValueError(f"{cat.root}: put categories exactly two folders below --data-root (ROOT/DATASET/CATEGORY), "
-                             f"got {rel_cat}")
+            raise ValueError(f"{cat.root}: put categories exactly two folders below --data-root "
+                             f"(ROOT/DATASET/CATEGORY), got {rel_cat}")
         if not cat.train_good:
             raise ValueError(f"{cat.root}: train/good has no images for the templates")
         thumbs = np.stack([_thumb(p) for p in cat.train_good])
@@ -78,7 +78,8 @@ def build(data: list[str], data_root: str, per_class: int | None = None, seed: i
         for it in items:
             key = str(Path(os.path.abspath(it.image)).relative_to(root))
             dist = np.abs(thumbs - _thumb(it.image)).mean(1)
-            similar = [str(Path(os.path.abspath(cat.train_good[i])).relative_to(root)) for i in np.argsort(dist)[:n_templates]]
+            similar = [str(Path(os.path.abspath(cat.train_good[i])).relative_to(root))
+                       for i in np.argsort(dist)[:n_templates]]
             randoms = [str(Path(os.path.abspath(p)).relative_to(root))
                        for p in rng.sample(cat.train_good, min(n_templates, len(cat.train_good)))]
             conv = [_q("Is there any defect in the object?", "Anomaly Detection", "Yes." if it.label else "No.",
@@ -99,8 +100,9 @@ def build(data: list[str], data_root: str, per_class: int | None = None, seed: i
                         pos = position_word(ys.mean() / h, xs.mean() / w)
                         conv.append(_q("Where is the defect located in the image?", "Defect Localization", pos,
                                        [p for row in POSITION_WORDS for p in row], rng))
-                        conv.append(_q("How large is the defective area compared with the object?", "Defect Description",
-                                       size_word(float(m.mean())), [w for _, w in SIZE_WORDS], rng))
+                        conv.append(_q("How large is the defective area compared with the object?",
+                                       "Defect Description", size_word(float(m.mean())), [w for _, w in SIZE_WORDS],
+                                       rng))
                     entry["mask_path"] = str(Path(os.path.abspath(it.mask)).relative_to(croot))
             out[key] = entry
     return out

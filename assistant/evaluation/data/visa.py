@@ -35,7 +35,8 @@ def load_visa(root: str | Path, split_csv: str = SPLIT_CSV, categories: list[str
         reader = csv.DictReader(f)
         missing_cols = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing_cols:
-            raise DatasetError(f"{path}: expected columns {list(COLUMNS)}, missing {missing_cols} (has {reader.fieldnames})")
+            raise DatasetError(f"{path}: expected columns {list(COLUMNS)}, missing {missing_cols} "
+                               f"(has {reader.fieldnames})")
         rows = list(reader)
     train: dict[str, list[str]] = {}
     items: dict[str, list[EvalItem]] = {}
@@ -44,7 +45,8 @@ def load_visa(root: str | Path, split_csv: str = SPLIT_CSV, categories: list[str
         if categories is not None and obj not in categories:
             continue
         if split not in ("train", "test") or label not in ("normal", "anomaly"):
-            raise DatasetError(f"{path}:{ln}: expected split train|test and label normal|anomaly, got {split!r}, {label!r}")
+            raise DatasetError(f"{path}:{ln}: expected split train|test and label normal|anomaly, "
+                               f"got {split!r}, {label!r}")
         img = root / row["image"].strip()
         if check_files and not img.is_file():
             raise DatasetError(f"{path}:{ln}: image {img} not found")

@@ -154,7 +154,8 @@ def reference_groups(cat: EvalCategory, shots: int, seed: int) -> dict[tuple, li
 
 def seed_run(expert, tower, cat: EvalCategory, feats: TestFeatures, shots: int, seed: int, masks,
              batch_size: int = 16, lot: bool = False) -> SeedRun:
-    """One seed: fit each reference set (bank + calibrated threshold), predict its items; `lot` decides them together."""
+    """One seed: fit each reference set (bank + calibrated threshold) and predict its items; with `lot` the
+    category's items are then decided together."""
     items, size = cat.items, tower.image_size
     groups = reference_groups(cat, shots, seed)
     per_item: list = [None] * len(items)
