@@ -39,6 +39,7 @@ from assistant.expert.result import AnomalyResult, Box
 
 __all__ = ["CONFIG_NAME", "LOT_MIN", "SENSITIVITY_RANGE", "SMOOTH_SIDE", "WEIGHTS_NAME", "AnomalyExpert", "AnomalyResult", "Box",
            "ExpertCheckpointError", "PrototypeHead", "ReferenceState", "TextHead", "aggregate", "batch_split",
-           "build_expert", "dihedral_views", "greedy_coreset", "level_scale", "load_expert", "margin_key", "mask_boxes", "mild_jitter",
+           "build_expert", "dihedral_views", "greedy_coreset", "level_scale", "load_expert", "margin_key", "mask_boxes",
+           "mild_jitter",
            "nn_distance", "normal_scale", "relabel", "apply_sensitivity", "self_distances", "self_nn_distance", "synthesize_anomaly",
            "trained_expert_dir", "verdict_mask"]

@@ -1,4 +1,5 @@
-"""Reports for answer-level runs: report.json, report.md, report.csv, roc.png, qualitative.png.
+"""Reports for answer-level runs. Question files: report.json, report.md, report.csv, roc.png, qualitative.png;
+folder VQA (`--mode vqa`): answer_metrics per category and seed, merged into report.json, and report_vqa.md.
 
 report.json follows the expert report's schema ({"shots", "seeds", "config", "categories": {NAME:
 {metric: mean over seeds, "std": {...}, "n_normal", "n_anomalous"}}, "mean": {...}}), with answer

@@ -141,8 +141,3 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
         return {}
     return {"pixel_auroc": float(roc_auc_score(y, s)), "pixel_f1_max": f1_max(y, s),
             "pixel_aupro": aupro(masks, maps, fpr_limit)}
-
-
-def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
-    return fpr, tpr
