@@ -9,7 +9,9 @@ import argparse
 import importlib
 import sys
 
-from assistant.config import UsageError, add_config_arguments  # noqa: F401  (re-exported for commands)
+from assistant.config import UsageError, add_config_arguments
+
+__all__ = ["COMMANDS", "UsageError", "add_config_arguments", "build_parser", "main"]
 
 COMMANDS = {
     "doctor": ("assistant.doctor", "load the embedded default models, run one forward each, print a table"),

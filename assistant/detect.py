@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from assistant.cli import UsageError, add_config_arguments
+from assistant.config import UsageError, add_config_arguments
 from assistant.wording import verdict_words
 
 
@@ -52,29 +52,30 @@ def write_outputs(out: Path, img: np.ndarray, result, info: dict) -> None:
     (out / "result.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
 
 
-def run(args) -> int:
-    from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
+def load_queries(paths: list[Path], max_pixels: int) -> tuple[list[Path], list]:
+    """(paths, images): one image must load; in a batch an unreadable file is reported and skipped."""
     from assistant.imaging import ImageError, load_image
 
-    cfg = load_config(args.config, args.overrides)
-    paths = query_paths(args.image)
     if len(paths) == 1:
-        queries = [load_image(paths[0], cfg.serve.max_pixels)]
-    else:  # a batch: an unreadable file is reported and skipped, the others are still inspected
-        kept, queries = [], []
-        for p in paths:
-            try:
-                queries.append(load_image(p, cfg.serve.max_pixels))
-                kept.append(p)
-            except ImageError as e:
-                print(f"skipped {p}: {e}")
-        if not queries:
-            raise ImageError(f"--image: none of the {len(paths)} files could be read as an image")
-        paths = kept
-    refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
-    tower, expert = load_expert(cfg)
-    out = Path(args.out)
+        return paths, [load_image(paths[0], max_pixels)]
+    kept, queries = [], []
+    for p in paths:
+        try:
+            queries.append(load_image(p, max_pixels))
+            kept.append(p)
+        except ImageError as e:
+            print(f"skipped {p}: {e}")
+    if not queries:
+        raise ImageError(f"--image: none of the {len(paths)} files could be read as an image")
+    return kept, queries
+
+
+def judge_queries(tower, expert, queries: list, refs: list) -> tuple[list, object, dict]:
+    """(results, reference state or None for mutual scoring, seconds): references fitted, then every query judged;
+    several queries without references are scored against each other, with references a lot of LOT_MIN or more
+    joins the references' threshold."""
+    from assistant.expert import LOT_MIN
+
     t0 = time.perf_counter()
     mutual = len(queries) >= 2 and not refs
     state = None if mutual else expert.fit_references(tower, refs)
@@ -86,44 +87,80 @@ def run(args) -> int:
         feats = cat_outputs([tower.encode(queries[i:i + 16]) for i in range(0, len(queries), 16)])
         results = expert.mutual_predict(feats, sizes)
     else:
-        results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0] for q, sz in zip(queries, sizes)]
-        from assistant.expert import LOT_MIN
-
+        results = [expert.predict(tower.encode([q]), state, sz, images=[q], tower=tower)[0]
+                   for q, sz in zip(queries, sizes)]
         if state.few_shot and len(results) >= LOT_MIN:  # several parts of one kind: the lot joins the references
             results = expert.lot_decide(results)
     t2 = time.perf_counter()
-    how = (f"mutual scoring over {len(queries)} images, no references" if mutual
-           else f"calibrated, {state.n_shots} reference(s) and the lot of {len(queries)}" if results[0].lot_size is not None
-           else f"calibrated, {state.n_shots} reference(s)" if state.n_shots
-           else "zero-shot, calibrated on anomalies synthesized on the image" if expert.self_calibrated()
-           else "zero-shot threshold from training")
-    seconds = {"references": round(t1 - t0, 3), "queries": round(t2 - t1, 3)}
+    return results, state, {"references": t1 - t0, "queries": t2 - t1}
+
+
+def method_words(expert, state, results: list, n_queries: int) -> str:
+    if state is None:
+        return f"mutual scoring over {n_queries} images, no references"
+    if results[0].lot_size is not None:
+        return f"calibrated, {state.n_shots} reference(s) and the lot of {n_queries}"
+    if state.n_shots:
+        return f"calibrated, {state.n_shots} reference(s)"
+    if expert.self_calibrated():
+        return "zero-shot, calibrated on anomalies synthesized on the image"
+    return "zero-shot threshold from training"
+
+
+def run(args) -> int:
+    from assistant.config import load_config
+    from assistant.expert import load_expert
+    from assistant.imaging import load_image
+
+    cfg = load_config(args.config, args.overrides)
+    paths, queries = load_queries(query_paths(args.image), cfg.serve.max_pixels)
+    refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
+    tower, expert = load_expert(cfg)
+    results, state, seconds = judge_queries(tower, expert, queries, refs)
+    how = method_words(expert, state, results, len(queries))
     if len(queries) == 1:
-        result = results[0]
-        write_outputs(out, np.asarray(queries[0]), result,
-                      {"image": str(paths[0]), "references": list(args.reference), "seconds": seconds})
-        print(f"verdict: {verdict_words(result)}")
-        print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how}); borderline between "
-              f"{result.threshold_low:.4f} and {result.threshold_high:.4f}")
-        if result.pred_label and result.boxes:
-            print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
-                  f"{len(result.boxes)} region(s)")
-        if result.reference_mismatch:
-            print(f"warning: most of the image differs from the reference (median map {result.reference_median:.2f}"
-                  f" > {result.reference_mismatch_cut:.2f}); check that the reference shows the same part, "
-                  "view and lighting: the verdict is less reliable")
-        print(f"time: references {t1 - t0:.2f} s, query {t2 - t1:.3f} s -> {out}/overlay.png, mask.png, result.json")
-        return 0
+        report_one(Path(args.out), paths[0], queries[0], results[0], args.reference, how, seconds)
+    else:
+        report_batch(Path(args.out), paths, queries, results, args.reference, how, sum(seconds.values()))
+    return 0
+
+
+def report_one(out: Path, path: Path, query, result, references: list[str], how: str, seconds: dict) -> None:
+    """overlay.png, mask.png, result.json of one image, and the verdict in words."""
+    rounded = {k: round(v, 3) for k, v in seconds.items()}
+    write_outputs(out, np.asarray(query), result, {"image": str(path), "references": list(references),
+                                                   "seconds": rounded})
+    print(f"verdict: {verdict_words(result)}")
+    print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how}); borderline between "
+          f"{result.threshold_low:.4f} and {result.threshold_high:.4f}")
+    if result.pred_label and result.boxes:
+        print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
+              f"{len(result.boxes)} region(s)")
+    if result.reference_mismatch:
+        print(f"warning: most of the image differs from the reference (median map {result.reference_median:.2f}"
+              f" > {result.reference_mismatch_cut:.2f}); check that the reference shows the same part, "
+              "view and lighting: the verdict is less reliable")
+    print(f"time: references {seconds['references']:.2f} s, query {seconds['queries']:.3f} s -> {out}/overlay.png, "
+          "mask.png, result.json")
+
+
+def summary_row(path: Path, stem: str, r) -> dict:
+    return {"image": str(path), "folder": stem, "verdict": r.verdict, "pred_label": int(r.pred_label),
+            "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4),
+            "position": r.position or "", "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2),
+            "regions": len(r.boxes), "reference_mismatch": r.reference_mismatch}
+
+
+def report_batch(out: Path, paths: list[Path], queries: list, results: list, references: list[str], how: str,
+                 seconds: float) -> None:
+    """One folder per image, summary.csv, and a table sorted by score."""
     rows = []
     names: dict[str, int] = {}
     for p, q, r in zip(paths, queries, results):
         stem = p.stem if p.stem not in names else f"{p.stem}-{names[p.stem]}"  # same stem in two folders
         names[p.stem] = names.get(p.stem, 0) + 1
-        write_outputs(out / stem, np.asarray(q), r, {"image": str(p), "references": list(args.reference), "method": how})
-        rows.append({"image": str(p), "folder": stem, "verdict": r.verdict, "pred_label": int(r.pred_label),
-                     "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4), "position": r.position or "",
-                     "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2), "regions": len(r.boxes),
-                     "reference_mismatch": r.reference_mismatch})
+        write_outputs(out / stem, np.asarray(q), r, {"image": str(p), "references": list(references), "method": how})
+        rows.append(summary_row(p, stem, r))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -135,10 +172,10 @@ def run(args) -> int:
         print(f"| {r['image']} | {r['verdict']} | {r['score']:.3f} | {r['position']} | {r['size']} | {r['regions']} |")
     n_bad = sum(r["verdict"] == "anomalous" for r in rows)
     n_review = sum(r["verdict"] == "borderline" for r in rows)
-    print(f"{n_bad} of {len(rows)} flagged, {n_review} borderline (have a person check them); time {t2 - t0:.2f} s -> "
+    print(f"{n_bad} of {len(rows)} flagged, {n_review} borderline (have a person check them); time {seconds:.2f} s -> "
           f"{out}/summary.csv and one folder per image")
     n_mis = sum(r["reference_mismatch"] for r in rows)
     if n_mis:
         print(f"warning: {n_mis} of {len(rows)} images differ from the reference over most of their surface "
-              "(summary.csv column reference_mismatch): check that the reference shows the same part, view and lighting")
-    return 0
+              "(summary.csv column reference_mismatch): check that the reference shows the same part, view and "
+              "lighting")

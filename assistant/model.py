@@ -22,7 +22,7 @@ from assistant.config import Config, load_config, resolve_data_path
 from assistant.expert import AnomalyResult
 from assistant.imaging import ImageInput, load_image
 from assistant.lvlm import HEADS_FILE, LVLM, ImageFeatures, build_lvlm, image_features, visual_inputs
-from assistant.vision.base import VisionOutput, build_vision_tower
+from assistant.vision.base import VisionOutput
 
 
 @dataclass
@@ -65,11 +65,10 @@ class Assistant:
                 cfg.lvlm.checkpoint = str(p)
             if (p / "expert.safetensors").is_file() and not any(o.startswith("expert.checkpoint=") for o in overrides):
                 cfg.expert.checkpoint = str(p)
-        from assistant.expert import build_expert
+        from assistant.expert import load_expert
 
         t0 = time.perf_counter()
-        tower = build_vision_tower(cfg.vision)
-        expert = build_expert(cfg, tower).eval()
+        tower, expert = load_expert(cfg)
         lvlm = None
         if load_lvlm:
             ckpt = _resolve(cfg.lvlm.checkpoint)

@@ -6,7 +6,7 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from assistant.cli import add_config_arguments
+    from assistant.config import add_config_arguments
 
     add_config_arguments(p, default=None)
     p.add_argument("--host", default=None,

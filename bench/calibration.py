@@ -17,14 +17,6 @@ import sys
 import numpy as np
 
 
-def oracle_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Best balanced accuracy of a single threshold on these labels (sklearn's ROC: max of (TPR + TNR) / 2)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.max((tpr + 1 - fpr) / 2))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="MVTec-layout category folders")
@@ -36,18 +28,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from assistant.cli_args import parse_int_list
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, skip_reason
-    from assistant.evaluation.runner import evaluate_category
+    from assistant.evaluation.data import discover, skip_reason
+    from assistant.evaluation.expert.metrics import best_balanced_accuracy
+    from assistant.evaluation.expert.runner import evaluate_category
+    from assistant.expert import load_expert
 
     torch.set_num_threads(2)
     cfg = load_config(args.config, args.overrides)
     tower, expert = load_expert(cfg)
     cats = discover(args.data)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_int_list(args.seeds, "--seeds")
     rows = []
-    for k in [int(s) for s in args.shots.split(",")]:
+    for k in parse_int_list(args.shots, "--shots", minimum=0):
         per_k = []
         for cat in cats:
             if skip_reason(cat, k):
@@ -57,7 +51,7 @@ def main(argv=None) -> int:
             m = {key: float(np.mean([r.metrics.get(key, np.nan) for r in res.runs]))
                  for key in ("balanced_accuracy", "miss", "overkill", "review_rate", "balanced_accuracy_outside_review",
                              "image_auroc")}
-            m["oracle"] = float(np.mean([oracle_balanced_accuracy(r.labels, r.scores) for r in res.runs]))
+            m["oracle"] = float(np.mean([best_balanced_accuracy(r.labels, r.scores) for r in res.runs]))
             per_k.append((cat.name, m))
         rows += [(k, name, m) for name, m in per_k]
         if per_k:

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from assistant.chat import ChatSession
-    from assistant.evaluation.datasets import discover, sample_references
+    from assistant.evaluation.data import discover, sample_references
     from assistant.model import Assistant
 
     asst = Assistant.from_pretrained(args.checkpoint, overrides=args.overrides)

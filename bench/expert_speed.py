@@ -23,9 +23,9 @@ import time
 
 def method_config(args, method: str):
     """The config of one method row: ours, or the plain kNN detector of `evaluate --baseline knn`
-    (assistant.evaluation.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
+    (assistant.evaluation.expert.baselines.KNN_OVERRIDES: one definition for the bench and the evaluation)."""
     from assistant.config import load_config
-    from assistant.evaluation.baselines import knn_config
+    from assistant.evaluation.expert.baselines import knn_config
 
     return knn_config(args.config, args.overrides) if method == "knn-baseline" else load_config(args.config, args.overrides)
 
@@ -42,7 +42,7 @@ def one(args) -> dict:
     """Time one (method, shots, batch) row in this process."""
     import torch
 
-    from assistant.evaluation.cli import load_expert
+    from assistant.expert import load_expert
 
     torch.set_num_threads(args.threads)
     cfg = method_config(args, args.method)
@@ -78,10 +78,10 @@ def one(args) -> dict:
 
 
 def quality(args) -> list[dict]:
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover
-    from assistant.evaluation.report import build_report
-    from assistant.evaluation.runner import evaluate
+    from assistant.evaluation.data import discover
+    from assistant.evaluation.expert.report import build_report
+    from assistant.evaluation.expert.runner import evaluate
+    from assistant.expert import load_expert
 
     rows = []
     cats = discover(args.data)
@@ -138,7 +138,9 @@ def main(argv=None) -> int:
         print(f"| {r['method']} | {r['shots']} | {r['batch']} | {r['device']} | {r['ms_per_image']:.1f} | "
               f"{r['ms_per_image_p90']:.1f} | {r['cpu_ms_per_image']:.1f} | {r['peak_rss_mb']:.0f} |")
     if args.data:
-        args.seeds = [int(s) for s in args.seeds.split(",")]
+        from assistant.cli_args import parse_int_list
+
+        args.seeds = parse_int_list(args.seeds, "--seeds")
         q = quality(args)
         print(f"\nQuality, 1-shot, seeds {args.seeds}, mean over {len(args.data)} folder(s)\n")
         print("| method | image AUROC | pixel AUROC | AUPRO | balanced acc. |")

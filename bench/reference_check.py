@@ -24,12 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    import numpy as np
-
+    from assistant.cli_args import parse_int_list
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, sample_references
-    from assistant.evaluation.runner import _slice, encode_items
+    from assistant.evaluation.data import discover, sample_references
+    from assistant.evaluation.expert.runner import encode_items, slice_features
+    from assistant.expert import load_expert
     from assistant.imaging import load_image
 
     cfg = load_config(args.config, overrides=args.overrides)
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
     if not cats:
         print(f"no category with test images and train/good under {args.data}", file=sys.stderr)
         return 2
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_int_list(args.seeds, "--seeds")
     size = (tower.image_size, tower.image_size)
     t0 = time.perf_counter()
     feats = {c.name: encode_items(tower, c.items, 16, c.name) for c in cats}
@@ -55,11 +54,19 @@ def main(argv=None) -> int:
                 n = len(qc.items)
                 res = []
                 for j in range(0, n, 16):
-                    res += expert.predict(_slice(feats[qc.name], list(range(j, min(j + 16, n)))), state, size)
+                    res += expert.predict(slice_features(feats[qc.name], list(range(j, min(j + 16, n)))), state, size)
                 flags.setdefault((rc.name, qc.name), []).extend(
                     (it.label, r.reference_mismatch, r.reference_median) for it, r in zip(qc.items, res))
     print(f"reference mismatch cut {expert.reference_mismatch:.3f} (fitted on synthetic categories); "
           f"1 reference, seeds {args.seeds}; {time.perf_counter() - t0:.0f} s\n")
+    print_table(flags)
+    return 0
+
+
+def print_table(flags: dict) -> None:
+    """One row per (reference category, query category), then the pooled same-part and other-part shares."""
+    import numpy as np
+
     print("| reference | query | pair | queries | flagged | flagged good | flagged defective | median map value |")
     print("|---|---|---|---|---|---|---|---|")
     same, other = [], []
@@ -78,7 +85,6 @@ def main(argv=None) -> int:
     if other:
         print(f"| **all** | | **other part (caught)** | {sum(map(len, other))} | "
               f"**{np.concatenate(other).mean():.3f}** | | | |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Never part of `make test`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,22 +27,22 @@ def synth_sets(build: Path) -> list[tuple[str, list, list[Path]]]:
     """[(name, items, [reference]), ...] per category of a data_synth build: anomalous records with masks."""
     from types import SimpleNamespace
 
+    from data_synth.build import read_manifest
+
     by_cat: dict[str, list[dict]] = {}
-    for line in (build / "manifest.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_manifest(build):  # paths made absolute
         by_cat.setdefault(r["category"], []).append(r)
     out = []
     for cat, recs in sorted(by_cat.items()):
-        items = [SimpleNamespace(image=build / r["image"], mask=build / r["mask"])
-                 for r in recs if r["label"] == 1 and r.get("mask")]
+        items = [SimpleNamespace(image=r["image"], mask=r["mask"]) for r in recs if r["label"] == 1 and r.get("mask")]
         if items and recs[0].get("references"):
-            out.append((f"synth:{cat}", items, [build / recs[0]["references"][0]]))
+            out.append((f"synth:{cat}", items, [recs[0]["references"][0]]))
     return out
 
 
 def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int, list[int]]:
     """(flagged anomalous images over all reference sets, hits per cells value)."""
-    from assistant.evaluation.runner import _slice, encode_items
+    from assistant.evaluation.expert.runner import encode_items, slice_features
     from assistant.expert import mask_boxes
     from assistant.imaging import load_image, load_mask
 
@@ -55,7 +54,7 @@ def count_hits(expert, tower, items, ref_sets, cells: list[float]) -> tuple[int,
         state = expert.fit_references(tower, [load_image(r) for r in refs], seed=0)
         for j in range(0, len(items), 16):
             part = list(range(j, min(j + 16, len(items))))
-            for r, gt in zip(expert.predict(_slice(feats, part), state, (size, size)), [gts[i] for i in part]):
+            for r, gt in zip(expert.predict(slice_features(feats, part), state, (size, size)), [gts[i] for i in part]):
                 if not r.pred_label:
                     continue
                 flagged += 1
@@ -78,12 +77,13 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from assistant.cli_args import parse_int_list
     from assistant.config import load_config
-    from assistant.evaluation.cli import load_expert
-    from assistant.evaluation.datasets import discover, sample_references
+    from assistant.evaluation.data import discover, sample_references
+    from assistant.expert import load_expert
 
     cells = [float(c) for c in args.cells.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_int_list(args.seeds, "--seeds")
     tower, expert = load_expert(load_config(args.config, ["expert.box_merge_cells=1"]))
     rows = []
     for cat in discover(args.data) if args.data else []:

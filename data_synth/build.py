@@ -144,16 +144,23 @@ def conversation_for(rec: dict, seed: int, opener_ratio: float = 0.0, compare_la
     return make_conversation(rec, rec["noun"], refs, rng, opener_ratio, compare_last_ratio)
 
 
-def read_manifest(out: str | Path, absolute: bool = True) -> list[dict]:
-    """Records of OUT/manifest.jsonl; with absolute=True the image, mask and reference paths are made
-    absolute (they are stored relative to OUT)."""
+def read_manifest(out: str | Path, absolute: bool = True, limit: int | None = None) -> list[dict]:
+    """Records of OUT/manifest.jsonl (the first `limit` if given); with absolute=True the image, mask and reference
+    paths are made absolute (they are stored relative to OUT). The one reader of a build folder: training and the
+    benches use it. FileNotFoundError (naming the command that makes one) when OUT has no manifest or no record."""
     out = Path(out)
     path = out / "manifest.jsonl"
-    if not path.exists():
-        raise SynthError(f"{out}: expected a built dataset with manifest.jsonl, found none")
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: expected a data_synth build folder with manifest.jsonl, found none (make one "
+                                f"with `python -m data_synth build --source procedural --out {out} --n 2000`)")
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if absolute:
-        for r in recs:
+    if not recs:
+        raise FileNotFoundError(f"{path}: no samples")
+    recs = recs[:limit] if limit else recs
+    for r in recs:
+        r["mask"] = r.get("mask") or None
+        r["references"] = list(r.get("references") or [])
+        if absolute:
             r["image"] = str(out / r["image"])
             r["mask"] = str(out / r["mask"]) if r["mask"] else None
             r["references"] = [str(out / p) for p in r["references"]]

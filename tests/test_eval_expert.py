@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from assistant.cli import main
-from assistant.evaluation.datasets import DatasetError, discover, load_mvtec_category, sample_references
-from assistant.evaluation.metrics import METRIC_KEYS
+from assistant.evaluation.data import DatasetError, discover, load_mvtec_category, sample_references
+from assistant.evaluation.expert.metrics import METRIC_KEYS
 
 
 def _img(rng, defect=False):
@@ -226,8 +226,8 @@ def test_single_image_zero_shot_evaluation_records_a_threshold_per_image(tmp_pat
     """--shots 0 without --mutual on a tower without text: each test image is judged alone (in-image rarity,
     its own threshold from anomalies synthesized on it); the report names that mode and its rule."""
     from assistant.config import load_config
-    from assistant.evaluation.report import build_report, markdown
-    from assistant.evaluation.runner import evaluate_category
+    from assistant.evaluation.expert.report import build_report, markdown
+    from assistant.evaluation.expert.runner import evaluate_category
     from assistant.expert import AnomalyExpert, level_scale
     from assistant.vision.efficientnet import EfficientNetTower
 
@@ -254,7 +254,7 @@ def test_a_folder_over_the_feature_budget_is_encoded_per_seed_with_the_same_figu
     """When the test features would exceed the budget they are not kept across seeds but encoded again per batch:
     the same scores and metrics (up to float rounding), in bounded memory."""
     from assistant.config import load_config
-    from assistant.evaluation.runner import TestFeatures, evaluate_category
+    from assistant.evaluation.expert.runner import TestFeatures, evaluate_category
     from assistant.expert import AnomalyExpert, level_scale
     from assistant.vision.efficientnet import EfficientNetTower
 

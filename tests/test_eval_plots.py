@@ -31,10 +31,10 @@ def test_roc_and_grid(tmp_path):
 
 def test_expert_grid_on_a_tiny_folder(tmp_path):
     from assistant.config import load_config
-    from assistant.evaluation.baselines import KNNBaseline
-    from assistant.evaluation.datasets import discover
-    from assistant.evaluation.plots import expert_grid
-    from assistant.evaluation.runner import evaluate
+    from assistant.evaluation.data import discover
+    from assistant.evaluation.expert.baselines import KNNBaseline
+    from assistant.evaluation.expert.report import expert_grid
+    from assistant.evaluation.expert.runner import evaluate
 
     cat = tmp_path / "widget"
     for i in range(2):

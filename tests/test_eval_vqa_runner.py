@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from qa_fixtures import BatchFakeAnswerer, FakeAnswerer, make_mmad
 
-from assistant.evaluation import qa_cli
-from assistant.evaluation.qa_report import category_metrics
-from assistant.evaluation.store import StoreError
+from assistant.evaluation import cli as evaluate_cli
+from assistant.evaluation.answers.report import category_metrics
+from assistant.evaluation.answers.store import StoreError
 
 
 def _args(*argv):
     p = argparse.ArgumentParser()
-    qa_cli.add_arguments(p)
+    evaluate_cli.add_arguments(p)
     return p.parse_args(list(argv))
 
 
@@ -27,7 +27,7 @@ def mmad(tmp_path_factory):
 def _run(mmad, out, *extra, answerer=None):
     root, path = mmad
     args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(out), "--config", "fake", *extra)
-    return qa_cli.run(args, answerer=answerer or FakeAnswerer())
+    return evaluate_cli.run(args, answerer=answerer or FakeAnswerer())
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,10 @@ def test_two_shards_merged_equal_one_run(mmad, full_run, tmp_path):
     a, b = FakeAnswerer(), FakeAnswerer()
     _run(mmad, tmp_path, "--num-chunks", "2", "--chunk-idx", "0", answerer=a)
     with pytest.raises(StoreError, match=r"missing chunk\(s\) \[1\]"):
-        qa_cli.run(_args("--merge", "--out", str(tmp_path)))
+        evaluate_cli.run(_args("--merge", "--out", str(tmp_path)))
     _run(mmad, tmp_path, "--num-chunks", "2", "--chunk-idx", "1", answerer=b)
     assert a.analyzed + b.analyzed == 12 and a.answered + b.answered == 30 and min(a.answered, b.answered) > 0
-    assert qa_cli.run(_args("--merge", "--out", str(tmp_path))) == 0
+    assert evaluate_cli.run(_args("--merge", "--out", str(tmp_path))) == 0
     assert (tmp_path / "answers.jsonl").read_text() == (full_run / "answers.jsonl").read_text()
     assert (tmp_path / "report.json").read_text() == (full_run / "report.json").read_text()
 
@@ -167,11 +167,11 @@ def test_two_launched_processes_equal_one_run(mmad, full_run, tmp_path):
         "import argparse, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from qa_fixtures import FakeAnswerer\n"
-        "from assistant.evaluation import qa_cli\n"
-        "p = argparse.ArgumentParser(); qa_cli.add_arguments(p)\n"
+        "from assistant.evaluation import cli as evaluate_cli\n"
+        "p = argparse.ArgumentParser(); evaluate_cli.add_arguments(p)\n"
         f"a = p.parse_args(['--mmad', {str(path)!r}, '--data-root', {str(root)!r}, '--out', {str(tmp_path / 'o')!r},"
         " '--config', 'fake'] + sys.argv[1:])\n"
-        "sys.exit(qa_cli.run(a, answerer=FakeAnswerer()))\n")
+        "sys.exit(evaluate_cli.run(a, answerer=FakeAnswerer()))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     import socket
 
@@ -210,7 +210,7 @@ def test_jsonl_questions_end_to_end(mmad, tmp_path):
     q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "out"
     args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
-    assert qa_cli.run(args, answerer=FakeAnswerer()) == 0
+    assert evaluate_cli.run(args, answerer=FakeAnswerer()) == 0
     recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     yn = [r for r in recs if r["question"] == "Is this part defective?"]
     assert len(yn) == 12 and all(r["parsed"] in ("yes", "no") and r["correct"] for r in yn)  # fake expert is right
@@ -232,7 +232,7 @@ def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
 
     root, path = mmad
     args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(tmp_path), "--config", "fake")
-    assert qa_cli.run(args, answerer=FakeAnswerer(), baseline=blind) == 0
+    assert evaluate_cli.run(args, answerer=FakeAnswerer(), baseline=blind) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     cat = rep["categories"]["DS/bottle"]
     assert cat["baseline_answer_balanced_accuracy"] == pytest.approx(0.5)  # all normals wrong, all anomalies right
@@ -243,15 +243,15 @@ def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
 def test_cli_errors_name_the_problem(mmad, tmp_path):
     root, path = mmad
     with pytest.raises(ValueError, match="exactly one of --mmad FILE or --jsonl FILE"):
-        qa_cli.run(_args("--mmad", str(path), "--jsonl", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
+        evaluate_cli.run(_args("--mmad", str(path), "--jsonl", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
     with pytest.raises(ValueError, match="--mmad needs --data-root"):
-        qa_cli.run(_args("--mmad", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
+        evaluate_cli.run(_args("--mmad", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
     with pytest.raises(FileNotFoundError, match="run.json not found: nothing to merge"):
-        qa_cli.run(_args("--merge", "--out", str(tmp_path / "none")))
+        evaluate_cli.run(_args("--merge", "--out", str(tmp_path / "none")))
     args = _args("--mmad", str(path), "--data-root", str(root), "--out", str(tmp_path))
     args.data = ["somewhere"]
     with pytest.raises(ValueError, match="not both"):
-        qa_cli.run(args, answerer=FakeAnswerer())
+        evaluate_cli.run(args, answerer=FakeAnswerer())
 
 
 def test_tiny_assistant_end_to_end_resumes_identically(tiny_lm_dir, tmp_path):
@@ -259,10 +259,10 @@ def test_tiny_assistant_end_to_end_resumes_identically(tiny_lm_dir, tmp_path):
     small = make_mmad(tmp_path / "data", n_good=1, n_bad=1, categories=("bottle",))
     common = ["--mmad", str(small), "--data-root", str(tmp_path / "data"), "--config", "tiny", "--no-plots",
               "--set", f"lm.name={tiny_lm_dir}", "--set", "lvlm.checkpoint=null", "--set", "expert.checkpoint=null"]
-    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "a"))) == 0
-    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "b"), "--max-questions", "3")) == 0
+    assert evaluate_cli.run(_args(*common, "--out", str(tmp_path / "a"))) == 0
+    assert evaluate_cli.run(_args(*common, "--out", str(tmp_path / "b"), "--max-questions", "3")) == 0
     assert len(_keys(tmp_path / "b" / "answers.jsonl")) == 3
-    assert qa_cli.run(_args(*common, "--out", str(tmp_path / "b"))) == 0
+    assert evaluate_cli.run(_args(*common, "--out", str(tmp_path / "b"))) == 0
     recs = [json.loads(x) for x in (tmp_path / "a" / "answers.jsonl").read_text().splitlines()]
     assert len(recs) == 5 and all(isinstance(r["response"], str) for r in recs)
     assert (tmp_path / "a" / "answers.jsonl").read_text() == (tmp_path / "b" / "answers.jsonl").read_text()

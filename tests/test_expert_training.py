@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 
 from assistant.config import load_config
+from assistant.evaluation.expert.metrics import best_balanced_threshold
 from assistant.expert import AnomalyExpert, TextHead
 from assistant.vision.base import build_vision_tower
 from training.__main__ import main as train_main
-from training.expert import best_threshold, focal_dice_loss
+from training.expert import focal_dice_loss
 
 
 def make_synth(root, n=12, categories=("widget",)):
@@ -58,8 +59,11 @@ def test_focal_dice_loss_prefers_the_right_map():
 
 
 def test_best_threshold_separates():
-    thr = best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
-    assert 0.2 < thr < 0.8
+    thr, ba = best_balanced_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert thr == pytest.approx(0.5) and ba == 1.0
+    # ties: the lowest threshold of the best balanced accuracy; `score > thr` reproduces it
+    thr, ba = best_balanced_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert thr == pytest.approx(0.15) and ba == pytest.approx(0.75)
 
 
 def test_train_expert_cli_saves_loadable_heads(tmp_path):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from assistant.evaluation.vqa import answer_metrics, merge_report
+from assistant.evaluation.answers.report import answer_metrics, merge_report
 from assistant.wording import mask_position, parse_position, parse_verdict
 
 

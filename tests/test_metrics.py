@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from assistant.evaluation.metrics import aupro, f1_max, image_metrics, pixel_metrics
+from assistant.evaluation.expert.metrics import aupro, f1_max, image_metrics, pixel_metrics
 
 
 def test_image_metrics_match_sklearn_and_hand_counts():

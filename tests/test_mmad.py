@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from qa_fixtures import make_mmad
 
-from assistant.evaluation.jsonl_data import QuestionFileError, load_jsonl
-from assistant.evaluation.mmad import (
+from assistant.evaluation.data.jsonl import QuestionFileError, load_jsonl
+from assistant.evaluation.data.mmad import (
     build_prompt,
     detection_choice,
     load_mmad,
@@ -131,7 +131,7 @@ def test_mvtec_to_mmad_writes_loadable_questions(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from assistant.evaluation.mvtec_to_mmad import build
+    from assistant.evaluation.data.mvtec_to_mmad import build
 
     cat = tmp_path / "parts" / "widget"
     rng = np.random.default_rng(0)

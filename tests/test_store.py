@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from assistant.evaluation.store import (
+from assistant.evaluation.answers.store import (
     AnswerStore,
     Chunk,
     StoreError,

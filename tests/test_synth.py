@@ -127,7 +127,7 @@ def test_build_is_deterministic_and_resumes_without_duplicates(built, tmp_path):
     recs = read_manifest(tmp_path)
     assert len(recs) == 24 and all(Path(r["image"]).is_file() for r in recs)
     assert all(Path(r["mask"]).is_file() for r in recs if r["label"] == 1)
-    with pytest.raises(SynthError, match="manifest.jsonl"):
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
         read_manifest(tmp_path / "images")
     with pytest.raises(SynthError, match="other settings"):
         build([ProceduralSource(products_per_kind=1)], tmp_path, 4, BuildSettings(seed=1, size=SIZE, n_refs=2),

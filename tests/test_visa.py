@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.evaluation.datasets import DatasetError, discover
-from assistant.evaluation.visa import is_visa_root, load_visa
+from assistant.evaluation.data import DatasetError, discover
+from assistant.evaluation.data.visa import is_visa_root, load_visa
 
 
 def _visa(root, rows):
@@ -59,7 +59,7 @@ def test_visa_errors(tmp_path):
 
 
 def test_knn_baseline_flags_a_bright_defect(tmp_path):
-    from assistant.evaluation.baselines import KNN_OVERRIDES, build_knn_baseline
+    from assistant.evaluation.expert.baselines import KNN_OVERRIDES, build_knn_baseline
 
     rng = np.random.default_rng(0)
     good = (rng.random((32, 32, 3)) * 30 + 100).astype(np.uint8)

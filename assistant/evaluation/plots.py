@@ -17,7 +17,8 @@ def _pyplot():
     return plt
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "Image-level ROC") -> Path | None:
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+             title: str = "Image-level ROC") -> Path | None:
     """One ROC curve per name from (labels, scores); names with a single class are skipped.
 
     Returns the written path, or None when no curve could be drawn.
@@ -84,7 +85,8 @@ def qualitative_grid(cases: list[Case], path: str | Path, side: int = 160) -> Pa
             vmax = 2.0 * case.threshold if case.threshold > 0 else float(amap.max() or 1.0)
             row[2].imshow(amap, cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax)
         row[2].set_title("anomaly map", fontsize=7)
-        row[3].text(0.0, 1.0, "\n".join([w for line in case.text.splitlines() for w in textwrap.wrap(line, 60) or [""]][:14]), va="top", fontsize=7, family="monospace")
+        wrapped = [w for line in case.text.splitlines() for w in textwrap.wrap(line, 60) or [""]][:14]
+        row[3].text(0.0, 1.0, "\n".join(wrapped), va="top", fontsize=7, family="monospace")
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
@@ -92,53 +94,3 @@ def qualitative_grid(cases: list[Case], path: str | Path, side: int = 160) -> Pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def expert_grid(expert, tower, categories, results, shots: int, path: str | Path, n: int = 4,
-                mutual: bool = False) -> Path | None:
-    """Folder evaluation: grid of the n best and n worst test images of the first seed, ranked by how far
-    the score sits from the calibrated threshold on the right (best) or wrong (worst) side. With `mutual`
-    (batch zero-shot) a shown image's map is recomputed with its whole category, as it was evaluated."""
-    from assistant.evaluation.datasets import sample_references
-    from assistant.imaging import load_image
-
-    ranked = []
-    for cat, res in zip(categories, results):
-        if not res.runs or not res.runs[0].thresholds:
-            continue
-        run = res.runs[0]
-        thr = max(float(run.thresholds[0]), 1e-8)
-        for i, it in enumerate(cat.items):
-            margin = (float(run.scores[i]) / thr - 1.0) * (1 if it.label else -1)  # > 0: right side
-            ranked.append((margin, cat, i, run))
-    if not ranked:
-        return None
-    ranked.sort(key=lambda x: (x[0], x[1].name, x[2]))
-    worst = ranked[:n]
-    best = [r for r in ranked[::-1] if r not in worst][:n]
-    states: dict = {}
-    batches: dict = {}  # category name -> mutual-scoring results of all its items
-    cases = []
-    size = (tower.image_size, tower.image_size)
-    for tag, group in (("best", best), ("worst", worst)):
-        for margin, cat, i, run in group:
-            it = cat.items[i]
-            if mutual:
-                from assistant.evaluation.runner import encode_items
-
-                if cat.name not in batches:
-                    batches[cat.name] = expert.mutual_predict(encode_items(tower, cat.items), size)
-                refs, res = (), batches[cat.name][i]
-            else:
-                refs = tuple(it.references) or tuple(sample_references(cat.train_good, shots, run.seed))
-                if refs not in states:
-                    states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=run.seed)
-                img = load_image(it.image)
-                res = expert.predict(tower.encode([img]), states[refs], size, images=[img], tower=tower)[0]
-            text = (f"truth: {'anomalous (' + it.defect + ')' if it.label else 'normal'}\n"
-                    f"verdict: {'anomalous' if res.pred_label else 'normal'}, score {res.pred_score:.3g}, "
-                    f"threshold {res.threshold:.3g}\n"
-                    + ("mutual scoring, no references" if mutual else f"{len(refs)} reference(s), seed {run.seed}"))
-            cases.append(Case(image=it.image, mask=it.mask, anomaly_map=res.anomaly_map, threshold=res.threshold,
-                              text=text, title=f"{tag}: {cat.name}/{Path(it.image).parent.name}/{Path(it.image).name}"))
-    return qualitative_grid(cases, path)

@@ -5,7 +5,7 @@
     calibration.py  views, synthetic defects for calibration, null-distribution thresholds, margins, verdicts
     references.py   ReferenceState and fit_references (memory bank + thresholds from reference normals)
     postprocess.py  upsampling, image score, masks, boxes, re-labelling at another threshold (sensitivity)
-    model.py        AnomalyExpert: fit_references / predict / mutual_predict / lot_decide, build_expert
+    model.py        AnomalyExpert: fit_references / predict / mutual_predict / lot_decide; build_expert, load_expert
     io.py           checkpoints (safetensors + config.json)
     result.py       AnomalyResult, Box
 """
@@ -25,7 +25,7 @@ from assistant.expert.io import (
                                           trained_expert_dir,
 )
 from assistant.expert.knn import aggregate, greedy_coreset, nn_distance, normal_scale, self_nn_distance
-from assistant.expert.model import LOT_MIN, AnomalyExpert, build_expert
+from assistant.expert.model import LOT_MIN, AnomalyExpert, build_expert, load_expert
 from assistant.expert.postprocess import (
                                           SENSITIVITY_RANGE,
                                           SMOOTH_SIDE,
@@ -39,6 +39,7 @@ from assistant.expert.result import AnomalyResult, Box
 
 __all__ = ["CONFIG_NAME", "LOT_MIN", "SENSITIVITY_RANGE", "SMOOTH_SIDE", "WEIGHTS_NAME", "AnomalyExpert", "AnomalyResult", "Box",
            "ExpertCheckpointError", "PrototypeHead", "ReferenceState", "TextHead", "aggregate", "batch_split",
-           "build_expert", "dihedral_views", "greedy_coreset", "level_scale", "margin_key", "mask_boxes", "mild_jitter",
+           "build_expert", "dihedral_views", "greedy_coreset", "level_scale", "load_expert", "margin_key", "mask_boxes",
+           "mild_jitter",
            "nn_distance", "normal_scale", "relabel", "apply_sensitivity", "self_distances", "self_nn_distance", "synthesize_anomaly",
            "trained_expert_dir", "verdict_mask"]

@@ -343,3 +343,12 @@ def build_expert(cfg, tower) -> AnomalyExpert:
     if p is not None:
         return AnomalyExpert.from_pretrained(p, cfg.expert, tower)
     return AnomalyExpert.from_pretrained(None, cfg.expert, tower).to(tower.device)
+
+
+def load_expert(cfg) -> tuple:
+    """(tower, expert) for a full Config: the tower of cfg.vision, the expert (eval mode) with the trained heads of
+    cfg.expert.checkpoint when present. The one loader of the detector: detect, evaluation, bench, Assistant."""
+    from assistant.vision.base import build_vision_tower
+
+    tower = build_vision_tower(cfg.vision)
+    return tower, build_expert(cfg, tower).eval()

@@ -7,9 +7,9 @@ scores) -> calibration.py (self scales, margins, null model, reference-mismatch 
 """
 from training.expert.calibration import MARGIN_SHOTS, NULL_SHOTS, fit_margins, fit_null
 from training.expert.data import encode_cached, grid_masks, indices_by_category, read_manifest
-from training.expert.head import best_threshold, focal_dice_loss, heldout_scores, train_head
+from training.expert.head import focal_dice_loss, heldout_scores, train_head
 from training.expert.loop import add_arguments, calibrate_only, run
 
-__all__ = ["MARGIN_SHOTS", "NULL_SHOTS", "add_arguments", "best_threshold", "calibrate_only", "encode_cached",
+__all__ = ["MARGIN_SHOTS", "NULL_SHOTS", "add_arguments", "calibrate_only", "encode_cached",
            "fit_margins", "fit_null", "focal_dice_loss", "grid_masks", "heldout_scores",
            "indices_by_category", "read_manifest", "run", "train_head"]

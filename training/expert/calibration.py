@@ -20,16 +20,6 @@ MARGIN_SHOTS = (1, 2, 4)
 NULL_SHOTS = (1, 2, 4, 8)
 
 
-def parse_shots(text: str, flag: str = "--margin-shots") -> tuple[int, ...]:
-    try:
-        shots = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
-    except ValueError:
-        shots = ()
-    if not shots or min(shots) < 1:
-        raise ValueError(f"{flag}: expected reference counts >= 1 separated by commas (e.g. 1,2,4,8,16), "
-                         f"got {text!r}")
-    return shots
-
 
 @torch.no_grad()
 def self_scales(expert, normal_idx: list[int], tokens, glob, grid) -> list[float]:

@@ -11,27 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data_synth.build import read_manifest  # noqa: F401  (re-exported: the trainer's records)
 from training.checkpoint import save_tensors
-
-
-def read_manifest(folder: str | Path, limit: int | None = None) -> list[dict]:
-    root = Path(folder)
-    path = root / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{root}: expected a data_synth build folder with manifest.jsonl "
-                                f"(make one with `python -m data_synth build --source procedural --out {root} "
-                                "--n 2000`)")
-    recs = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            r["image"] = str(root / r["image"])
-            r["mask"] = str(root / r["mask"]) if r.get("mask") else None
-            r["references"] = [str(root / x) for x in r.get("references") or []]
-            recs.append(r)
-    if not recs:
-        raise FileNotFoundError(f"{path}: no samples")
-    return recs[:limit] if limit else recs
 
 
 @torch.no_grad()

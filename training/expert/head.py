@@ -28,20 +28,6 @@ def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2
     return focal + dice_weight * dice
 
 
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Threshold with the best balanced accuracy (midpoint between neighbouring scores)."""
-    s = np.sort(np.unique(scores))
-    cands = np.concatenate([[s[0] - 1e-6], (s[1:] + s[:-1]) / 2, [s[-1] + 1e-6]])
-    best, thr = -1.0, float(cands[0])
-    for c in cands:
-        pred = scores > c
-        tpr = pred[labels == 1].mean() if (labels == 1).any() else 0.0
-        tnr = (~pred[labels == 0]).mean() if (labels == 0).any() else 0.0
-        if (tpr + tnr) / 2 > best:
-            best, thr = (tpr + tnr) / 2, float(c)
-    return thr
-
-
 def train_head(expert, accelerator, tc, train: list[int], tokens, glob, grid, targets: torch.Tensor) -> list[dict]:
     """train.steps AdamW steps (cosine schedule) of the expert's head on random batches of the `train` records,
     focal + dice loss against the patch-grid `targets`; the trained head goes back into the expert (CPU).

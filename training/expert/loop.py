@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from assistant.cli_args import parse_shots
 from assistant.config import add_config_arguments
+from assistant.evaluation.expert.metrics import best_balanced_threshold
 from training.checkpoint import data_info
 from training.expert.calibration import (
     MARGIN_SHOTS,
@@ -27,11 +29,10 @@ from training.expert.calibration import (
     fit_margins,
     fit_null,
     fit_reference_mismatch,
-    parse_shots,
     self_scales,
 )
 from training.expert.data import encode_cached, grid_masks, read_manifest
-from training.expert.head import best_threshold, heldout_scores, train_head
+from training.expert.head import heldout_scores, train_head
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def run(args) -> int:
     shots = parse_shots(args.margin_shots, "--margin-shots") if args.margin_shots else (
         () if args.calibrate_only else MARGIN_SHOTS)
     null_shots = parse_shots(args.null_shots, "--null-shots")
-    recs = [r for d in args.data for r in read_manifest(d, args.max_samples)]
+    recs = [r for d in args.data for r in read_manifest(d, limit=args.max_samples)]
     accelerator = make_accelerator(cfg.vision.device)
     tower = build_vision_tower(cfg.vision)
     refit = None
@@ -110,7 +111,7 @@ def train_expert(cfg, accelerator, tower, recs: list[dict], feats):
     log = train_head(expert, accelerator, tc, train, tokens, glob, grid, targets)
     scores, vlab = heldout_scores(expert, tower, val, tokens, glob, grid), labels[val]
     expert.self_scales = self_scales(expert, [i for i in train if labels[i] == 0][:512], tokens, glob, grid)
-    expert.zero_shot_threshold = best_threshold(scores, vlab)
+    expert.zero_shot_threshold = best_balanced_threshold(vlab, scores)[0]
     val_auroc = None
     if len(set(vlab.tolist())) == 2:
         from sklearn.metrics import roc_auc_score

@@ -11,6 +11,7 @@ import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
 from assistant.wording import SUSPICION, evidence_text
+from data_synth.build import read_manifest
 
 if TYPE_CHECKING:
     from assistant.lvlm import LVLM, VisualInputs
@@ -36,11 +37,7 @@ def load_samples(root: str | Path, max_refs: int) -> list[Sample]:
     if not man.is_file() or not conv.is_file():
         raise FileNotFoundError(f"{root}: expected manifest.jsonl and conversations.json from "
                                 "`python -m data_synth build`")
-    recs = {}
-    for line in man.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            recs[r["id"]] = r
+    recs = {r["id"]: r for r in read_manifest(root, absolute=False)}
     out = []
     for c in json.loads(conv.read_text()):
         r = recs.get(c["id"])
@@ -51,7 +48,7 @@ def load_samples(root: str | Path, max_refs: int) -> list[Sample]:
         ev = evidence_text(bool(label), SUSPICION.get(r.get("severity") or "", "suspicious"), r.get("position"),
                            r.get("size"), r.get("area_fraction"), r.get("n_components") or None)
         out.append(Sample(c["id"], root, r["image"], r.get("mask"), label, list(c.get("references", []))[:max_refs],
-                          list(r.get("references", [])), turns, ev))
+                          r["references"], turns, ev))
     return out
 
 

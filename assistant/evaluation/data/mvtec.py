@@ -3,47 +3,16 @@
 Layout: `<category>/train/good/*`, `<category>/test/good/*`, `<category>/test/<defect>/*`,
 `<category>/ground_truth/<defect>/<stem>_mask.png` (optional; pixel > 0 = defect).
 
-Every dataset yields `EvalItem`s (image path, label, mask path, category, references); other formats
-(MMAD, JSONL, VisA) can plug into the runner by producing the same `EvalCategory` objects.
+`discover` takes MVTec-layout categories, folders of them and VisA roots (visa.py) alike; each category
+becomes an `EvalCategory` of `EvalItem`s (items.py).
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.evaluation.data.items import DatasetError, EvalCategory, EvalItem
+from assistant.evaluation.data.visa import is_visa_root, load_visa
 from assistant.imaging import IMAGE_SUFFIXES
-
-
-@dataclass
-class EvalItem:
-    image: str  # path of the query image
-    label: int  # 0 = normal, 1 = anomalous
-    mask: str | None  # path of the ground-truth mask (None: no mask; normals have an all-zero mask)
-    category: str  # category name (report key)
-    defect: str = "good"  # defect type folder name ("good" for normals)
-    references: list[str] = field(default_factory=list)  # per-item reference normals (empty: drawn by the runner)
-
-
-@dataclass
-class EvalCategory:
-    name: str  # report key, e.g. the folder name
-    root: str  # category folder
-    train_good: list[str]  # candidate reference normals, sorted
-    items: list[EvalItem]  # test items
-    has_masks: bool  # True when every anomalous item has a mask (pixel metrics are computed)
-
-    @property
-    def n_normal(self) -> int:
-        return sum(1 for it in self.items if it.label == 0)
-
-    @property
-    def n_anomalous(self) -> int:
-        return sum(1 for it in self.items if it.label == 1)
-
-
-class DatasetError(FileNotFoundError):
-    """A data folder is not in the expected layout; the message names the folder and what was expected."""
 
 
 def _images(folder: Path) -> list[Path]:
@@ -97,9 +66,7 @@ def discover(paths: list[str | Path]) -> list[EvalCategory]:
         if is_mvtec_category(p):
             cats.append(load_mvtec_category(p))
             continue
-        from assistant.evaluation.visa import is_visa_root, load_visa  # VisA split_csv/1cls.csv layout
-
-        if is_visa_root(p):
+        if is_visa_root(p):  # VisA split_csv/1cls.csv layout
             cats.extend(load_visa(p))
             continue
         subs = [d for d in sorted(p.iterdir()) if d.is_dir() and is_mvtec_category(d)]
@@ -115,20 +82,3 @@ def discover(paths: list[str | Path]) -> list[EvalCategory]:
                 for it in c.items:
                     it.category = c.name
     return cats
-
-
-def skip_reason(cat: EvalCategory, shots: int) -> str | None:
-    """Why `cat` cannot be evaluated k-shot (too few train/good images and no per-item references), or None."""
-    if shots > len(cat.train_good) and not all(it.references for it in cat.items):
-        return f"skipping {cat.name}: {shots}-shot needs {shots} images in train/good, found {len(cat.train_good)}"
-    return None
-
-
-def sample_references(candidates: list[str], k: int, seed: int) -> list[str]:
-    """k reference normals: random.Random(seed).sample(sorted(files), k); clear error when too few."""
-    if k <= 0:
-        return []
-    files = sorted(candidates)
-    if len(files) < k:
-        raise DatasetError(f"{k}-shot needs {k} reference normals in train/good, found {len(files)}")
-    return random.Random(seed).sample(files, k)

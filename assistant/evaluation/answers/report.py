@@ -1,4 +1,5 @@
-"""Reports for answer-level runs: report.json, report.md, report.csv, roc.png, qualitative.png.
+"""Reports for answer-level runs. Question files: report.json, report.md, report.csv, roc.png, qualitative.png;
+folder VQA (`--mode vqa`): answer_metrics per category and seed, merged into report.json, and report_vqa.md.
 
 report.json follows the expert report's schema ({"shots", "seeds", "config", "categories": {NAME:
 {metric: mean over seeds, "std": {...}, "n_normal", "n_anomalous"}}, "mean": {...}}), with answer
@@ -10,14 +11,17 @@ run gives the same report as an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from assistant.evaluation.mmad import DETECTION, MMAD_TYPES, mmad_scores
+from assistant.evaluation.data.mmad import DETECTION, MMAD_TYPES, mmad_scores
+from assistant.evaluation.expert.metrics import balanced_accuracy, graded_balanced_accuracy
+from assistant.evaluation.expert.report import write_csv
+from assistant.evaluation.plots import Case, plot_roc, qualitative_grid
+from assistant.wording import DETECT_QUESTION, WHERE_QUESTION
 
 
 def _snake(t: str) -> str:
@@ -36,7 +40,7 @@ def _images(recs: list[dict]) -> list[dict]:
 
 def category_metrics(recs: list[dict]) -> dict[str, float]:
     """Answer and expert metrics of one category and seed (fractions; absent when undefined)."""
-    from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     m: dict[str, float] = {}
     graded = [r["correct"] for r in recs if r.get("correct") is not None]
@@ -44,26 +48,21 @@ def category_metrics(recs: list[dict]) -> dict[str, float]:
         m["answer_accuracy"] = float(np.mean(graded))
     m["unparsed_rate"] = float(np.mean([r.get("parsed") is None for r in recs]))
     det = [r for r in recs if r["qtype"] == DETECTION and r.get("correct") is not None]
-    if det:
-        accs = [float(np.mean(s)) if s else 0.0 for s in
-                ([r["correct"] for r in det if r.get("label") == 0], [r["correct"] for r in det if r.get("label") == 1])]
-        m["answer_balanced_accuracy"] = (accs[0] + accs[1]) / 2.0
+    if det:  # balanced over normal and anomalous images; a class without images counts 0 (the MMAD rule)
+        m["answer_balanced_accuracy"] = graded_balanced_accuracy(det, absent=0.0)
         cons = [r["parsed"] == r["expert_choice"] for r in det if r.get("expert_choice")]
         if cons:
             m["consistency"] = float(np.mean(cons))
         base = [r for r in det if r.get("baseline_correct") is not None]
         if base:
-            bacc = [float(np.mean(s)) if s else 0.0 for s in
-                    ([r["baseline_correct"] for r in base if r.get("label") == 0],
-                     [r["baseline_correct"] for r in base if r.get("label") == 1])]
-            m["baseline_answer_balanced_accuracy"] = (bacc[0] + bacc[1]) / 2.0
+            m["baseline_answer_balanced_accuracy"] = graded_balanced_accuracy(base, "baseline_correct", absent=0.0)
     imgs = [r for r in _images(recs) if r.get("label") is not None]
     labels = np.array([r["label"] for r in imgs])
     if len(imgs) and len(np.unique(labels)) == 2:
         scores = np.array([r["pred_score"] for r in imgs])
         m["image_auroc"] = float(roc_auc_score(labels, scores))
         m["image_ap"] = float(average_precision_score(labels, scores))
-        m["balanced_accuracy"] = float(balanced_accuracy_score(labels, [int(r["pred_label"]) for r in imgs]))
+        m["balanced_accuracy"] = balanced_accuracy(labels, [int(r["pred_label"]) for r in imgs])
         if all("baseline_score" in r for r in imgs):
             m["baseline_image_auroc"] = float(roc_auc_score(labels, [r["baseline_score"] for r in imgs]))
     typed = [r for r in recs if r["qtype"] in MMAD_TYPES and r.get("correct") is not None]
@@ -125,24 +124,6 @@ def _fmt(v) -> str:
     return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
 
 
-def write_csv(report: dict, path: str | Path) -> list[str]:
-    """report.csv: one row per category (metrics, then their std over seeds) and a mean row; any report
-    with the {"categories": {NAME: {metric, "std", "n_normal", "n_anomalous"}}, "mean"} schema. Returns the
-    metric columns."""
-    cats = report["categories"]
-    cols = sorted({k for e in cats.values() for k, v in e.items() if isinstance(v, float)})
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["category", "n_normal", "n_anomalous", "n_questions"] + cols + [f"{c}_std" for c in cols])
-        for name, e in cats.items():
-            std = e.get("std", {})
-            w.writerow([name, e.get("n_normal", ""), e.get("n_anomalous", ""), e.get("n_questions", "")]
-                       + [f"{e[c]:.6f}" if c in e else "" for c in cols]
-                       + [f"{std[c]:.6f}" if c in std else "" for c in cols])
-        w.writerow(["mean", "", "", ""] + [f"{report['mean'][c]:.6f}" if c in report["mean"] else "" for c in cols])
-    return cols
-
-
 def write_report(report: dict, out: str | Path) -> dict[str, Path]:
     """report.json, report.md (tables in %, mean ± std over seeds) and report.csv (one row per category)."""
     out = Path(out)
@@ -163,24 +144,26 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
         for g, row in mm["table"].items():
             lines.append(f"| {g} | " + " | ".join(_fmt(row[t]) if t in row else "–" for t in types)
                          + f" | {_fmt(row['Average'])} |")
-        lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types) + f" | **{_fmt(mm['average'])}** |")
+        lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types)
+                     + f" | **{_fmt(mm['average'])}** |")
         lines.append("")
     show = [c for c in ("answer_accuracy", "answer_balanced_accuracy", "consistency", "image_auroc", "image_ap",
                         "balanced_accuracy", "baseline_answer_balanced_accuracy", "baseline_image_auroc") if c in cols]
     lines += ["## Per category", "", "| category | normal | anomalous | questions | " + " | ".join(show) + " |",
               "|---" * (len(show) + 4) + "|"]
     for name, e in cats.items():
-        cells = [(_fmt(e[c]) + (f" ± {100 * e['std'][c]:.1f}" if len(report["seeds"]) > 1 else "")) if c in e else "–"
-                 for c in show]
-        lines.append(f"| {name} | {e['n_normal']} | {e['n_anomalous']} | {e['n_questions']} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | | | | " + " | ".join(_fmt(report["mean"][c]) if c in report["mean"] else "–" for c in show) + " |")
+        spread = len(report["seeds"]) > 1
+        cells = [(_fmt(e[c]) + (f" ± {100 * e['std'][c]:.1f}" if spread else "")) if c in e else "–" for c in show]
+        lines.append(f"| {name} | {e['n_normal']} | {e['n_anomalous']} | {e['n_questions']} | "
+                     + " | ".join(cells) + " |")
+    mean = report["mean"]
+    lines.append("| **mean** | | | | " + " | ".join(_fmt(mean[c]) if c in mean else "–" for c in show) + " |")
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths
 
 
 def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_cases: int = 4) -> list[Path]:
     """roc.png (expert score per image, per category, + baseline) and qualitative.png (best and worst images)."""
-    from assistant.evaluation.plots import Case, plot_roc, qualitative_grid
 
     out = Path(out)
     root = Path(data_root) if data_root else None
@@ -228,3 +211,73 @@ def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_c
                               title=f"{tag}: {'/'.join(Path(img).parts[-3:])}"))
     written.append(qualitative_grid(cases, out / "qualitative.png"))
     return written
+
+
+ANSWER_KEYS = ["answer_accuracy", "answer_balanced_accuracy", "answer_overkill", "answer_miss", "location_accuracy",
+               "consistency", "answer_unparsed", "expert_balanced_accuracy"]
+
+
+def answer_metrics(records: list[dict]) -> dict:
+    """Folder VQA metrics over detection records {gt_label, answer_label (bool|None), pred_label, gt_position,
+    answer_position}: answer accuracy, balanced accuracy, overkill and miss, location accuracy (answer position ==
+    cell of the ground-truth mask centroid), consistency (answer verdict == expert verdict), unparsed share and
+    the expert's balanced accuracy."""
+    gt = np.array([int(r["gt_label"]) for r in records])
+    ans = np.array([int(bool(r["answer_label"])) for r in records])  # unparsed counts as "normal"
+    exp = np.array([int(r["pred_label"]) for r in records])
+    out = {
+        "answer_accuracy": float((ans == gt).mean()) if len(gt) else None,
+        "answer_balanced_accuracy": balanced_accuracy(gt, ans),
+        "answer_overkill": float(ans[gt == 0].mean()) if (gt == 0).any() else None,
+        "answer_miss": float(1 - ans[gt == 1].mean()) if (gt == 1).any() else None,
+        "consistency": float((ans == exp).mean()) if len(gt) else None,
+        "answer_unparsed": float(np.mean([r["answer_label"] is None for r in records])) if records else None,
+        "expert_balanced_accuracy": balanced_accuracy(gt, exp),
+    }
+    loc = [r for r in records if r["gt_label"] and r.get("gt_position")]
+    out["location_accuracy"] = (float(np.mean([r.get("answer_position") == r["gt_position"] for r in loc]))
+                                if loc else None)
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    """{metric: mean over seeds, "std": {metric: std}} of per-seed answer_metrics."""
+    out, std = {}, {}
+    for k in ANSWER_KEYS:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k], std[k] = float(np.mean(vals)), float(np.std(vals))
+    out["std"] = std
+    return out
+
+
+def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
+    """Folder VQA: add answer metrics to OUT/report.json (creating it when absent) and write report_vqa.md."""
+    out = Path(out_dir)
+    path = out / "report.json"
+    new = {"shots": meta.get("shots"), "seeds": meta.get("seeds"), "config": meta.get("config"), "categories": {}}
+    report = json.loads(path.read_text()) if path.is_file() else new
+    for name, s in summaries.items():
+        cat = report["categories"].setdefault(name, {})
+        std = cat.setdefault("std", {})
+        for k, v in s.items():
+            if k == "std":
+                std.update(v)
+            else:
+                cat[k] = v
+    mean = report.setdefault("mean", {})
+    for k in ANSWER_KEYS:
+        vals = [c[k] for c in report["categories"].values() if c.get(k) is not None]
+        if vals:
+            mean[k] = float(np.mean(vals))
+    report["vqa"] = {"questions": [DETECT_QUESTION, WHERE_QUESTION], **{k: v for k, v in meta.items() if k != "config"}}
+    path.write_text(json.dumps(report, indent=1))
+    cols = ["answer_balanced_accuracy", "location_accuracy", "consistency", "answer_overkill", "answer_miss",
+            "answer_unparsed", "expert_balanced_accuracy"]
+    lines = ["| category | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    for name, c in report["categories"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt(c.get(k)) for k in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(fmt(mean.get(k)) for k in cols) + " |")
+    (out / "report_vqa.md").write_text("\n".join(lines) + "\n")
+    return report

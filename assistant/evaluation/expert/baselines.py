@@ -28,12 +28,13 @@ class KNNBaseline:
     """detect(query, references) -> AnomalyResult with the plain kNN expert; reference states are cached."""
 
     def __init__(self, cfg, tower=None, cache_size: int = 8):
-        from assistant.expert import build_expert
-        from assistant.vision.base import build_vision_tower
+        from assistant.expert import build_expert, load_expert
 
         self.cfg = cfg
-        self.tower = tower if tower is not None else build_vision_tower(cfg.vision)
-        self.expert = build_expert(cfg, self.tower).eval()
+        if tower is None:
+            self.tower, self.expert = load_expert(cfg)
+        else:
+            self.tower, self.expert = tower, build_expert(cfg, tower).eval()
         self._states: OrderedDict = OrderedDict()
         self._cache_size = cache_size
 
@@ -61,31 +62,37 @@ def build_knn_baseline(config: str, overrides=(), device: str | None = None) -> 
     return KNNBaseline(knn_config(config, overrides, device))
 
 
-def add_knn_baseline(args, cfg, cats, tower) -> dict:
+def add_knn_baseline(config: str, overrides, cats, tower, out: str | Path, shots: int, seeds: list[int],
+                     batch_size: int = 16, pixel: bool = True, mutual: bool = False) -> dict:
     """Folder mode: evaluate the kNN baseline on the same categories/seeds and add it to OUT/report.json
-    ("baseline": {"name", "categories", "mean"}) and to report.md as a side-by-side table."""
-    from assistant.config import load_config
-    from assistant.evaluation.report import build_report
-    from assistant.evaluation.runner import evaluate
+    ("baseline": {"name", "categories", "mean"}) and to report.md as a side-by-side table. `mutual` (k = 0): the
+    same mutual scoring on the plain features."""
+    from assistant.evaluation.expert.report import build_report
+    from assistant.evaluation.expert.runner import evaluate
     from assistant.expert import build_expert
 
-    bcfg = load_config(args.config, list(args.overrides) + KNN_OVERRIDES)
-    expert = build_expert(bcfg, tower).eval()
-    mutual = bool(getattr(args, "mutual", False))  # 0-shot: the same mutual scoring on the plain features
-    results = evaluate(expert, tower, cats, args.shots, args.seeds, args.batch_size, pixel=not args.no_pixel,
-                       mutual=mutual)
-    base = build_report(results, args.shots, args.seeds, {"overrides": KNN_OVERRIDES}, "mutual" if mutual else "head")
-    out = Path(args.out)
+    expert = build_expert(knn_config(config, overrides), tower).eval()
+    results = evaluate(expert, tower, cats, shots, seeds, batch_size, pixel=pixel, mutual=mutual)
+    base = build_report(results, shots, seeds, {"overrides": KNN_OVERRIDES}, "mutual" if mutual else "head")
+    out = Path(out)
     report = json.loads((out / "report.json").read_text())
-    report["baseline"] = {"name": "knn", "overrides": KNN_OVERRIDES, "categories": base["categories"], "mean": base["mean"]}
+    report["baseline"] = {"name": "knn", "overrides": KNN_OVERRIDES, "categories": base["categories"],
+                          "mean": base["mean"]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    with open(out / "report.md", "a") as f:
+        f.write("\n".join(side_by_side(report, base)) + "\n")
+    return report
+
+
+def side_by_side(report: dict, base: dict) -> list[str]:
+    """Markdown lines: ours and the kNN baseline per category and their means."""
     keys = [k for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "balanced_accuracy") if k in report["mean"]]
+    nan = float("nan")
     lines = ["", "## Ours vs plain kNN baseline (same run)", "",
              "| category | " + " | ".join(f"{k} ours | {k} knn" for k in keys) + " |", "|---|" + "---|---|" * len(keys)]
     for name, c in report["categories"].items():
         b = base["categories"].get(name, {})
-        lines.append(f"| {name} | " + " | ".join(f"{c.get(k, float('nan')):.3f} | {b.get(k, float('nan')):.3f}" for k in keys) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{report['mean'][k]:.3f}** | {base['mean'].get(k, float('nan')):.3f}" for k in keys) + " |")
-    with open(out / "report.md", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    return report
+        lines.append(f"| {name} | " + " | ".join(f"{c.get(k, nan):.3f} | {b.get(k, nan):.3f}" for k in keys) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{report['mean'][k]:.3f}** | {base['mean'].get(k, nan):.3f}"
+                                             for k in keys) + " |")
+    return lines

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm import tqdm
 
-from assistant.evaluation.datasets import EvalCategory, EvalItem, sample_references, skip_reason
-from assistant.evaluation.metrics import METRIC_KEYS, image_metrics, pixel_metrics
+from assistant.evaluation.data.items import EvalCategory, EvalItem, sample_references, skip_reason
+from assistant.evaluation.expert.metrics import METRIC_KEYS, image_metrics, pixel_metrics
 from assistant.imaging import load_image, load_mask
 from assistant.vision.base import VisionOutput, cat_outputs
 
@@ -56,7 +56,8 @@ class CategoryResult:
         return out
 
 
-def _slice(out: VisionOutput, idx: list[int]) -> VisionOutput:
+def slice_features(out: VisionOutput, idx: list[int]) -> VisionOutput:
+    """The features of images `idx` of a batch (every level, the global token; same grid)."""
     return VisionOutput([t[idx] for t in out.patch_tokens], out.global_token[idx], out.grid)
 
 
@@ -92,7 +93,7 @@ class TestFeatures:
     def get(self, idx: list[int], images: list | None = None) -> VisionOutput:
         """Features of items `idx`; `images` = those items already loaded (re-encoding does not read them again)."""
         if self.kept:
-            return _slice(self.all, idx)
+            return slice_features(self.all, idx)
         return self.tower.encode(images if images is not None else [load_image(self.items[i].image) for i in idx])
 
 
@@ -115,74 +116,90 @@ def evaluate_category(expert, tower, cat: EvalCategory, shots: int, seeds: Itera
     if mutual and shots > 0:
         raise ValueError(f"mutual scoring is a zero-shot mode: expected --shots 0, got {shots}")
     size = tower.image_size
-    items = cat.items
-    masks = load_masks(items, size) if (pixel and cat.has_masks) else None
-    labels = np.array([it.label for it in items])
+    masks = load_masks(cat.items, size) if (pixel and cat.has_masks) else None
     res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
-    if mutual:  # no references: one scoring of the batch stands for every seed (all features at once)
-        feats = encode_items(tower, items, batch_size, cat.name)
-        t0 = time.perf_counter()
-        batch = expert.mutual_predict(feats, (size, size))
-        seconds = (time.perf_counter() - t0) / max(len(items), 1)
-        scores = np.array([r.pred_score for r in batch])
-        preds = np.array([int(r.pred_label) for r in batch])
-        maps = np.stack([r.anomaly_map for r in batch]) if masks is not None else None
-        verdicts = [r.verdict for r in batch]
-        metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
-        calib = [{"rule": batch[0].calibration, "threshold": batch[0].threshold}]
-        res.runs = [SeedRun(seed, [], labels, scores, preds, [batch[0].threshold], metrics, seconds, calib, verdicts)
-                    for seed in seeds]
-        return res
-    feats = TestFeatures(tower, items, batch_size, cat.name, feature_budget_mb)
     seed_list = list(seeds)
-    same = shots == 0 and not any(it.references for it in items)  # nothing is drawn per seed: one run stands for all
+    if mutual:  # no references: one scoring of the batch stands for every seed (all features at once)
+        run = mutual_run(expert, tower, cat, masks, batch_size)
+        res.runs = [replace(run, seed=s) for s in seed_list]
+        return res
+    feats = TestFeatures(tower, cat.items, batch_size, cat.name, feature_budget_mb)
+    same = shots == 0 and not any(it.references for it in cat.items)  # nothing drawn per seed: one run for all
     for seed in tqdm(seed_list[:1] if same else seed_list, desc=cat.name, unit="seed"):
-        groups: dict[tuple, list[int]] = {}
-        for i, it in enumerate(items):
-            refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
-            groups.setdefault(refs, []).append(i)
-        scores = np.zeros(len(items))
-        preds = np.zeros(len(items), int)
-        maps = np.zeros((len(items), size, size), np.float32) if masks is not None else None
-        thresholds, calib = [], []
-        verdicts = [""] * len(items)
-        per_item: list = [None] * len(items)
-        t_pred = 0.0
-        for refs, idx in groups.items():
-            state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
-            per_image = not state.few_shot and expert.self_calibrated()  # zero-shot: a threshold per image
-            if not per_image:
-                thresholds.append(state.threshold)
-                calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
-            for j in range(0, len(idx), batch_size):
-                part = idx[j:j + batch_size]
-                images = [load_image(items[i].image) for i in part] if per_image else None
-                out = feats.get(part, images)  # (encoding is not part of the timed prediction)
-                t0 = time.perf_counter()
-                results = expert.predict(out, state, (size, size), images=images, tower=tower)
-                t_pred += time.perf_counter() - t0
-                for i, r in zip(part, results):
-                    per_item[i] = r
-                if per_image:
-                    thresholds += [r.threshold for r in results]
-            if per_image:
-                calib.append({"method": state.calibration["method"], "rule": results[0].calibration,
-                              "threshold_median": float(np.median(thresholds)),
-                              "threshold_range": [float(min(thresholds)), float(max(thresholds))]})
-        if lot:
-            per_item = expert.lot_decide(per_item)
-            thresholds = [per_item[0].threshold] if per_item else thresholds
-            calib.append({"rule": per_item[0].calibration, "threshold": per_item[0].threshold})
-        for i, r in enumerate(per_item):
-            scores[i], preds[i], verdicts[i] = r.pred_score, int(r.pred_label), r.verdict
-            if maps is not None:
-                maps[i] = r.anomaly_map
-        metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
-        res.runs.append(SeedRun(seed, list(next(iter(groups))) if len(groups) == 1 else [], labels, scores, preds,
-                                thresholds, metrics, t_pred / max(len(items), 1), calib, verdicts))
+        res.runs.append(seed_run(expert, tower, cat, feats, shots, seed, masks, batch_size, lot))
     if same:
         res.runs += [replace(res.runs[0], seed=s) for s in seed_list[1:]]
     return res
+
+
+def mutual_run(expert, tower, cat: EvalCategory, masks, batch_size: int = 16) -> SeedRun:
+    """Every test image scored against the category's other test images (expert.mutual_predict), no references."""
+    size = tower.image_size
+    feats = encode_items(tower, cat.items, batch_size, cat.name)
+    t0 = time.perf_counter()
+    batch = expert.mutual_predict(feats, (size, size))
+    seconds = (time.perf_counter() - t0) / max(len(cat.items), 1)
+    calib = [{"rule": batch[0].calibration, "threshold": batch[0].threshold}]
+    return _seed_result(0, [], cat, batch, masks, [batch[0].threshold], calib, seconds)
+
+
+def reference_groups(cat: EvalCategory, shots: int, seed: int) -> dict[tuple, list[int]]:
+    """Reference set -> indices of the items judged against it: the item's own references, or k drawn for the seed."""
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(cat.items):
+        refs = tuple(it.references) if it.references else tuple(sample_references(cat.train_good, shots, seed))
+        groups.setdefault(refs, []).append(i)
+    return groups
+
+
+def seed_run(expert, tower, cat: EvalCategory, feats: TestFeatures, shots: int, seed: int, masks,
+             batch_size: int = 16, lot: bool = False) -> SeedRun:
+    """One seed: fit each reference set (bank + calibrated threshold) and predict its items; with `lot` the
+    category's items are then decided together."""
+    items, size = cat.items, tower.image_size
+    groups = reference_groups(cat, shots, seed)
+    per_item: list = [None] * len(items)
+    thresholds, calib = [], []
+    t_pred = 0.0
+    for refs, idx in groups.items():
+        state = expert.fit_references(tower, [load_image(r) for r in refs], seed=seed)
+        per_image = not state.few_shot and expert.self_calibrated()  # zero-shot: a threshold per image
+        if not per_image:
+            thresholds.append(state.threshold)
+            calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
+        for j in range(0, len(idx), batch_size):
+            part = idx[j:j + batch_size]
+            images = [load_image(items[i].image) for i in part] if per_image else None
+            out = feats.get(part, images)  # (encoding is not part of the timed prediction)
+            t0 = time.perf_counter()
+            results = expert.predict(out, state, (size, size), images=images, tower=tower)
+            t_pred += time.perf_counter() - t0
+            for i, r in zip(part, results):
+                per_item[i] = r
+            if per_image:
+                thresholds += [r.threshold for r in results]
+        if per_image:
+            calib.append({"method": state.calibration["method"], "rule": results[0].calibration,
+                          "threshold_median": float(np.median(thresholds)),
+                          "threshold_range": [float(min(thresholds)), float(max(thresholds))]})
+    if lot:
+        per_item = expert.lot_decide(per_item)
+        thresholds = [per_item[0].threshold] if per_item else thresholds
+        calib.append({"rule": per_item[0].calibration, "threshold": per_item[0].threshold})
+    refs = list(next(iter(groups))) if len(groups) == 1 else []
+    return _seed_result(seed, refs, cat, per_item, masks, thresholds, calib, t_pred / max(len(items), 1))
+
+
+def _seed_result(seed: int, refs: list[str], cat: EvalCategory, results: list, masks, thresholds: list[float],
+                 calib: list[dict], seconds: float) -> SeedRun:
+    """A SeedRun from the expert's results for every item (in item order), with the metrics."""
+    labels = np.array([it.label for it in cat.items])
+    scores = np.array([r.pred_score for r in results], dtype=float)
+    preds = np.array([int(r.pred_label) for r in results], dtype=int)
+    maps = np.stack([r.anomaly_map for r in results]).astype(np.float32, copy=False) if masks is not None else None
+    verdicts = [r.verdict for r in results]
+    metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
+    return SeedRun(seed, refs, labels, scores, preds, thresholds, metrics, seconds, calib, verdicts)
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps, verdicts=None) -> dict:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.evaluation.jsonl_data import QAItem, QuestionFileError
+from assistant.evaluation.data.jsonl import QAItem, QuestionFileError
+from assistant.evaluation.expert.metrics import graded_balanced_accuracy
 
 MMAD_TYPES = [
     "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
@@ -65,7 +66,8 @@ def load_mmad(path: str | Path, data_root: str | Path, templates: str = "similar
     except json.JSONDecodeError as e:
         raise QuestionFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict) or not data:
-        raise QuestionFileError(f"{path}: expected a non-empty JSON object keyed by image path, got {type(data).__name__}")
+        raise QuestionFileError(f"{path}: expected a non-empty JSON object keyed by image path, "
+                                f"got {type(data).__name__}")
     items: list[QAItem] = []
     for image_id, value in data.items():
         where = f"{path}: {image_id!r}"
@@ -152,11 +154,7 @@ def mmad_scores(records: list[dict], group_key: str = "category") -> MMADScores:
         row: dict[str, float] = {}
         for t, recs in groups[name].items():
             if t == DETECTION:
-                accs = []
-                for lab in (0, 1):
-                    sub = [r["correct"] for r in recs if r.get("label") == lab]
-                    accs.append(float(np.mean(sub)) if sub else 0.0)
-                row[t] = (accs[0] + accs[1]) / 2.0
+                row[t] = graded_balanced_accuracy(recs, absent=0.0)
             else:
                 row[t] = float(np.mean([r["correct"] for r in recs]))
         ordered = {t: row[t] for t in types_present if t in row}

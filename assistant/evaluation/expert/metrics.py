@@ -31,12 +31,45 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(f.max())
 
 
-def balanced_accuracy(labels, preds) -> float | None:
-    """Mean of the recall of normals and of anomalies (None when either class is absent)."""
+def balanced_accuracy(labels, preds, absent: float | None = None) -> float | None:
+    """Mean of the recall of normals (0) and of anomalies (1): scikit-learn's balanced_accuracy_score, the one place
+    every balanced accuracy of the evaluation is computed. When a class has no image the result is None, or, with
+    `absent` given, that value stands for the missing class's recall (the MMAD benchmark counts it as 0)."""
     y, p = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
-    if not _both_classes(y):
+    if _both_classes(y):
+        return float(balanced_accuracy_score(y, p))
+    if absent is None:
         return None
-    return float(balanced_accuracy_score(y, p))
+    present = [float((p[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
+    return (sum(present) + absent * (2 - len(present))) / 2.0
+
+
+def graded_balanced_accuracy(records: list[dict], field: str = "correct", absent: float | None = 0.0) -> float | None:
+    """Balanced accuracy of graded answers over normal and anomalous images: records with "label" 0/1 and a
+    true/false `field` (a right answer counts as the label predicted); records without a label are left out."""
+    recs = [r for r in records if r.get("label") in (0, 1)]
+    y = np.array([int(r["label"]) for r in recs], dtype=int)
+    right = np.array([bool(r[field]) for r in recs], dtype=bool)
+    return balanced_accuracy(y, np.where(right, y, 1 - y), absent)
+
+
+def best_balanced_threshold(labels, scores) -> tuple[float, float]:
+    """(threshold, balanced accuracy) of the best single threshold on these labels (the oracle no calibration can
+    beat), read along scikit-learn's ROC curve: (TPR + TNR) / 2 is largest there. `score > threshold` reproduces it:
+    the threshold is the midpoint between the lowest flagged score and the next lower one; among ties the lowest."""
+    s = np.asarray(scores, float)
+    fpr, tpr, thr = roc_curve(np.asarray(labels, int), s, drop_intermediate=False)
+    ba = (np.nan_to_num(tpr) + 1 - np.nan_to_num(fpr, nan=1.0)) / 2  # one class only: its side alone counts
+    i = int(np.flatnonzero(ba >= ba.max() - 1e-12)[-1])  # the last maximum: the lowest threshold among ties
+    if not np.isfinite(thr[i]):  # nothing flagged
+        return float(s.max() + 1e-6), float(ba[i])
+    below = s[s < thr[i]]
+    return float((thr[i] + below.max()) / 2 if below.size else thr[i] - 1e-6), float(ba[i])
+
+
+def best_balanced_accuracy(labels, scores) -> float:
+    """Balanced accuracy of the best single threshold on these labels (best_balanced_threshold)."""
+    return best_balanced_threshold(labels, scores)[1]
 
 
 def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
@@ -60,7 +93,7 @@ def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
         if miss is not None:
             out["miss"] = miss
         if overkill is not None and miss is not None:
-            out["balanced_accuracy"] = 1.0 - (overkill + miss) / 2.0
+            out["balanced_accuracy"] = balanced_accuracy(y, p)
         if verdicts is not None and len(verdicts) == len(p):
             review = np.array([v == "borderline" for v in verdicts])
             out["review_rate"] = float(review.mean()) if review.size else 0.0
@@ -120,8 +153,3 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
         return {}
     return {"pixel_auroc": float(roc_auc_score(y, s)), "pixel_f1_max": f1_max(y, s),
             "pixel_aupro": aupro(masks, maps, fpr_limit)}
-
-
-def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
-    return fpr, tpr

@@ -4,14 +4,14 @@ CSV columns: object, split (train|test), label (normal|anomaly), image, mask —
 e.g. `candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png`.
 Mask pixels > 0 mark the defect. Each object becomes one EvalCategory (train normals are the reference
 candidates; test images are the items), the same objects the MVTec-layout loader produces. The
-MVTec-style converted VisA layout is an ordinary MVTec folder (datasets.py).
+MVTec-style converted VisA layout is an ordinary MVTec folder (mvtec.py).
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from assistant.evaluation.datasets import DatasetError, EvalCategory, EvalItem
+from assistant.evaluation.data.items import DatasetError, EvalCategory, EvalItem
 
 SPLIT_CSV = "split_csv/1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -35,7 +35,8 @@ def load_visa(root: str | Path, split_csv: str = SPLIT_CSV, categories: list[str
         reader = csv.DictReader(f)
         missing_cols = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing_cols:
-            raise DatasetError(f"{path}: expected columns {list(COLUMNS)}, missing {missing_cols} (has {reader.fieldnames})")
+            raise DatasetError(f"{path}: expected columns {list(COLUMNS)}, missing {missing_cols} "
+                               f"(has {reader.fieldnames})")
         rows = list(reader)
     train: dict[str, list[str]] = {}
     items: dict[str, list[EvalItem]] = {}
@@ -44,7 +45,8 @@ def load_visa(root: str | Path, split_csv: str = SPLIT_CSV, categories: list[str
         if categories is not None and obj not in categories:
             continue
         if split not in ("train", "test") or label not in ("normal", "anomaly"):
-            raise DatasetError(f"{path}:{ln}: expected split train|test and label normal|anomaly, got {split!r}, {label!r}")
+            raise DatasetError(f"{path}:{ln}: expected split train|test and label normal|anomaly, "
+                               f"got {split!r}, {label!r}")
         img = root / row["image"].strip()
         if check_files and not img.is_file():
             raise DatasetError(f"{path}:{ln}: image {img} not found")

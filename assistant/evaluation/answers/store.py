@@ -119,8 +119,8 @@ def check_run_file(out: Path, meta: dict) -> None:
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
         if diff:
-            raise ValueError(f"{out} holds answers of a different run ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(diff.items()))}); "
-                             "use another --out or remove it")
+            what = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"{out} holds answers of a different run ({what}); use another --out or remove it")
         return
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -140,7 +140,8 @@ class Chunk:
 
     def __post_init__(self):
         if self.count < 1 or not (0 <= self.index < self.count):
-            raise ValueError(f"--chunk-idx must be in [0, {self.count}) with --num-chunks {self.count}, got {self.index}")
+            raise ValueError(f"--chunk-idx must be in [0, {self.count}) with --num-chunks {self.count}, "
+                             f"got {self.index}")
 
 
 def resolve_chunk(num_chunks: int = 1, chunk_idx: int = 0) -> Chunk:
@@ -203,7 +204,8 @@ def merge_shards(out: str | Path, order: Iterable[str] | None = None) -> list[di
         counts.add(int(n))
         found[int(i)] = f
     if len(counts) != 1:
-        raise StoreError(f"{sdir}: shards from runs with different --num-chunks {sorted(counts)}; remove the stale ones")
+        raise StoreError(f"{sdir}: shards from runs with different --num-chunks {sorted(counts)}; "
+                         "remove the stale ones")
     n = counts.pop()
     missing = sorted(set(range(n)) - set(found))
     if missing:

@@ -93,7 +93,8 @@ def load_jsonl(path: str | Path, data_root: str | Path | None = None) -> list[QA
             raise QuestionFileError(f"{where}: 'references' must be a list of paths, got {refs!r}")
         options = obj.get("options")
         if options is not None and (not isinstance(options, dict) or not options):
-            raise QuestionFileError(f"{where}: 'options' must be a non-empty object like {{\"A\": ...}}, got {options!r}")
+            raise QuestionFileError(f"{where}: 'options' must be a non-empty object like {{\"A\": ...}}, "
+                                    f"got {options!r}")
         answer = obj.get("answer")
         if answer is not None:
             answer = str(answer)
