@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assistant.constants import position_word, size_word
+from assistant.expert.alignment import Registration
 
 
 @dataclass
@@ -16,14 +17,20 @@ class Box:
     y1: int  # bottom (exclusive)
     score: float  # max of the anomaly map inside the box
     area_fraction: float  # mask pixels of this component / image pixels
+    # aligned path only: "missing" (material of the reference absent here) | "extra" (material the reference has not)
+    # | "altered" (changed, neither); "" when the region came from the free path
+    change: str = ""
 
     @property
     def center(self) -> tuple[float, float]:
         return (self.y0 + self.y1) / 2.0, (self.x0 + self.x1) / 2.0
 
     def to_dict(self) -> dict:
-        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1,
-                "score": float(self.score), "area_fraction": float(self.area_fraction)}
+        out = {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1,
+               "score": float(self.score), "area_fraction": float(self.area_fraction)}
+        if self.change:
+            out["change"] = self.change
+        return out
 
 
 @dataclass
@@ -46,6 +53,10 @@ class AnomalyResult:
     threshold_sigma: float = 0.0  # log-scale uncertainty of the threshold (0: none known)
     threshold_low: float = 0.0  # scores between threshold_low and threshold_high are borderline
     threshold_high: float = 0.0
+    # how the references were compared: "aligned" (registered, position by position; expert/golden.py) | "free"
+    # (as a bag of patches, also when `alignment: auto` fell back) | "" (no reference)
+    alignment: str = ""
+    registration: Registration | None = None  # the best reference's registration (aligned, or why auto fell back)
 
     def __post_init__(self):
         if not self.verdict:
@@ -98,6 +109,8 @@ class AnomalyResult:
             "severity": self.severity,
             "boxes": [b.to_dict() for b in self.boxes],
             "reference_mismatch": bool(self.reference_mismatch),
+            "alignment": self.alignment,
+            "registration": self.registration.to_dict() if self.registration is not None else None,
             "map_shape": list(self.anomaly_map.shape),
             "extras": {k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, dict))},
         }
