@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from assistant.expert.alignment import Registration, grey, register, warp_image
+from assistant.expert.alignment import FLAT_STD, Registration, grey, register, warp_image
 from assistant.expert.calibration import (
     NullModel,
     ThresholdEstimate,
@@ -69,9 +69,8 @@ class Template:
 
     grey: np.ndarray  # (S, S) float32 grey reference in [0, 1] at the tower's side
     features: list[torch.Tensor]  # per level (1, C_l, h_l, w_l) kNN features of the reference
-    otsu: float  # Otsu threshold of the blurred reference (material / background split), grey in [0, 1]
     material_bright: bool  # True when the material is the brighter Otsu class
-    contrast: float  # mean grey of the brighter Otsu class minus that of the darker one (0 for a plain reference)
+    contrast: float  # mean grey of the brighter Otsu class minus the darker one's (0 for a plain reference)
     pixel_unit: float = 1.0  # unit of its pixel map (set by `calibrate`)
 
 
@@ -104,21 +103,26 @@ class Parts:
 
 
 # ------------------------------------------------------------------ material
-def material_side(g: np.ndarray, preset: str = "auto") -> tuple[float, bool, float]:
-    """(Otsu threshold, material is bright, contrast) of a grey reference in [0, 1].
+def material_side(g: np.ndarray, preset: str = "auto") -> tuple[bool, float]:
+    """(material is bright, contrast between the classes) of a grey reference in [0, 1].
 
     Otsu splits the grey levels into two classes with the least within-class variance; which one is the material
     is not in the grey levels. `auto` takes the class covering less of the reference: a part lies on a larger
     background, tracks and pads on a larger substrate, print on a larger label. Where the material covers more
-    than half (a copper plane filling the view) this is wrong; `expert.material: dark | bright` then says it."""
+    than half (a copper plane filling the view) this is wrong; `expert.material: dark | bright` then says it. A
+    plain reference is all background: material is what would stand out from it (bright on a dark surface)."""
     u8 = np.clip(cv2.GaussianBlur(g, (0, 0), 1.0) * 255, 0, 255).astype(np.uint8)
     t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     hi = u8 > t
     share = float(hi.mean())
-    contrast = float(u8[hi].mean() - u8[~hi].mean()) / 255.0 if 0.0 < share < 1.0 else 0.0
+    if 0.0 < share < 1.0 and float(g.std()) >= FLAT_STD:
+        contrast, bright = float(u8[hi].mean() - u8[~hi].mean()) / 255.0, share < 0.5
+    else:
+        level = float(g.mean())
+        contrast, bright = 0.0, level < 0.5
     if preset in ("dark", "bright"):
-        return float(t) / 255.0, preset == "bright", contrast
-    return float(t) / 255.0, (share < 0.5) if 0.0 < share < 1.0 else share == 0.0, contrast
+        bright = preset == "bright"
+    return bright, contrast
 
 
 # ------------------------------------------------------------------ position-aware features
@@ -229,9 +233,9 @@ def prepare_template(image: Image.Image, feats: list[torch.Tensor], grids: list[
                      material: str) -> Template:
     """A reference (resized to the tower side) and its kNN features (L x (N_l, C_l), identity view)."""
     g = grey(image, side)
-    t, bright, contrast = material_side(g, material)
+    bright, contrast = material_side(g, material)
     return Template(grey=g, features=[f.t().reshape(1, -1, *gl).contiguous() for f, gl in zip(feats, grids)],
-                    otsu=t, material_bright=bright, contrast=contrast)
+                    material_bright=bright, contrast=contrast)
 
 
 def bank_without_identity(encoded: list[list[torch.Tensor]], i: int, lv: int) -> torch.Tensor:
@@ -316,21 +320,18 @@ def compare(expert, state: GoldenState, query: Image.Image, query_feats: list[to
 
 
 def polarity(state: GoldenState, p: Parts, box: Box, map_size: tuple[int, int]) -> str:
-    """`missing` | `extra` | `altered` of one region (box in the map's pixels, map of size map_size) from the
-    material the query lost and gained against the warped reference inside it: both split at the template's Otsu
-    threshold, the query brought to the reference's lighting first."""
+    """`missing` | `extra` | `altered` of one region (box in the map's pixels, map of size map_size) from the signed
+    aligned difference inside it: pixels where the query lies beyond the reference's range (`pixel_difference`,
+    tolerant to edges a pixel or two off) by at least half the material/background contrast, towards the
+    background (material lost) or towards the material (material gained)."""
     t = state.templates[p.template]
-    side_h, side_w = p.query_grey.shape
+    side_h, side_w = p.signed.shape
     fy, fx = side_h / map_size[0], side_w / map_size[1]
     y0, x0 = int(math.floor(box.y0 * fy)), int(math.floor(box.x0 * fx))
     sl = (slice(y0, max(int(math.ceil(box.y1 * fy)), y0 + 1)), slice(x0, max(int(math.ceil(box.x1 * fx)), x0 + 1)))
-    q = cv2.GaussianBlur(p.query_grey, (0, 0), 1.0)
-    r, inside = warp_image(cv2.GaussianBlur(t.grey, (0, 0), 1.0), p.registration.warp, p.query_grey.shape)
-    gain, offset = lighting(q, r, inside)
-    q = (q - offset) / gain
-    qm, rm = (q[sl] > t.otsu, r[sl] > t.otsu) if t.material_bright else (q[sl] <= t.otsu, r[sl] <= t.otsu)
-    ins = inside[sl]
-    lost, gained = int((rm & ~qm & ins).sum()), int((~rm & qm & ins).sum())
+    d = p.signed[sl] if t.material_bright else -p.signed[sl]  # > 0: towards the material
+    delta = max(0.5 * t.contrast, PIXEL_FLOOR)
+    gained, lost = int((d > delta).sum()), int((d < -delta).sum())
     if lost >= MIN_FLIP and lost >= FLIP_RATIO * gained:
         return "missing"
     if gained >= MIN_FLIP and gained >= FLIP_RATIO * lost:
