@@ -170,3 +170,15 @@ def test_aligned_mode_needs_the_query_image(tower):
 def test_alignment_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("offline-small", [override])
+
+
+def test_two_references_the_one_that_registers_is_used(tower):
+    expert = _expert(tower, "auto")
+    rng = np.random.default_rng(7)
+    unrelated = to_pil(cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (0, 0), 1.5))
+    state = expert.fit_references(tower, [unrelated, to_pil(board(64))], seed=0)
+    assert len(state.golden.templates) == 2 and len(state.golden.calibration["null_scores"]) >= 2
+    query = to_pil(shifted(board(64, extra=True), -1.0, 1.0))
+    res = expert.predict(tower.encode([query]), state, (64, 64), images=[query], tower=tower)[0]
+    assert res.alignment == "aligned" and res.registration.good
+    assert res.pred_label and res.boxes[0].change == "extra"

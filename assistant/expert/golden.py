@@ -309,14 +309,12 @@ def calibrate(expert, state: GoldenState, null: list[tuple[Parts, np.ndarray]], 
 
 
 # ------------------------------------------------------------------ comparing
-def compare(expert, state: GoldenState, query: Image.Image, query_feats: list[torch.Tensor], free: torch.Tensor,
-            side: int) -> Parts:
-    """Register every template to the query and compare with the best (good ones first, then the higher
-    correlation)."""
-    qg = grey(query, side)
-    regs = [register(qg, t.grey, side) for t in state.templates]
+def best_registration(state: GoldenState, query_grey: np.ndarray) -> tuple[int, Registration]:
+    """(template index, registration) of the template that registers best onto the query: good ones first, then
+    the higher correlation."""
+    regs = [register(query_grey, t.grey, query_grey.shape[0]) for t in state.templates]
     i = max(range(len(regs)), key=lambda j: (regs[j].good, regs[j].correlation))
-    return parts(expert, state.templates, i, qg, query_feats, regs[i], state.grids, state.grid, free)
+    return i, regs[i]
 
 
 def polarity(state: GoldenState, p: Parts, box: Box, map_size: tuple[int, int]) -> str:
@@ -360,10 +358,12 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
                                         estimate=golden.estimate, calibration=golden.calibration)
     out = []
     for b, (img, res) in enumerate(zip(images, results)):
-        p = compare(expert, golden, img, [f[b] for f in feats], raw[b], side)
-        if not p.registration.good and expert.cfg.alignment == "auto":
-            out.append(dataclasses.replace(res, alignment="free", registration=p.registration))
+        qg = grey(img, side)
+        i, reg = best_registration(golden, qg)
+        if not reg.good and expert.cfg.alignment == "auto":
+            out.append(dataclasses.replace(res, alignment="free", registration=reg))
             continue
+        p = parts(expert, golden.templates, i, qg, [f[b] for f in feats], reg, golden.grids, golden.grid, raw[b])
         amap = fuse(expert, golden, p)
         if tuple(image_size) != amap.shape:
             amap = cv2.resize(amap, (int(image_size[1]), int(image_size[0])), interpolation=cv2.INTER_LINEAR)
