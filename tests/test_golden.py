@@ -182,3 +182,12 @@ def test_two_references_the_one_that_registers_is_used(tower):
     res = expert.predict(tower.encode([query]), state, (64, 64), images=[query], tower=tower)[0]
     assert res.alignment == "aligned" and res.registration.good
     assert res.pred_label and res.boxes[0].change == "extra"
+
+
+def test_relabel_keeps_the_polarity_of_overlapping_regions():
+    from assistant.expert.postprocess import carry_changes
+
+    old = [Box(10, 10, 30, 30, 2.0, 0.01, change="missing"), Box(40, 40, 50, 50, 2.0, 0.01, change="extra")]
+    new = [Box(5, 5, 32, 32, 1.5, 0.02), Box(38, 42, 60, 60, 1.5, 0.02), Box(0, 50, 4, 60, 1.1, 0.001)]
+    carry_changes(old, new)
+    assert [b.change for b in new] == ["missing", "extra", ""]

@@ -1,19 +1,21 @@
 """Registration of a reference normal image to the query: is the reference a golden sample of the same view?
 
-`register(query, reference)` finds the affine warp (translation + small rotation/scale) that maps the query's pixel
-grid onto the reference (phase correlation for the translation, then OpenCV's ECC on grey images) and judges it:
+`register(query, reference)` finds the warp (translation + small rotation/scale) that maps the query's pixel grid
+onto the reference, coarse to fine (`fit_warp`: phase correlation proposes a translation, OpenCV's ECC refines it,
+a fixture's prior prefers the smaller of equally good warps), and judges it:
 
-- `correlation`: zero-normalised cross-correlation of the query and the warped reference over their common area;
-- `agreement`: the share of the reference's structured blocks (a grid of `BLOCKS` x `BLOCKS`) whose own local
-  correlation with the query is at least `BLOCK_CORRELATION`. An unrelated image of the same kind of part can
-  reach a fair global correlation through its background alone; its blocks on the part itself do not agree. A
-  defect spoils only the few blocks it covers;
-- `residual`: mean absolute difference of the two z-scored grey images over the common area (robust summary of
-  what is left after registration, in units of the images' contrast).
+- `correlation`: zero-normalised cross-correlation (ZNCC) of the query and the warped reference, common area;
+- `agreement`: the share of the reference's structured blocks (a grid of BLOCKS x BLOCKS) whose detail (band-pass:
+  edges and fine texture, not shading) correlates with the query's there. An unrelated shot of the same kind of
+  part reaches a fair global correlation through its background and shading alone; its detail does not line up.
+  A defect spoils only the few blocks it covers;
+- `residual`: mean absolute difference of the two z-scored grey images over the common area (what is left after
+  registration, in units of the images' contrast).
 
-`good` requires a small warp (shift, rotation, scale within the limits below), correlation and agreement above
-their floors: the aligned comparison is used only when the reference shows the same view in the same place.
-Everything here is pure NumPy/OpenCV on (H, W) float32 grey images in [0, 1].
+`good` requires a warp within a fixture's motion (MAX_SHIFT, MAX_ROTATION, MAX_SCALE) and correlation and agreement
+above their floors: the aligned comparison is used only when the reference shows the same view in the same place.
+On the dev folders every DeepPCB template registered and no pair of the non-aligned folders (hazelnut,
+magnetic tile, cookie) did (bench/golden.py). Everything here is NumPy/OpenCV on (H, W) float32 grey in [0, 1].
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ MAX_ROTATION = 10.0  # largest rotation, degrees
 MAX_SCALE = 0.1  # largest |scale - 1| (and |anisotropy|) of the warp
 MIN_CORRELATION = 0.5  # global ZNCC of query and warped reference below which the registration is not good
 BLOCKS = 8  # agreement is measured on BLOCKS x BLOCKS blocks
-DETAIL_SIGMAS = (1.0, 4.0)  # band-pass (difference of Gaussians, pixels at 256 px) compared block by block
+DETAIL_SIGMAS = (1.0, 4.0)  # band-pass (difference of Gaussians, pixels) compared block by block
 BLOCK_CORRELATION = 0.5  # a structured block agrees when the local ZNCC of its detail reaches this
 MIN_AGREEMENT = 0.8  # share of agreeing structured blocks below which the registration is not good
 MIN_BLOCK_STD = 0.01  # detail std (grey in [0, 1]) below which a block carries no structure (sensor noise)
@@ -47,7 +49,7 @@ class Registration:
     warp: np.ndarray  # (2, 3) float32 affine: query pixel (x, y, 1) -> reference pixel, at the registered size
     size: tuple[int, int]  # (H, W) of the grey images the warp refers to
     correlation: float  # ZNCC of query and warped reference over the common area, in [-1, 1]
-    agreement: float  # share of structured reference blocks whose local ZNCC >= BLOCK_CORRELATION, in [0, 1]
+    agreement: float  # share of structured reference blocks whose detail ZNCC >= BLOCK_CORRELATION, in [0, 1]
     residual: float  # mean |z(query) - z(warped reference)| over the common area (0 = identical)
     shift: tuple[float, float]  # (dx, dy) translation of the warp, pixels at `size`
     rotation: float  # degrees
@@ -63,17 +65,16 @@ class Registration:
 
 
 def grey(img: Image.Image | np.ndarray, side: int | tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W) float32 grey image in [0, 1] from a PIL image or an (H, W[, 3]) uint8/float array, optionally resized
-    to `side` (an int: square; a tuple: (H, W))."""
+    """(H, W) float32 grey image in [0, 1] from a PIL image or an (H, W[, 3]) array (integers: 0..255; floats:
+    0..1), optionally resized to `side` (an int: square; a tuple: (H, W))."""
     if isinstance(img, Image.Image):
         arr = np.asarray(img.convert("L"), np.float32) / 255.0
     else:
         arr = np.asarray(img)
+        integer = np.issubdtype(arr.dtype, np.integer)  # uint8 grey levels; floats are taken as [0, 1]
+        arr = arr.astype(np.float32) / (255.0 if integer else 1.0)
         if arr.ndim == 3:
-            arr = cv2.cvtColor(arr.astype(np.float32), cv2.COLOR_RGB2GRAY)
-        arr = arr.astype(np.float32)
-        if arr.max(initial=0.0) > 1.0:
-            arr = arr / 255.0
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
     if side is not None:
         h, w = (side, side) if isinstance(side, int) else side
         if arr.shape != (h, w):
