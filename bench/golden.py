@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         print(f"{name} (seed {seed}): done", file=sys.stderr)
 
     def f(x, nd=3):
-        return "–" if x != x else f"{x:.{nd}f}"
+        return "–" if np.isnan(x) else f"{x:.{nd}f}"
 
     print(f"\nGolden-template inspection ({args.config}, 1 reference per query, {args.threads} threads"
           + (f", {' '.join(args.overrides)}" if args.overrides else "") + ")\n")

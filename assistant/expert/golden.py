@@ -2,28 +2,27 @@
 
 The free path (model.py) treats the references as a bag of patches with all their rotations/flips: a missing pad
 or a cut trace looks like some other normal patch of the part and is not seen. When a reference registers well
-onto the query (`alignment.register`), this path compares what is at each place:
+onto the query (`alignment.register`), this path compares what is at each place (`parts`):
 
 - features: each query cell (the expert's kNN features, per level) against the reference's cells within
   `align_window` cells of the place it maps to; the reference's feature maps are resampled through the warp, so
-  no second tower pass is needed. Per level in units of the same distance on normal stand-ins, levels fused like
-  the free path's;
-- pixels: the absolute difference of the blurred grey query and the warped reference (after a gain/offset fit
-  for lighting), spread over one patch cell (the resolution of the feature maps), in units of the same on normal
-  stand-ins;
-- the two are fused with the free map (`fuse`). A thing missing from the query shows as well as a thing that is
-  extra: both differ from what the reference has at that place.
+  no second tower pass is needed. Per level in units of the same distance on normal stand-ins;
+- pixels: where the blurred grey query lies outside the range of the warped reference (matched to the query's
+  lighting) within PIXEL_TOLERANCE pixels: an edge a pixel or two off is no change, a missing or extra blob is.
+  Spread over one patch cell (the resolution of the feature maps), in units of a fraction of the reference's
+  material/background contrast;
+- `fuse`: the geometric mean of the two and the free map. A thing missing from the query shows as well as a thing
+  that is extra: both differ from what the reference has at that place.
 
 Calibration keeps the principle of references.py: no defect is used. Camera views of each reference
 (`calibration.camera_view`: small shift, rotation, scale, lighting, blur, noise) stand in for new normal parts;
 they are registered and scored exactly like queries, and the image threshold lies the null offset above the
 median of their scores (`calibration.estimate_threshold`; the unfitted offset, since the shipped null model was
-fitted on the free path's scores).
+fitted on the free path's scores), never below one unit of change (MIN_THRESHOLD).
 
-Polarity (`polarity`): the reference's grey levels split by Otsu into material and background (see
-`material_side`); inside a region, material of the reference that the query lacks is `missing`, material the
-query has where the reference has background is `extra`, and a change that is neither (a stain, a shade, both at
-once) is `altered`.
+Polarity (`polarity`): the reference's grey levels split by Otsu into material and background (`material_side`);
+inside a region, the query going from the reference's material towards its background is `missing`, the other
+way `extra`, a change that is neither or both (a stain, a shade, a displaced part) `altered`.
 """
 from __future__ import annotations
 
@@ -49,7 +48,7 @@ from assistant.expert.calibration import (
 from assistant.expert.knn import normal_scale
 from assistant.expert.result import AnomalyResult, Box
 
-PIXEL_SIGMA = 1.0  # Gaussian blur (pixels at 256 px) of both grey images before their difference: sensor noise
+PIXEL_SIGMA = 1.0  # Gaussian blur (pixels at 256 px) of both grey images before their difference: noise
 PIXEL_TOLERANCE = 2  # a query pixel differs only from all reference pixels within this many pixels (edge jitter)
 EDGE_MARGIN = 8  # pixels (at 256 px) along the image edge and the warped reference's edge with no pixel evidence
 CHANGE_FRACTION = 0.25  # one unit of the pixel map: this fraction of the reference's material/background contrast
@@ -59,8 +58,7 @@ FUSE_FLOOR = 1e-3  # parts of the aligned map are floored here before their geom
 MIN_THRESHOLD = 1.0  # the aligned threshold is never below one unit: smaller changes are within the part's tolerance
 FEATURE_FLOOR = 0.1  # smallest unit of a level's position-aware distance, as a fraction of its free-path unit
 FLIP_RATIO = 2.0  # a region is missing (extra) when it lost (gained) this many times more material than it gained
-MIN_FLIP = 4  # ... and at least this many pixels (at the tower side) changed class
-CHANGES = ("missing", "extra", "altered")
+MIN_FLIP = 4  # ... and at least this many pixels (at the tower side) moved by half the contrast or more
 
 
 @dataclass
@@ -185,10 +183,10 @@ def pixel_difference(query: np.ndarray, reference: np.ndarray, warp: np.ndarray)
     rb, inside = warp_image(cv2.GaussianBlur(reference, (0, 0), PIXEL_SIGMA * f), warp, query.shape)
     gain, offset = lighting(qb, rb, inside)
     rm = gain * rb + offset
-    t = max(1, int(round(PIXEL_TOLERANCE * f)))
+    t = max(1, round(PIXEL_TOLERANCE * f))
     k = np.ones((2 * t + 1, 2 * t + 1), np.uint8)
     signed = np.maximum(qb - cv2.dilate(rm, k), 0) - np.maximum(cv2.erode(rm, k) - qb, 0)
-    m = max(1, int(round(EDGE_MARGIN * f)))
+    m = max(1, round(EDGE_MARGIN * f))
     compared = cv2.erode(np.pad(inside.astype(np.uint8), 1), np.ones((2 * m + 1, 2 * m + 1), np.uint8))[1:-1, 1:-1] > 0
     return (signed * compared).astype(np.float32), compared
 
@@ -205,7 +203,7 @@ def parts(expert, templates: list[Template], i: int, query_grey: np.ndarray, que
     t = templates[i]
     dist = position_distances(query_feats, t, feature_theta(reg.warp, query_grey.shape), grids, expert.cfg.align_window)
     signed, compared = pixel_difference(query_grey, t.grey, reg.warp)
-    cell = max(1, int(round(side / grid[0]))) | 1
+    cell = max(1, round(side / grid[0])) | 1
     return Parts(registration=reg, distances=dist, pixel=spread(np.abs(signed), cell), signed=signed,
                  compared=compared, free=free, query_grey=query_grey, template=i)
 
@@ -325,8 +323,8 @@ def polarity(state: GoldenState, p: Parts, box: Box, map_size: tuple[int, int]) 
     t = state.templates[p.template]
     side_h, side_w = p.signed.shape
     fy, fx = side_h / map_size[0], side_w / map_size[1]
-    y0, x0 = int(math.floor(box.y0 * fy)), int(math.floor(box.x0 * fx))
-    sl = (slice(y0, max(int(math.ceil(box.y1 * fy)), y0 + 1)), slice(x0, max(int(math.ceil(box.x1 * fx)), x0 + 1)))
+    y0, x0 = math.floor(box.y0 * fy), math.floor(box.x0 * fx)
+    sl = (slice(y0, max(math.ceil(box.y1 * fy), y0 + 1)), slice(x0, max(math.ceil(box.x1 * fx), x0 + 1)))
     d = p.signed[sl] if t.material_bright else -p.signed[sl]  # > 0: towards the material
     delta = max(0.5 * t.contrast, PIXEL_FLOOR)
     gained, lost = int((d > delta).sum()), int((d < -delta).sum())
