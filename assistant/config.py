@@ -74,6 +74,10 @@ class ExpertConfig:
     mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
     self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
     level_fusion: str = "geo"  # with references: the query's per-level kNN maps fused by geo or mean (see expert)
+    # golden-template inspection (expert/alignment.py, expert/golden.py)
+    alignment: str = "auto"  # auto: position-aware when a reference registers well, else free | aligned | free
+    align_window: int = 1  # aligned path: query cells compared with reference cells within this many cells
+    material: str = "auto"  # polarity: material is the reference's minority Otsu class (auto) | dark | bright
 
     def __post_init__(self):
         if self.zero_shot_source not in ("auto", "self", "head"):
@@ -87,6 +91,12 @@ class ExpertConfig:
         if not 0.5 <= self.review_confidence < 1.0:
             raise ConfigError(f"config key 'expert.review_confidence': expected a probability in [0.5, 1), got "
                               f"{self.review_confidence!r}")
+        for key, allowed in (("alignment", ("auto", "aligned", "free")), ("material", ("auto", "dark", "bright"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"config key 'expert.{key}': expected one of {', '.join(map(repr, allowed))}, got "
+                                  f"{getattr(self, key)!r}")
+        if self.align_window < 0:
+            raise ConfigError(f"config key 'expert.align_window': expected cells >= 0, got {self.align_window!r}")
         for key in ("self_fusion", "level_fusion"):
             if getattr(self, key) not in ("geo", "mean"):
                 raise ConfigError(f"config key 'expert.{key}': expected 'geo' or 'mean', got {getattr(self, key)!r}")

@@ -14,8 +14,7 @@ DISPLAY_MAX_SIDE = 1024  # larger ones are shrunk for the overlay and mask pictu
 
 def _cautions(summary: dict) -> str:
     """HTML lines under the badge: a zero-shot verdict, or a reference unlike the image."""
-    # with no reference the verdict comes from in-image rarity alone: balanced accuracy 0.72 on the dev folders
-    # against 0.77 with one reference and many borderline scores (README, expert table)
+    # with no reference the verdict comes from in-image rarity alone, which is less reliable (docs/results.md)
     caution = ""
     if summary["references"] == 0:
         caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict "

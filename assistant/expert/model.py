@@ -34,6 +34,7 @@ from torch import nn
 
 from assistant.config import ExpertConfig, resolve_data_path
 from assistant.expert.calibration import NullModel, batch_split, judge, review_band
+from assistant.expert.golden import golden_results
 from assistant.expert.heads import PrototypeHead, TextHead, prompt_text_features
 from assistant.expert.io import level_scale, read_checkpoint, trained_expert_dir, write_checkpoint
 from assistant.expert.knn import aggregate, nn_distance, self_nn_distance
@@ -212,8 +213,10 @@ class AnomalyExpert(nn.Module):
         maps = self.upsample(raw, tuple(image_size))
         if state.few_shot:
             medians = raw.flatten(1).median(1).values.tolist()  # ~1 when the query's surface matches the references
-            return [self._result(amap, self.image_score(amap), state, "few-shot", grid, reference_median=med)
-                    for amap, med in zip(maps, medians)]
+            results = [self._result(amap, self.image_score(amap), state, "few-shot", grid, reference_median=med)
+                       for amap, med in zip(maps, medians)]
+            # golden-template inspection: the aligned path where a reference registers (expert.alignment)
+            return golden_results(self, state, query_out, raw, results, images, image_size, self._result)
         if not self.self_calibrated():
             return [self._result(amap, self.image_score(amap), state, "zero-shot", grid) for amap in maps]
         if images is None or tower is None or len(images) != len(maps):

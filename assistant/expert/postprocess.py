@@ -95,11 +95,25 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
     label = bool(result.pred_score > threshold)
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.score_topk)
     boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.box_merge_px) if label else []
+    carry_changes(result.boxes, boxes)
     verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
     low, high = review_band(threshold, result.threshold_sigma, review_confidence)
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),
                                pixel_threshold=float(pixel_threshold), verdict=verdict, confidence=confidence,
                                threshold_low=low, threshold_high=high, review_confidence=review_confidence, **changes)
+
+
+def carry_changes(old: list[Box], new: list[Box]) -> None:
+    """Give each new box the `change` (aligned path's polarity) of the old box it overlaps most; "" where none does
+    (a region that appears only at the new threshold was not compared)."""
+    for b in new:
+        best, area = "", 0
+        for o in old:
+            w = min(b.x1, o.x1) - max(b.x0, o.x0)
+            h = min(b.y1, o.y1) - max(b.y0, o.y0)
+            if w > 0 and h > 0 and w * h > area and o.change:
+                best, area = o.change, w * h
+        b.change = best
 
 
 def best_f1_threshold(values: np.ndarray, gt: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from assistant.expert.calibration import (
     mild_jitter,
     synthesize_anomaly,
 )
+from assistant.expert.golden import GoldenState, fit_golden
 from assistant.expert.knn import greedy_coreset, normal_scale
 from assistant.expert.postprocess import best_f1_threshold
 from assistant.vision.base import VisionOutput
@@ -47,6 +48,7 @@ class ReferenceState:
     n_shots: int  # number of reference images used
     calibration: dict = field(default_factory=dict)  # how the thresholds were found (scores, method)
     estimate: ThresholdEstimate | None = None  # null-distribution threshold with its uncertainty (calibration: null)
+    golden: GoldenState | None = None  # aligned path (expert.alignment auto | aligned; expert/golden.py)
 
     @property
     def sigma(self) -> float:
@@ -116,6 +118,8 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
             rule=f"median null score x {math.exp(est.offset):.3f} (new-part offset for {k} reference(s), "
                  f"{fitted}): about {expert.cfg.target_overkill:.0%} of good parts above it",
             null_scores=[round(float(x), 4) for g in groups for x in g], estimate=est.to_dict())
+    if expert.cfg.alignment != "free":  # golden-template inspection: templates and the aligned path's threshold
+        state.golden = fit_golden(expert, tower, refs, encoded, grids, grid, state.scales, seed)
     return state
 
 

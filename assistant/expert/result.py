@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.expert.alignment import Registration
 from assistant.wording import mask_position, size_word, suspicion_word
 
 
@@ -16,14 +17,20 @@ class Box:
     y1: int  # bottom (exclusive)
     score: float  # max of the anomaly map inside the box
     area_fraction: float  # mask pixels of this component / image pixels
+    # aligned path only: "missing" (material of the reference absent here) | "extra" (material the reference has not)
+    # | "altered" (changed, neither); "" when the region came from the free path
+    change: str = ""
 
     @property
     def center(self) -> tuple[float, float]:
         return (self.y0 + self.y1) / 2.0, (self.x0 + self.x1) / 2.0
 
     def to_dict(self) -> dict:
-        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1,
-                "score": float(self.score), "area_fraction": float(self.area_fraction)}
+        out = {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1,
+               "score": float(self.score), "area_fraction": float(self.area_fraction)}
+        if self.change:
+            out["change"] = self.change
+        return out
 
 
 @dataclass
@@ -61,6 +68,12 @@ class AnomalyResult:
     sensitivity: float = 0.0  # slider value the thresholds were moved by
     calibrated_threshold: float | None = None  # thresholds before the slider moved them
     calibrated_pixel_threshold: float | None = None
+    # how the references were compared: "aligned" (registered, position by position; expert/golden.py) | "free"
+    # (as a bag of patches, also when `alignment: auto` fell back) | "" (no reference)
+    alignment: str = ""
+    registration: Registration | None = None  # the best reference's registration (aligned, or why auto fell back)
+    free_score: float | None = None  # aligned path: the free path's score and threshold, for comparison
+    free_threshold: float | None = None
 
     def __post_init__(self):
         if not self.verdict:
@@ -105,6 +118,8 @@ class AnomalyResult:
             "severity": self.severity,
             "boxes": [b.to_dict() for b in self.boxes],
             "reference_mismatch": bool(self.reference_mismatch),
+            "alignment": self.alignment,
+            "registration": self.registration.to_dict() if self.registration is not None else None,
             "map_shape": list(self.anomaly_map.shape),
             "extras": self.provenance(),
         }
@@ -113,7 +128,7 @@ class AnomalyResult:
         """How the result was made (path, shots, calibration rule, lot, slider), None fields left out."""
         keys = ("shots", "score_topk", "path", "box_merge_px", "review_confidence", "calibration", "reference_median",
                 "reference_mismatch_cut", "lot_size", "reference_threshold", "lot_split", "calibrated_threshold",
-                "calibrated_pixel_threshold")
+                "calibrated_pixel_threshold", "free_score", "free_threshold")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.sensitivity:
             out["sensitivity"] = self.sensitivity
