@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check assistant training data_synth tests bench
+	$(BIN)/ruff check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -47,7 +47,8 @@ class ChatSession:
                  sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS, max_history_turns: int = 3,
                  open_with_verdict: bool = True):
         self.assistant = assistant  # shared weights only
-        self.open_with_verdict = open_with_verdict  # first question: the expert's verdict as an earlier turn (verdict_turn)
+        # first question: the expert's verdict as an earlier turn (verdict_turn)
+        self.open_with_verdict = open_with_verdict
         self.max_pixels = max_pixels
         self.history: list[tuple[str, str]] = []  # (question, answer) turns
         self.max_history_turns = max_history_turns  # earlier turns the LM sees (bounds prompt length and latency)
@@ -58,7 +59,8 @@ class ChatSession:
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
         self._relabelled = None  # (raw result, lot size, sensitivity, re-labelled result)
-        self._lot: dict[str, AnomalyResult] = {}  # parts inspected with the current references: fingerprint -> raw result
+        # parts inspected with the current references: fingerprint -> raw result
+        self._lot: dict[str, AnomalyResult] = {}
         self._cautioned = None  # the Evidence whose reference mismatch an answer already pointed out
         self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
@@ -204,7 +206,9 @@ class ChatSession:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)
                 yield chunk
-            notes = [borderline_note(evidence.result)] + [REFERENCE_CAUTION if evidence.result.reference_mismatch else None]
+            notes = [borderline_note(evidence.result)] + [
+                REFERENCE_CAUTION if evidence.result.reference_mismatch else None
+            ]
             notes = [n for n in notes if n]
             if notes and self._cautioned is not self._evidence:
                 self._cautioned = self._evidence  # once per image/reference change; the LM never sees them

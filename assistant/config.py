@@ -70,7 +70,7 @@ class ExpertConfig:
     self_exclude: float = 0.15  # ... leaving out those within this fraction of the grid side (the defect itself)
     zero_shot_source: str = "auto"  # one image, no reference: self (in-image rarity) | head | auto (head if CLIP text)
     zero_shot_exclude: float = 0.05  # self: neighbours within this fraction of the grid side (>= 1 step) left out
-    mutual_frac: float = 0.3  # batch zero-shot (mutual scoring): mean of this fraction of the nearest other images (MuSc)
+    mutual_frac: float = 0.3  # batch zero-shot (MuSc mutual scoring): mean of this fraction of the nearest others
     mutual_max_others: int = 64  # ... comparing each image with at most this many others (cost grows with their square)
     self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
     level_fusion: str = "geo"  # with references: the query's per-level kNN maps fused by geo or mean (see expert)
@@ -272,7 +272,9 @@ def resolve_config_path(path: str | Path) -> Path:
     if preset.is_file():
         return preset
     presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config '{path}' not found: expected a YAML file, a checkpoint dir, or a preset ({', '.join(presets)})")
+    raise ConfigError(
+        f"config '{path}' not found: expected a YAML file, a checkpoint dir, or a preset ({', '.join(presets)})"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -56,11 +56,15 @@ def _vision_row(cfg) -> Row:
         if hasattr(tower, "classify"):
             logits = tower.classify(tower.preprocess([img], size=224))  # ImageNet head at its native 224 px
             top = int(logits.argmax(-1)[0])
-            row.result = f"coffee -> ImageNet class {top}" + (" (espresso) OK" if top == ESPRESSO else " (expected 967)")
+            row.result = f"coffee -> ImageNet class {top}" + (
+                " (espresso) OK" if top == ESPRESSO else " (expected 967)"
+            )
             ok = top == ESPRESSO or tower.source == "random init"
         else:
             out = tower.encode([img])
-            row.result = f"coffee -> {len(out.patch_tokens)} levels x {tuple(out.patch_tokens[0].shape)}, grid {out.grid}"
+            row.result = (
+                f"coffee -> {len(out.patch_tokens)} levels x {tuple(out.patch_tokens[0].shape)}, grid {out.grid}"
+            )
             ok = True
     row.forward_s = time.perf_counter() - t0
     if not ok:
@@ -136,6 +140,8 @@ def run(args) -> int:
             rows.append(Row("vision" if fn is _vision_row else "lm", name, result=f"FAILED: {type(e).__name__}: {e}"))
     print()
     _print_table(rows)
-    print(f"\ntotal {time.perf_counter() - t_start:.1f} s (process CPU {time.process_time():.1f} s; a much larger wall time "
-          f"means the CPU is shared)")
+    print(
+        f"\ntotal {time.perf_counter() - t_start:.1f} s (process CPU {time.process_time():.1f} s; "
+        "a much larger wall time means the CPU is shared)"
+    )
     return 1 if failed else 0

@@ -89,8 +89,11 @@ def main(argv=None) -> int:
     table = [("load (s)", load_s, None, None)]
     table += [(k, statistics.median(v), statistics.median(cpu[k]), TARGETS.get(k)) for k, v in rows.items()]
     table.append(("peak RSS (GB)", rss_gb, None, TARGETS["peak RSS (GB)"]))
-    print(f"\nchat speed: {args.checkpoint} {' '.join(args.overrides)}, LM {asst.cfg.lm.dtype}, torch threads {args.threads}, {os.cpu_count()} CPUs, "
-          f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} (other jobs inflate wall time)")
+    print(
+        f"\nchat speed: {args.checkpoint} {' '.join(args.overrides)}, LM {asst.cfg.lm.dtype}, "
+        f"torch threads {args.threads}, {os.cpu_count()} CPUs, "
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} (other jobs inflate wall time)"
+    )
     print(f"| {'metric':28s} | {'wall':>7s} | {'CPU s':>7s} | {'target':>7s} | ok  |")
     print(f"|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|-----|")
     for name, val, c, target in table:

@@ -104,7 +104,9 @@ def says_same(answer: str) -> bool:
     from assistant.wording import parse_position
 
     text = answer.lower()
-    same = re.search(r"\bmatch(?:es)?\b|\bno differences?\b|\blooks? like a normal\b|\bidentical\b|\bthe same as\b", text)
+    same = re.search(
+        r"\bmatch(?:es)?\b|\bno differences?\b|\blooks? like a normal\b|\bidentical\b|\bthe same as\b", text
+    )
     return bool(same) and parse_position(answer) is None
 
 
@@ -113,7 +115,9 @@ def decision_truthful(answer: str, bad: bool, yes_means_normal: bool) -> bool:
     a normal one), and either a leading yes/no of the question's polarity or, with no leading yes/no, only the
     recommendation that fits the verdict ("..., so I would reject it." / "..., so I would accept it.")."""
     text = answer.lower()
-    if re.search(r"looks? normal|no defects?|no anomal" if bad else r"anomal|defect|damage|crack|scratch|missing", text):
+    if re.search(
+        r"looks? normal|no defects?|no anomal" if bad else r"anomal|defect|damage|crack|scratch|missing", text
+    ):
         return False
     lead = leading(answer)
     if lead is not None:
@@ -223,12 +227,15 @@ def main(argv=None) -> int:
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     n_img = len(rows) // len(questions)
     order = "each question as the first turn" if args.first else "questions in this order in one chat"
-    print(f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(
+        f"\nchat truthfulness: {args.checkpoint} {' '.join(args.overrides)}; {n_img} sessions ({order}), 1 reference, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     print_table(rows, questions)
     wrong = [r for r in rows if not r["truthful"]]
     for r in wrong[:12]:
-        print(f"- {Path(r['image']).parent.name}/{Path(r['image']).name} [{r['evidence']}] {r['question']} -> {r['answer']}")
+        name = f"{Path(r['image']).parent.name}/{Path(r['image']).name}"
+        print(f"- {name} [{r['evidence']}] {r['question']} -> {r['answer']}")
     return 0
 
 

@@ -6,8 +6,9 @@
 Speed: ms/image at the config's image size (tower forward + expert predict; references fitted once,
 not timed) for batch 1 and batch 16, 1-shot and 16-shot, and the peak RSS of a process that does only
 that (each row runs in a fresh subprocess). `--shots 0,1,16` adds the single-image zero-shot path (in-image
-rarity; its threshold comes from anomalies synthesized on each query, which the timing includes). With --data, the same run also evaluates both detectors
-(1-shot, the given seeds) and prints image/pixel AUROC and balanced accuracy side by side.
+rarity; its threshold comes from anomalies synthesized on each query, which the timing includes). With --data,
+the same run also evaluates both detectors (1-shot, the given seeds) and prints image/pixel AUROC and
+balanced accuracy side by side.
 Never part of `make test`.
 """
 from __future__ import annotations
@@ -27,7 +28,11 @@ def method_config(args, method: str):
     from assistant.config import load_config
     from assistant.evaluation.expert.baselines import knn_config
 
-    return knn_config(args.config, args.overrides) if method == "knn-baseline" else load_config(args.config, args.overrides)
+    return (
+        knn_config(args.config, args.overrides)
+        if method == "knn-baseline"
+        else load_config(args.config, args.overrides)
+    )
 
 
 def _images(n: int, size: int, seed: int):
@@ -129,7 +134,9 @@ def main(argv=None) -> int:
                     print(out.stderr[-2000:], file=sys.stderr)
                     return out.returncode
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\nExpert speed ({args.config}, {args.threads} threads; median of {args.repeats}; tower + expert per image)\n")
+    print(
+        f"\nExpert speed ({args.config}, {args.threads} threads; median of {args.repeats}; tower + expert per image)\n"
+    )
     print("(CPU ms = process CPU time summed over threads: on a busy shared machine wall time is inflated by other")
     print(" jobs; CPU ms / threads is the wall time to expect on idle cores with perfect threading)\n")
     print("| method | shots | batch | device | ms/image | p90 ms/image | CPU ms/image | peak RSS MB |")
@@ -146,8 +153,14 @@ def main(argv=None) -> int:
         print("| method | image AUROC | pixel AUROC | AUPRO | balanced acc. |")
         print("|---|---|---|---|---|")
         for r in q:
-            print(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" if r[k] is not None else "–" for k in
-                                                      ("image_auroc", "pixel_auroc", "pixel_aupro", "balanced_accuracy")) + " |")
+            print(
+                f"| {r['method']} | "
+                + " | ".join(
+                    f"{r[k]:.3f}" if r[k] is not None else "–"
+                    for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "balanced_accuracy")
+                )
+                + " |"
+            )
     return 0
 
 

@@ -157,13 +157,19 @@ def metrics(items: list[dict], run: dict) -> dict:
 
     y = np.array([it["label"] for it in items])
     s, p = np.array(run["scores"]), np.array(run["preds"], bool)
-    out = {"image_auroc": roc_auc_score(y, s) if 0 < y.sum() < len(y) else float("nan"),
-           "balanced_accuracy": 1 - (p[y == 0].mean() + (~p[y == 1]).mean()) / 2 if 0 < y.sum() < len(y) else float("nan"),
-           "ms": float(np.median(run["ms"])), "ms_p90": float(np.quantile(run["ms"], 0.9))}
+    out = {
+        "image_auroc": roc_auc_score(y, s) if 0 < y.sum() < len(y) else float("nan"),
+        "balanced_accuracy": 1 - (p[y == 0].mean() + (~p[y == 1]).mean()) / 2 if 0 < y.sum() < len(y) else float("nan"),
+        "ms": float(np.median(run["ms"])),
+        "ms_p90": float(np.quantile(run["ms"], 0.9)),
+    }
     with_mask = [i for i, it in enumerate(items) if it["mask"] is not None or it["label"] == 0]
     gts = np.concatenate([items[i]["gt"].reshape(-1) for i in with_mask]) if with_mask else np.zeros(0, bool)
-    out["pixel_auroc"] = (roc_auc_score(gts, np.concatenate([np.asarray(run["maps"][i]).reshape(-1) for i in with_mask]))
-                          if gts.any() and not gts.all() else float("nan"))
+    out["pixel_auroc"] = (
+        roc_auc_score(gts, np.concatenate([np.asarray(run["maps"][i]).reshape(-1) for i in with_mask]))
+        if gts.any() and not gts.all()
+        else float("nan")
+    )
     out["polarity"] = float(np.mean(run["pol"])) if run["pol"] else float("nan")
     out["polarity_n"] = len(run["pol"])
     out["registered"] = float(np.mean(run["registered"])) if run["registered"] else float("nan")
@@ -210,8 +216,10 @@ def main(argv=None) -> int:
 
     print(f"\nGolden-template inspection ({args.config}, 1 reference per query, {args.threads} threads"
           + (f", {' '.join(args.overrides)}" if args.overrides else "") + ")\n")
-    print("| folder | seed | n | method | image AUROC | pixel AUROC | balanced acc. | missing/extra correct (regions) | "
-          "registered | ms/image (p90) |")
+    print(
+        "| folder | seed | n | method | image AUROC | pixel AUROC | balanced acc. | missing/extra correct (regions) | "
+        "registered | ms/image (p90) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, seed, n, method, m in rows:
         pol = f"{f(m['polarity'])} ({m['polarity_n']})" if method == "auto" else "–"

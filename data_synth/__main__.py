@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_synth", description="Synthetic anomaly data for the assistant.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="write images, masks, manifest.jsonl and conversations.json")
-    b.add_argument("--normal", nargs="+", default=None, metavar="DIR", help="folders of normal images (one category each)")
+    b.add_argument(
+        "--normal", nargs="+", default=None, metavar="DIR", help="folders of normal images (one category each)"
+    )
     b.add_argument("--source", default=None, help="comma list of built-in sources: procedural,textiles,skimage,gimp")
     b.add_argument("--out", required=True, help="output folder (an interrupted build resumes here)")
     b.add_argument("--n", type=int, required=True, help="number of samples")

@@ -109,9 +109,19 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
 
 
 def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
-    turns = [("detect", pick(rng, [f"No, the object looks normal. The {noun} shows no defects.",
-                                   "No, the object looks normal.",
-                                   f"No, the object looks normal: no scratches, cracks, stains or missing parts on the {noun}."]))]
+    turns = [
+        (
+            "detect",
+            pick(
+                rng,
+                [
+                    f"No, the object looks normal. The {noun} shows no defects.",
+                    "No, the object looks normal.",
+                    f"No, the object looks normal: no scratches, cracks, stains or missing parts on the {noun}.",
+                ],
+            ),
+        )
+    ]
     if rng.random() < 0.35:
         turns.append(("locate", f"There is no defect to locate; the {noun} looks normal everywhere."))
     if rng.random() < 0.3:

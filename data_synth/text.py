@@ -65,11 +65,15 @@ def describe(meta: dict, noun: str, rng: np.random.Generator) -> str:
     look = LOOKS.get(t, "an anomalous region").format(color=(meta.get("params") or {}).get("color", "dark"))
     n = meta.get("n_components", 1)
     count = "" if n <= 1 else f" It consists of {n} separate regions."
-    first = pick(rng, [
-        f"{article(size).capitalize()} {size} {word} is visible on the {noun} {pos} of the image, covering about {pct} of it.",
-        f"The {noun} has {article(size)} {size} {word} {pos} of the image ({pct} of the area).",
-        f"There is {article(size)} {size} {word} {pos} of the image, covering about {pct} of it.",
-        f"Defect: {article(size)} {size} {word} {pos} of the image, about {pct} of the area, {sev} severity.",
-    ])
+    first = pick(
+        rng,
+        [
+            f"{article(size).capitalize()} {size} {word} is visible on the {noun} {pos} of the image, "
+            f"covering about {pct} of it.",
+            f"The {noun} has {article(size)} {size} {word} {pos} of the image ({pct} of the area).",
+            f"There is {article(size)} {size} {word} {pos} of the image, covering about {pct} of it.",
+            f"Defect: {article(size)} {size} {word} {pos} of the image, about {pct} of the area, {sev} severity.",
+        ],
+    )
     second = pick(rng, [f" It appears as {look}.", f" It looks like {look}.", f" Severity: {sev}.", ""])
     return first + count + second

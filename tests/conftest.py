@@ -32,4 +32,4 @@ def _seed():
 
 
 # Tiny random LM + sentencepiece tokenizer fixtures (session-scoped), see tests/tiny.py.
-from tests.tiny import tiny_lm, tiny_lm_dir, tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401
+from tests.tiny import tiny_lm, tiny_lm_dir, tiny_tokenizer, tiny_tokenizer_dir  # noqa: E402, F401

@@ -40,16 +40,25 @@ def make_mmad(root: Path, n_good: int = 3, n_bad: int = 3, categories=("bottle",
                          "Answer": "A" if kind != "good" else "B", "type": "Anomaly Detection"},
                         {"Question": "What kind of object is this?", "Options": {"A": cat, "B": "cable", "C": "wood"},
                          "Answer": "A", "type": "Object Classification"}]
-                entry = {"conversation": conv, "similar_templates": [f"DS/{cat}/train/good/000.png", f"DS/{cat}/train/good/001.png"],
-                         "random_templates": [f"DS/{cat}/train/good/001.png"]}
+                entry = {
+                    "conversation": conv,
+                    "similar_templates": [f"DS/{cat}/train/good/000.png", f"DS/{cat}/train/good/001.png"],
+                    "random_templates": [f"DS/{cat}/train/good/001.png"],
+                }
                 if kind != "good":
                     m = np.zeros((32, 32), np.uint8)
                     m[8:16, 8:16] = 255
                     (base / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
                     Image.fromarray(m).save(base / "ground_truth" / kind / f"{i:03d}_mask.png")
                     entry["mask_path"] = f"ground_truth/{kind}/{i:03d}_mask.png"
-                    entry["conversation"].append({"Question": "Where is the defect?", "Options": {
-                        "A": "Top left.", "B": "Center.", "C": "Bottom right."}, "Answer": "A", "type": "Defect Localization"})
+                    entry["conversation"].append(
+                        {
+                            "Question": "Where is the defect?",
+                            "Options": {"A": "Top left.", "B": "Center.", "C": "Bottom right."},
+                            "Answer": "A",
+                            "type": "Defect Localization",
+                        }
+                    )
                 data[rel] = entry
     path = root / "mmad.json"
     path.write_text(json.dumps(data, indent=1))

@@ -99,15 +99,22 @@ def test_ui_chat_endpoint_streams_evidence_and_reports_bad_uploads(server, image
     assert chat[-1]["content"][0]["text"].startswith("scratch scratch")
     assert Image.open(overlay).size == (256, 256) and Image.open(mask).size == (48, 48)  # small images enlarged
     assert details["query"]["width"] == 48
-    job = client.submit({"text": "Where is it?", "files": []}, [], [{"image": handle_file(images["ref"]), "caption": None}],
-                        0.0, api_name="/chat")
+    job = client.submit(
+        {"text": "Where is it?", "files": []},
+        [],
+        [{"image": handle_file(images["ref"]), "caption": None}],
+        0.0,
+        api_name="/chat",
+    )
     job.result()
     assert len(job.outputs()) >= 2  # evidence first, then streamed text, then the final value
     for key, message in [("text", "not a recognised image format"), ("empty", "empty (0 bytes)"),
                          ("huge", "exceeds the limit")]:
         chat, *_ = _chat(client, "hi", images[key], [images["ref"]])
         reply = chat[-1]["content"][0]["text"]
-        assert f"could not use {images[key].name}" in reply and message in reply and str(images[key].parent) not in reply
+        assert (
+            f"could not use {images[key].name}" in reply and message in reply and str(images[key].parent) not in reply
+        )
     chat, *_ = _chat(client, "How large is it?")  # the earlier good image is still the session's image
     assert chat[-1]["role"] == "assistant" and "upload a photo" not in chat[-1]["content"][0]["text"]
     chat, *_ = _chat(Client(url, verbose=False), "Where is it?")

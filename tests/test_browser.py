@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's Chromium (headless) driven by Playwright against the app.
 
 Uses /usr/bin/chromium (Debian's package; `.ci/run` installs it with apt before the tests, so the tests
-themselves never touch the network); Playwright's own browser downloads are never used. Saves a screenshot under the test's tmp dir.
+themselves never touch the network); Playwright's own browser downloads are never used. Saves a screenshot
+under the test's tmp dir.
 """
 from __future__ import annotations
 

@@ -129,7 +129,9 @@ def test_sensitivity_relabels_without_encoding(assistant):
         strict = session.result
         list(session.ask("Is there any anomaly?"))
     assert spy.calls == 0
-    assert loose.threshold == pytest.approx(base.threshold / 2) and strict.threshold == pytest.approx(base.threshold * 2)
+    assert loose.threshold == pytest.approx(base.threshold / 2) and strict.threshold == pytest.approx(
+        base.threshold * 2
+    )
     assert loose.pred_mask.sum() >= base.pred_mask.sum() >= strict.pred_mask.sum()
     assert session.summary()["sensitivity"] == -1.0
     with pytest.raises(ChatError, match="sensitivity must be within"):
@@ -221,7 +223,9 @@ def test_chat_cli_interactive_commands(tmp_path, capsys, monkeypatch, tiny_token
     part_image(16, defect=(30, 30)).save(q)
     part_image(17).save(r1)
     part_image(18).save(r2)
-    script = f"Is there any anomaly?\n:ref {r2}\n:ref {tmp_path / 'nope.png'}\n:sens 0.5\n:result\n:unref 1\nWhere?\n:quit\n"
+    script = (
+        f"Is there any anomaly?\n:ref {r2}\n:ref {tmp_path / 'nope.png'}\n:sens 0.5\n:result\n:unref 1\nWhere?\n:quit\n"
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO(script))
     assert main(["chat", "--config", "tiny", "--image", str(q), "--reference", str(r1)]) == 0
     out = capsys.readouterr().out
@@ -240,7 +244,10 @@ def test_first_question_gets_the_verdict_as_context_not_as_history(assistant):
 
     flagged = AnomalyResult(np.zeros((30, 30), np.float32), 2.0, True, np.zeros((30, 30), bool), threshold=1.0)
     flagged.pred_mask[0:6, 20:28] = True
-    assert verdict_turn(flagged) == (DETECT_QUESTION, "Yes, there is an anomaly: a defect in the top right of the image.")
+    assert verdict_turn(flagged) == (
+        DETECT_QUESTION,
+        "Yes, there is an anomaly: a defect in the top right of the image.",
+    )
     flagged.pred_label = False
     assert verdict_turn(flagged) == (DETECT_QUESTION, "No, the object looks normal.")
     with HistorySpy(assistant) as spy:
@@ -282,7 +289,9 @@ def test_a_borderline_verdict_is_said_once_outside_the_lm(assistant):
     r.verdict, r.confidence = "borderline", 0.62  # as the expert sets it when the score lies in the review band
     note = borderline_note(r)
     side = "just over" if r.pred_label else "just under"
-    assert note == f"It is borderline: the score is {side} the threshold (confidence 62%); I would have a person check it."
+    assert (
+        note == f"It is borderline: the score is {side} the threshold (confidence 62%); I would have a person check it."
+    )
     first, second = session.answer("Is there any anomaly?"), session.answer("Where is it?")
     assert first.endswith(note) and note not in second
     assert all(note not in a for _, a in session.history)

@@ -7,7 +7,9 @@ import pytest
 
 from assistant.expert import AnomalyResult, Box
 
-spec = importlib.util.spec_from_file_location("chat_truth", Path(__file__).resolve().parent.parent / "bench" / "chat_truth.py")
+spec = importlib.util.spec_from_file_location(
+    "chat_truth", Path(__file__).resolve().parent.parent / "bench" / "chat_truth.py"
+)
 ct = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ct)
 
@@ -107,7 +109,8 @@ def test_borderline_is_said_once_with_the_first_answer_and_never_for_a_clear_ver
     assert ct.says_borderline_once("Yes, there is an anomaly.", clear, first=True)
     assert not ct.says_borderline_once("Yes. It is borderline: ...", clear, first=True)
     border = {**clear, "borderline": True}
-    note = "Yes, there is an anomaly. It is borderline: the score is just over the threshold; I would have a person check it."
+    note = ("Yes, there is an anomaly. It is borderline: the score is just over the threshold; "
+            "I would have a person check it.")
     assert ct.says_borderline_once(note, border, first=True)
     assert not ct.says_borderline_once("Yes, there is an anomaly.", border, first=True)  # the note is missing
     assert not ct.says_borderline_once(note, border, first=False)  # said again on a follow-up

@@ -113,7 +113,9 @@ def test_evaluate_mutual_zero_shot_needs_no_references(tmp_path, capsys):
     capsys.readouterr()
     for argv, msg in ((["--shots", "1", "--mutual"], "--mutual is a zero-shot mode: expected --shots 0, got --shots 1"),
                       (["--shots", "0", "--baseline", "knn"], "--baseline knn is a nearest-neighbour detector")):
-        rc = main(["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", *argv, "--out", str(tmp_path / "o2")])
+        rc = main(
+            ["evaluate", "--data", str(tmp_path / "data"), "--config", "tiny", *argv, "--out", str(tmp_path / "o2")]
+        )
         assert rc == 2 and msg in capsys.readouterr().err  # a clear message, no traceback
     assert not (tmp_path / "o2").exists()  # refused before any work
 
@@ -160,7 +162,9 @@ def test_detect_batch_without_references_scores_the_parts_against_each_other(tmp
     rows = {r["folder"]: r for r in csv.DictReader(open(tmp_path / "det/summary.csv"))}
     assert set(rows) == {f"ok{i}" for i in range(6)} | {"bad0", "bad1"}
     assert rows["bad0"]["verdict"] == rows["bad1"]["verdict"] == "anomalous"
-    assert max(float(rows[f"ok{i}"]["score"]) for i in range(6)) < min(float(rows[b]["score"]) for b in ("bad0", "bad1"))
+    assert max(float(rows[f"ok{i}"]["score"]) for i in range(6)) < min(
+        float(rows[b]["score"]) for b in ("bad0", "bad1")
+    )
     assert Image.open(tmp_path / "det/bad1/overlay.png").size == (56, 40)
     assert json.loads((tmp_path / "det/bad1/result.json").read_text())["verdict"] == "anomalous"
     # with a reference the same batch is judged image by image against it

@@ -21,8 +21,10 @@ def test_roc_and_grid(tmp_path):
     m = np.zeros((32, 32), np.uint8)
     m[4:12, 4:12] = 255
     Image.fromarray(m).save(tmp_path / "m.png")
-    cases = [Case(str(tmp_path / "q.png"), str(tmp_path / "m.png"), np.random.rand(8, 8), 0.5, "answer\nline 2", "best"),
-             Case(str(tmp_path / "q.png"), None, None, 0.0, "no map", "worst")]
+    cases = [
+        Case(str(tmp_path / "q.png"), str(tmp_path / "m.png"), np.random.rand(8, 8), 0.5, "answer\nline 2", "best"),
+        Case(str(tmp_path / "q.png"), None, None, 0.0, "no map", "worst"),
+    ]
     out = qualitative_grid(cases, tmp_path / "grid.png")
     assert Image.open(out).size[1] > 400  # one row per case (2 rows)
     with pytest.raises(ValueError, match="at least one case"):

@@ -141,8 +141,20 @@ def test_category_metrics_against_sklearn_and_hand():
                      "pred_score": sc, "pred_label": sc > 0.3, "gold": "A" if lab else "B",
                      "parsed": "A" if lab or i == 0 else "B", "expert_choice": "A" if sc > 0.3 else "B",
                      "correct": (lab == 1) or i != 0})
-        recs.append({"key": f"i{i}#1", "image": f"i{i}", "category": "c", "qtype": "Object Classification",
-                     "label": lab, "pred_score": sc, "pred_label": sc > 0.3, "gold": "A", "parsed": None, "correct": False})
+        recs.append(
+            {
+                "key": f"i{i}#1",
+                "image": f"i{i}",
+                "category": "c",
+                "qtype": "Object Classification",
+                "label": lab,
+                "pred_score": sc,
+                "pred_label": sc > 0.3,
+                "gold": "A",
+                "parsed": None,
+                "correct": False,
+            }
+        )
     m = category_metrics(recs)
     assert m["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
     assert m["image_auroc"] == pytest.approx(5 / 6)  # 5 of the 6 (anomalous, normal) pairs ordered right
@@ -201,9 +213,16 @@ def test_jsonl_questions_end_to_end(mmad, tmp_path):
         for kind, n in (("good", 3), ("crack", 3)):
             for i in range(n):
                 img = f"DS/{cat}/test/{kind}/{i:03d}.png"
-                lines.append({"image": img, "references": [f"DS/{cat}/train/good/000.png"], "label": int(kind != "good"),
-                              "question": "Is this part defective?", "answer": "no" if kind == "good" else "yes",
-                              "category": cat})
+                lines.append(
+                    {
+                        "image": img,
+                        "references": [f"DS/{cat}/train/good/000.png"],
+                        "label": int(kind != "good"),
+                        "question": "Is this part defective?",
+                        "answer": "no" if kind == "good" else "yes",
+                        "category": cat,
+                    }
+                )
                 lines.append({"image": img, "question": "What kind of object is this?", "category": cat,
                               "options": {"A": cat, "B": "cable"}, "answer": "A", "type": "Object Classification"})
     q = tmp_path / "q.jsonl"
@@ -243,7 +262,9 @@ def test_baseline_detector_beside_the_assistant(mmad, tmp_path):
 def test_cli_errors_name_the_problem(mmad, tmp_path):
     root, path = mmad
     with pytest.raises(ValueError, match="exactly one of --mmad FILE or --jsonl FILE"):
-        evaluate_cli.run(_args("--mmad", str(path), "--jsonl", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
+        evaluate_cli.run(
+            _args("--mmad", str(path), "--jsonl", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer()
+        )
     with pytest.raises(ValueError, match="--mmad needs --data-root"):
         evaluate_cli.run(_args("--mmad", str(path), "--out", str(tmp_path)), answerer=FakeAnswerer())
     with pytest.raises(FileNotFoundError, match="run.json not found: nothing to merge"):

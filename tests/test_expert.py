@@ -71,7 +71,9 @@ def test_dihedral_views_are_the_eight_symmetries():
     img = texture(0, 16)
     views = dihedral_views(img)
     assert len(views) == 8
-    arrs = {np.asarray(v).tobytes() for v in dihedral_views(Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)))}
+    arrs = {
+        np.asarray(v).tobytes() for v in dihedral_views(Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)))
+    }
     assert len(arrs) == 8
 
 
@@ -147,7 +149,9 @@ def test_single_image_zero_shot_finds_the_defect_and_sets_a_threshold_per_image(
     assert defect.pred_label and defect.pred_mask.any()  # the bright square stands out above light synthetic defects
     # the same image always gets the same threshold (fixed seed), whatever it is batched with
     again = expert.predict(tower.encode(imgs[1:]), state, (64, 64), images=imgs[1:], tower=tower)[0]
-    assert again.threshold == pytest.approx(defect.threshold) and again.pred_score == pytest.approx(defect.pred_score, rel=1e-4)
+    assert again.threshold == pytest.approx(defect.threshold) and again.pred_score == pytest.approx(
+        defect.pred_score, rel=1e-4
+    )
     with pytest.raises(ValueError, match="images=<2 query image"):
         expert.predict(tower.encode(imgs), state, (64, 64))
 

@@ -25,7 +25,9 @@ def make_synth(root, n=12, categories=("widget",)):
         if cat == categories[0]:
             return rng.integers(90, 130, (32, 32, 3)).astype(np.uint8)
         stripes = np.where((np.arange(32) // 4) % 2 == 0, 230, 20)[None, :, None]
-        return np.clip(np.broadcast_to(stripes, (32, 32, 3)) + rng.integers(-8, 8, (32, 32, 3)), 0, 255).astype(np.uint8)
+        return np.clip(np.broadcast_to(stripes, (32, 32, 3)) + rng.integers(-8, 8, (32, 32, 3)), 0, 255).astype(
+            np.uint8
+        )
 
     refs = {}
     for cat in categories:
@@ -69,8 +71,23 @@ def test_best_threshold_separates():
 def test_train_expert_cli_saves_loadable_heads(tmp_path):
     make_synth(tmp_path / "synth")
     out = tmp_path / "ckpt"
-    rc = train_main(["expert", "--config", "tiny", "--data", str(tmp_path / "synth"), "--out", str(out),
-                     "--cache", str(tmp_path / "cache.safetensors"), "--set", "train.steps=3", "--set", "train.batch_size=4"])
+    rc = train_main(
+        [
+            "expert",
+            "--config",
+            "tiny",
+            "--data",
+            str(tmp_path / "synth"),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache.safetensors"),
+            "--set",
+            "train.steps=3",
+            "--set",
+            "train.batch_size=4",
+        ]
+    )
     assert rc == 0
     meta = json.loads((out / "expert_config.json").read_text())
     assert meta["head"] == "TextHead" and meta["meta"]["steps"] == 3 and meta["meta"]["n_samples"] == 12

@@ -72,7 +72,9 @@ def test_sequence_counts_masks_and_ignore_index(model, tower):
     v = visuals(model, tower, n_refs=2)
     turns = [("Is there any anomaly?", "Yes, at the top right."), ("How big?", "It is small.")]
     ids, labels = model.tokenize(model.messages(2, v.evidence, turns))
-    count = lambda t: int((ids == model.processor.token_ids[t]).sum())
+    def count(t):
+        return int((ids == model.processor.token_ids[t]).sum())
+
     assert count(REF_TOKEN) == 2 * model.n_image == v.refs.shape[0] * v.refs.shape[1]
     assert count(IMAGE_TOKEN) == model.n_image == v.query.shape[0]
     assert count(LOOK_TOKEN) == model.n_look == model.cfg.lvlm.n_look_twice + 1 + 1  # queries + global + crop
@@ -217,7 +219,9 @@ def test_training_steps_lower_the_loss(model, tower):
     ids, mask, labels = model.collate(seqs)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    assert params and all(("lora_" in n or n.startswith("heads.")) for n, p in model.named_parameters() if p.requires_grad)
+    assert params and all(
+        ("lora_" in n or n.startswith("heads.")) for n, p in model.named_parameters() if p.requires_grad
+    )
     opt = torch.optim.AdamW(params, lr=2e-2)
     losses = []
     for _ in range(20):
@@ -239,7 +243,9 @@ def test_llava_mapping_matches_llava_modules():
                        num_key_value_heads=2, vocab_size=120, max_position_embeddings=128)
     vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8)
-    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=119)).eval()
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_index=119)
+    ).eval()
     lm, proj = llava_parts(llava)
     pj = Projector(24, 32, 32, input_norm=False)
     pj.load_state_dict(proj)
@@ -278,7 +284,9 @@ def test_llava_checkpoint_dir_loads_into_the_composition(tiny_tokenizer_dir, tmp
                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
     vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8)
-    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=0)).eval()
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_index=0)
+    ).eval()
     llava.save_pretrained(tmp_path / "llava")
     tok.save_pretrained(tmp_path / "llava")
     cfg = tiny_cfg(**{"lm.name": str(tmp_path / "llava"), "lvlm.projector_levels": "[1]"})

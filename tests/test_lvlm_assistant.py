@@ -182,6 +182,16 @@ def test_heldout_check_asks_the_detection_question_even_after_an_opener():
     ship_ok = ("Is it safe to ship?", "Yes, it looks normal and is safe to ship.")
     detect_no = ("Is this part OK?", "No, the object looks normal.")
     assert detection_question(sample(0, [ship_ok, detect_no])) == "Is this part OK?"
-    assert detection_question(sample(1, [("Where is it?", "It is on the left of the image."),
-                                         ("Any anomalies here?", "Yes, there is an anomaly: a hole on the left of the image.")])) == "Any anomalies here?"
+    assert (
+        detection_question(
+            sample(
+                1,
+                [
+                    ("Where is it?", "It is on the left of the image."),
+                    ("Any anomalies here?", "Yes, there is an anomaly: a hole on the left of the image."),
+                ],
+            )
+        )
+        == "Any anomalies here?"
+    )
     assert detection_question(sample(0, [where, detect_no])) == where[0]  # its answer already says "normal"

@@ -70,11 +70,24 @@ def test_answer_metrics_hand_computed():
 
 
 def test_merge_report_adds_to_existing_categories(tmp_path):
-    (tmp_path / "report.json").write_text(json.dumps({"shots": 1, "seeds": [0], "config": {}, "mean": {"image_auroc": 0.9},
-                                                      "categories": {"a": {"image_auroc": 0.9, "std": {"image_auroc": 0.0}}}}))
+    (tmp_path / "report.json").write_text(
+        json.dumps(
+            {
+                "shots": 1,
+                "seeds": [0],
+                "config": {},
+                "mean": {"image_auroc": 0.9},
+                "categories": {"a": {"image_auroc": 0.9, "std": {"image_auroc": 0.0}}},
+            }
+        )
+    )
     rep = merge_report(tmp_path, {"a": {"answer_accuracy": 0.5, "consistency": 1.0, "std": {"answer_accuracy": 0.1}}},
                        {"shots": 1, "seeds": [0]})
     cat = rep["categories"]["a"]
-    assert cat["image_auroc"] == 0.9 and cat["answer_accuracy"] == 0.5 and cat["std"] == {"image_auroc": 0.0, "answer_accuracy": 0.1}
+    assert (
+        cat["image_auroc"] == 0.9
+        and cat["answer_accuracy"] == 0.5
+        and cat["std"] == {"image_auroc": 0.0, "answer_accuracy": 0.1}
+    )
     assert rep["mean"]["consistency"] == 1.0 and rep["mean"]["image_auroc"] == 0.9
     assert "| a |" in (tmp_path / "report_vqa.md").read_text()

@@ -58,7 +58,9 @@ def test_load_mmad_errors(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(QuestionFileError, match="keyed by image path"):
         load_mmad(p, tmp_path)
-    p.write_text(json.dumps({"x/y/test/a/0.png": {"conversation": [{"Question": "q", "Options": {"A": "1"}, "Answer": "C"}]}}))
+    p.write_text(
+        json.dumps({"x/y/test/a/0.png": {"conversation": [{"Question": "q", "Options": {"A": "1"}, "Answer": "C"}]}})
+    )
     with pytest.raises(QuestionFileError, match="answer 'C' not among options"):
         load_mmad(p, tmp_path, shots=0)
     with pytest.raises(FileNotFoundError):

@@ -295,7 +295,9 @@ def test_synthesize_multi_gives_separate_regions_and_truthful_counts(images, tmp
         res = synthesize_multi(img, ["stain", "hole", "scratch"], 3, np.random.default_rng(seed))
         n, _ = cv2.connectedComponents(res.mask.astype(np.uint8), connectivity=8)
         assert 1 <= res.meta["n_defects"] <= 3 and n - 1 >= res.meta["n_defects"]
-        assert res.meta["n_components"] == n - 1 and res.meta["area_fraction"] == pytest.approx(res.mask.mean(), abs=1e-5)
+        assert res.meta["n_components"] == n - 1 and res.meta["area_fraction"] == pytest.approx(
+            res.mask.mean(), abs=1e-5
+        )
         kept.append(res.meta["n_defects"])
     assert max(kept) >= 2
     with pytest.raises(SynthError, match="n >= 1"):
@@ -310,10 +312,14 @@ def test_synthesize_multi_gives_separate_regions_and_truthful_counts(images, tmp
         for q, a in zip(c["conversations"][::2], c["conversations"][1::2]):
             if "how many" in q["value"].lower():
                 n = r["n_components"]
-                assert a["value"] == ("There is one defective region." if n == 1 else f"There are {n} defective regions.")
+                assert a["value"] == (
+                    "There is one defective region." if n == 1 else f"There are {n} defective regions."
+                )
     assert cli_main(["check", str(tmp_path)]) == 0
     with pytest.raises(SynthError, match="--multi-ratio"):
-        build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(multi_ratio=2.0), progress=False)
+        build(
+            [ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(multi_ratio=2.0), progress=False
+        )
 
 
 def test_opener_ratio_rewrites_only_the_conversations(built, tmp_path):
@@ -324,14 +330,23 @@ def test_opener_ratio_rewrites_only_the_conversations(built, tmp_path):
     out, _ = built
     s = BuildSettings(seed=0, size=SIZE, n_refs=2)
     build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False)
-    build([ProceduralSource(products_per_kind=1)], tmp_path, 24, BuildSettings(seed=0, size=SIZE, n_refs=2, opener_ratio=1.0),
-          progress=False)
+    build(
+        [ProceduralSource(products_per_kind=1)],
+        tmp_path,
+        24,
+        BuildSettings(seed=0, size=SIZE, n_refs=2, opener_ratio=1.0),
+        progress=False,
+    )
     assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
     assert json.loads((tmp_path / "build.json").read_text())["settings"]["opener_ratio"] == 1.0
     recs = read_manifest(tmp_path)
     convs = json.loads((tmp_path / "conversations.json").read_text())
-    detect = {q.format(noun=r["noun"], ref=w) for r in recs for q in DETECT_Q + DETECT_REF_Q
-              for w in ("reference", "references")} | {"The reference shows a good " + r["noun"] + ". Is there any defect in the query?" for r in recs}
+    detect = {
+        q.format(noun=r["noun"], ref=w)
+        for r in recs
+        for q in DETECT_Q + DETECT_REF_Q
+        for w in ("reference", "references")
+    } | {"The reference shows a good " + r["noun"] + ". Is there any defect in the query?" for r in recs}
     openers = {q for k in OPENERS for q in QUESTIONS[k]}
     for r, c in zip(recs, convs):
         first_q, first_a = c["conversations"][0]["value"].split("\n", 1)[1], c["conversations"][1]["value"]
@@ -343,7 +358,9 @@ def test_opener_ratio_rewrites_only_the_conversations(built, tmp_path):
     build([ProceduralSource(products_per_kind=1)], tmp_path, 24, s, progress=False)
     assert (tmp_path / "conversations.json").read_bytes() == (out / "conversations.json").read_bytes()
     with pytest.raises(SynthError, match="--opener-ratio"):
-        build([ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(opener_ratio=-0.1), progress=False)
+        build(
+            [ProceduralSource(products_per_kind=1)], tmp_path / "x", 2, BuildSettings(opener_ratio=-0.1), progress=False
+        )
 
 
 def test_compare_last_ratio_moves_the_comparison_behind_the_follow_ups(built, tmp_path):

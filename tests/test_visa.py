@@ -69,7 +69,11 @@ def test_knn_baseline_flags_a_bright_defect(tmp_path):
     Image.fromarray(np.roll(good, 1, axis=1)).save(tmp_path / "ok.png")
     Image.fromarray(bad).save(tmp_path / "bad.png")
     det = build_knn_baseline("tiny")
-    assert det.cfg.expert.zero_shot is False and det.cfg.expert.neighbourhood == 1 and "expert.score_topk=0" in KNN_OVERRIDES
+    assert (
+        det.cfg.expert.zero_shot is False
+        and det.cfg.expert.neighbourhood == 1
+        and "expert.score_topk=0" in KNN_OVERRIDES
+    )
     r_ok = det(str(tmp_path / "ok.png"), [str(tmp_path / "ref.png")])
     r_bad = det(str(tmp_path / "bad.png"), [str(tmp_path / "ref.png")])
     assert r_bad.anomaly_map.shape == (32, 32)

@@ -19,7 +19,9 @@ def _images(n=2, size=40, seed=0):
 
 @pytest.fixture(scope="module")
 def effnet():
-    return EfficientNetTower(VisionConfig(name="efficientnet-lite0", image_size=32, levels=[1, 2]), pretrained=False).eval()
+    return EfficientNetTower(
+        VisionConfig(name="efficientnet-lite0", image_size=32, levels=[1, 2]), pretrained=False
+    ).eval()
 
 
 def test_efficientnet_shapes(effnet):

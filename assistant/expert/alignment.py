@@ -88,8 +88,17 @@ def warp_image(img: np.ndarray, warp: np.ndarray, size: tuple[int, int] | None =
     h, w = size or img.shape[:2]
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     out = cv2.warpAffine(img, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    inside = cv2.warpAffine(np.ones(img.shape[:2], np.uint8), warp, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    inside = (
+        cv2.warpAffine(
+            np.ones(img.shape[:2], np.uint8),
+            warp,
+            (w, h),
+            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        > 0
+    )
     return out, inside
 
 
@@ -106,7 +115,12 @@ def decompose(warp: np.ndarray) -> tuple[tuple[float, float], float, float, floa
     a = warp[:, :2].astype(np.float64)
     sx, sy = math.hypot(a[0, 0], a[1, 0]), math.hypot(a[0, 1], a[1, 1])
     rot = math.degrees(math.atan2(a[1, 0], a[0, 0]))
-    return (float(warp[0, 2]), float(warp[1, 2])), rot, math.sqrt(max(sx * sy, 1e-12)), abs(sx - sy) / max(sx, sy, 1e-12)
+    return (
+        (float(warp[0, 2]), float(warp[1, 2])),
+        rot,
+        math.sqrt(max(sx * sy, 1e-12)),
+        abs(sx - sy) / max(sx, sy, 1e-12),
+    )
 
 
 def zncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -46,7 +46,9 @@ def camera_view(img: Image.Image, rng: random.Random) -> tuple[Image.Image, np.n
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     valid = cv2.erode(valid, np.ones((CAMERA_MARGIN, CAMERA_MARGIN), np.uint8)) > 0
     noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 2.0, out.shape)
-    out = np.clip(out.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.uniform(-6, 6) + noise, 0, 255).astype(np.uint8)
+    out = np.clip(out.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.uniform(-6, 6) + noise, 0, 255).astype(
+        np.uint8
+    )
     if rng.random() < 0.5:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.0))
     return Image.fromarray(out), valid
@@ -115,7 +117,7 @@ class NullModel:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "NullModel":
+    def from_dict(cls, d: dict | None) -> NullModel:
         if not d:
             return cls()
         return cls(offsets={k: [float(x) for x in v] for k, v in d.get("offsets", {}).items()},
@@ -152,7 +154,9 @@ def estimate_threshold(groups: list[np.ndarray], k: int, model: NullModel, targe
     """Threshold and review band from null image scores. `groups`: one array per independent unit that can be
     resampled (a reference with its views when k >= 2; one camera view when k = 1)."""
     if not 0.0 < target_overkill < 0.5:
-        raise ValueError(f"expert.target_overkill: expected a fraction of good parts in (0, 0.5), got {target_overkill}")
+        raise ValueError(
+            f"expert.target_overkill: expected a fraction of good parts in (0, 0.5), got {target_overkill}"
+        )
     if not 0.5 <= review_confidence < 1.0:
         raise ValueError(f"expert.review_confidence: expected a probability in [0.5, 1), got {review_confidence}")
     logs = [np.log(np.clip(np.asarray(g, np.float64), 1e-6, None)) for g in groups if len(g)]
@@ -172,9 +176,19 @@ def estimate_threshold(groups: list[np.ndarray], k: int, model: NullModel, targe
     sigma = math.sqrt(boot_sigma ** 2 + cat_sigma ** 2)
     t = float(math.exp(m + off))
     low, high = review_band(t, sigma, review_confidence)
-    return ThresholdEstimate(threshold=t, sigma=sigma, low=low, high=high, null_median=float(math.exp(m)), offset=float(off),
-                             bootstrap_sigma=boot_sigma, category_sigma=float(cat_sigma), n_null=int(pooled.size),
-                             target_overkill=float(target_overkill), review_confidence=float(review_confidence))
+    return ThresholdEstimate(
+        threshold=t,
+        sigma=sigma,
+        low=low,
+        high=high,
+        null_median=float(math.exp(m)),
+        offset=float(off),
+        bootstrap_sigma=boot_sigma,
+        category_sigma=float(cat_sigma),
+        n_null=int(pooled.size),
+        target_overkill=float(target_overkill),
+        review_confidence=float(review_confidence),
+    )
 
 
 def review_band(threshold: float, sigma: float, review_confidence: float) -> tuple[float, float]:
@@ -256,7 +270,9 @@ def synthesize_anomaly(img: Image.Image, rng: random.Random) -> tuple[Image.Imag
         sy, sx = rng.randrange(0, h - side), rng.randrange(0, w - side)
         patch = arr[sy:sy + side, sx:sx + side].copy()
         patch = np.rot90(patch, rng.randrange(4)).copy()
-        patch = np.clip(patch.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30), 0, 255).astype(np.uint8)
+        patch = np.clip(patch.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30), 0, 255).astype(
+            np.uint8
+        )
         y0, x0 = max(0, min(h - side, cy - side // 2)), max(0, min(w - side, cx - side // 2))
         m = np.zeros((side, side), np.uint8)
         cv2.ellipse(m, (side // 2, side // 2), (side // 2 - 1, max(2, int(side / 2 * rng.uniform(0.5, 1)) - 1)),

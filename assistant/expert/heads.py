@@ -17,7 +17,9 @@ TEMPLATES = ["a photo of a {}.", "a cropped photo of the {}.", "a close-up photo
              "a photo of a {} for anomaly detection.", "a blurry photo of the {}."]
 
 
-def self_distances(tokens: torch.Tensor, grid: tuple[int, int], fracs=(0.0, 0.03, 0.1), exclude: int = 1) -> torch.Tensor:
+def self_distances(
+    tokens: torch.Tensor, grid: tuple[int, int], fracs=(0.0, 0.03, 0.1), exclude: int = 1
+) -> torch.Tensor:
     """In-image outlier statistics: (B, N, C) -> (B, N, len(fracs)) log distance of each patch to its k-th
     nearest patch of the same image (k = 1 + frac * N), patches within `exclude` grid steps left out, each
     divided by the image median. High where a patch has few look-alikes elsewhere in the image."""

@@ -26,11 +26,18 @@ def write_checkpoint(expert, out_dir: str | Path, meta: dict | None = None) -> P
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in expert.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME))
-    cfg = {"expert": asdict(expert.cfg), "level_dims": expert.level_dims, "global_dim": expert.global_dim,
-           "head": type(expert.head).__name__ if expert.head is not None else None,
-           "zero_shot_threshold": expert.zero_shot_threshold, "calibration_margin": expert.calibration_margin,
-           "null_model": expert.null_model.to_dict() if expert.null_model.fitted else None,
-           "self_scales": expert.self_scales, "reference_mismatch": expert.reference_mismatch, "meta": meta or expert.meta}
+    cfg = {
+        "expert": asdict(expert.cfg),
+        "level_dims": expert.level_dims,
+        "global_dim": expert.global_dim,
+        "head": type(expert.head).__name__ if expert.head is not None else None,
+        "zero_shot_threshold": expert.zero_shot_threshold,
+        "calibration_margin": expert.calibration_margin,
+        "null_model": expert.null_model.to_dict() if expert.null_model.fitted else None,
+        "self_scales": expert.self_scales,
+        "reference_mismatch": expert.reference_mismatch,
+        "meta": meta or expert.meta,
+    }
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1))
     return out
 
@@ -60,10 +67,12 @@ def read_checkpoint(expert, path: Path) -> None:
     expert.calibration_margin = {k: float(v) for k, v in (meta.get("calibration_margin") or {}).items()}
     fitted = (meta.get("expert") or {}).get("level_fusion", "mean")  # checkpoints before the option: mean
     if expert.calibration_margin and fitted != expert.cfg.level_fusion:
-        warnings.warn(f"expert checkpoint {path}: its calibration margins and reference-mismatch cut were fitted "
-                      f"with expert.level_fusion={fitted}, but this config uses {expert.cfg.level_fusion}; verdicts will be "
-                      f"miscalibrated. Set expert.level_fusion={fitted} or retrain with `python -m training expert`",
-                      stacklevel=2)
+        warnings.warn(
+            f"expert checkpoint {path}: its calibration margins and reference-mismatch cut were fitted "
+            f"with expert.level_fusion={fitted}, but this config uses {expert.cfg.level_fusion}; verdicts will be "
+            f"miscalibrated. Set expert.level_fusion={fitted} or retrain with `python -m training expert`",
+            stacklevel=2,
+        )
     expert.null_model = NullModel.from_dict(meta.get("null_model"))
     expert.self_scales = [float(v) for v in meta.get("self_scales") or []]
     cut = meta.get("reference_mismatch")

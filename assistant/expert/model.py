@@ -7,11 +7,12 @@ Paths, fused into one map:
 - zero-shot, CLIP towers: prompt ensemble of normal/abnormal state phrases x templates, per-level linear
   adapters mapping patch tokens into the text space (AnomalyGPT style);
 - zero-shot, towers without text (EfficientNet): learned normal/abnormal prototypes shifted by the image's
-  own global feature (Anomaly-OV's look-back idea), trained on synthesized anomalies (training/expert.py);
-- zero-shot, one image, towers without text (`zero_shot_source: auto` or `self`): in-image rarity. Each patch's distance to its
-  nearest patch of the same image outside its 3x3 neighbourhood, per level divided by the typical distance on
-  normal training images. The verdict threshold is found on the image itself: the lowest score of anomalies
-  synthesized on it (a query scores above it only where it holds something rarer than a light defect);
+  own global feature (Anomaly-OV's look-back idea), trained on synthesized anomalies (training/expert/);
+- zero-shot, one image, towers without text (`zero_shot_source: auto` or `self`): in-image rarity. Each patch's
+  distance to its nearest patch of the same image outside its 3x3 neighbourhood, per level divided by the
+  typical distance on normal training images. The verdict threshold is found on the image itself: the lowest
+  score of anomalies synthesized on it (a query scores above it only where it holds something rarer than a
+  light defect);
 - zero-shot over a batch of unlabeled images of one kind (`mutual_predict`, MuSc's mutual scoring): every
   image is scored against the others; a defect is rare across parts, a normal patch has look-alikes in most.
 The verdict threshold is never set by hand: `fit_references` calibrates it from the references' own
@@ -78,7 +79,8 @@ class AnomalyExpert(nn.Module):
 
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | Path | None, cfg: ExpertConfig, tower) -> AnomalyExpert:
-        """Build for `tower` and load trained heads from ckpt_dir (when it holds expert weights; `io.read_checkpoint`)."""
+        """Build for `tower` and load trained heads from ckpt_dir (when it holds expert weights;
+        `io.read_checkpoint`)."""
         expert = cls(cfg, tower.level_dims, tower.global_dim, text_encoder=getattr(tower, "encode_text", None))
         expert.level_scale = level_scale(tower)
         if ckpt_dir is None:
@@ -142,7 +144,9 @@ class AnomalyExpert(nn.Module):
         logits, grid = self.head(tokens, out.global_token.float(), out.grid)
         return torch.sigmoid(logits).view(-1, *grid)
 
-    def self_level_distances(self, out: VisionOutput) -> tuple[list[torch.Tensor], list[tuple[int, int]], tuple[int, int]]:
+    def self_level_distances(
+        self, out: VisionOutput
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]], tuple[int, int]]:
         """Per level (B, N_l) distance of each kNN feature to its nearest patch of the same image outside its
         neighbourhood (`zero_shot_exclude`); inf where a grid is too small to leave anything out."""
         feats, grids, grid = self.patch_features(out)
@@ -207,7 +211,9 @@ class AnomalyExpert(nn.Module):
         `zero_shot_source: self`, each image gets its own threshold (`references.self_threshold`), which needs the query
         `images` and the `tower`."""
         if len(query_out.patch_tokens) != len(self.level_dims):
-            raise ValueError(f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}")
+            raise ValueError(
+                f"expected {len(self.level_dims)} levels of patch tokens, got {len(query_out.patch_tokens)}"
+            )
         raw = self.raw_maps(query_out, state)  # (B, h', w') on the patch grid
         grid = tuple(raw.shape[-2:])
         maps = self.upsample(raw, tuple(image_size))
@@ -220,16 +226,26 @@ class AnomalyExpert(nn.Module):
         if not self.self_calibrated():
             return [self._result(amap, self.image_score(amap), state, "zero-shot", grid) for amap in maps]
         if images is None or tower is None or len(images) != len(maps):
-            raise ValueError(f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
-                             f"predict(..., images=<{len(maps)} query image(s)>, tower=<the vision tower>), got "
-                             f"images={'None' if images is None else len(images)}, tower={'None' if tower is None else 'set'}")
+            raise ValueError(
+                f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
+                f"predict(..., images=<{len(maps)} query image(s)>, tower=<the vision tower>), got "
+                f"images={'None' if images is None else len(images)}, tower={'None' if tower is None else 'set'}"
+            )
         out = []
         for img, amap in zip(images, maps):
             thr, pix, synth = self_threshold(self, tower, img, tuple(image_size))
-            st = ReferenceState(banks=[], scales=[], threshold=thr, pixel_threshold=pix, n_shots=0,
-                                calibration={"method": "in-image rarity, one image, no references",
-                                             "rule": f"lowest score of {len(synth)} anomalies synthesized on this image",
-                                             "synth_scores": [round(float(x), 4) for x in synth]})
+            st = ReferenceState(
+                banks=[],
+                scales=[],
+                threshold=thr,
+                pixel_threshold=pix,
+                n_shots=0,
+                calibration={
+                    "method": "in-image rarity, one image, no references",
+                    "rule": f"lowest score of {len(synth)} anomalies synthesized on this image",
+                    "synth_scores": [round(float(x), 4) for x in synth],
+                },
+            )
             out.append(self._result(amap, self.image_score(amap), st, "zero-shot", grid))
         return out
 
@@ -290,10 +306,13 @@ class AnomalyExpert(nn.Module):
         return torch.stack(maps, 1).mean(1)
 
     @torch.no_grad()
-    def mutual_predict(self, out: VisionOutput, image_size: tuple[int, int] | list[tuple[int, int]]) -> list[AnomalyResult]:
+    def mutual_predict(
+        self, out: VisionOutput, image_size: tuple[int, int] | list[tuple[int, int]]
+    ) -> list[AnomalyResult]:
         """One AnomalyResult per image of an unlabeled batch (`mutual_maps`). The verdict threshold splits the
         batch's log image scores in two clusters (k-means), which adapts to each batch where a single fitted
-        threshold cannot (docs/results.md). A batch is assumed to hold both good and defective parts; a batch of only good parts still has an upper cluster."""
+        threshold cannot (docs/results.md). A batch is assumed to hold both good and defective parts; a batch of
+        only good parts still has an upper cluster."""
         grid_maps = self.mutual_maps(out)
         if isinstance(image_size, list):  # one (H, W) per image: each map at its own image's size
             maps = [self.upsample(grid_maps[i:i + 1], tuple(sz))[0] for i, sz in enumerate(image_size)]
@@ -319,10 +338,21 @@ class AnomalyExpert(nn.Module):
         t_ref = float(np.exp(np.mean(np.log([max(r.threshold, 1e-6) for r in results]))))
         split = batch_split(scores)
         t = math.sqrt(t_ref * split)
-        return [relabel(r, t, r.pixel_threshold * t / max(r.threshold, 1e-6), self.cfg.review_confidence,
-                        self.cfg.min_box_area, lot_size=len(results), reference_threshold=r.threshold,
-                        lot_split=split, calibration=f"lot of {len(results)}: geometric mean of the references' threshold "
-                        "and the split between the lot's two score clusters") for r in results]
+        return [
+            relabel(
+                r,
+                t,
+                r.pixel_threshold * t / max(r.threshold, 1e-6),
+                self.cfg.review_confidence,
+                self.cfg.min_box_area,
+                lot_size=len(results),
+                reference_threshold=r.threshold,
+                lot_split=split,
+                calibration=f"lot of {len(results)}: geometric mean of the references' threshold "
+                "and the split between the lot's two score clusters",
+            )
+            for r in results
+        ]
 
     # -------------------------------------------------------------- references + calibration
     def fit_references(self, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,

@@ -91,7 +91,8 @@ def mask_boxes(mask: np.ndarray, amap: np.ndarray, min_area: float = 0.0, merge_
 def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, review_confidence: float = 0.8,
             min_box_area: float = 0.0, **changes) -> AnomalyResult:
     """The same map and score judged at another threshold (sensitivity slider, lot context): binary label, three-way
-    verdict with the result's threshold uncertainty, mask and boxes follow; `changes` sets further fields (lot_size, sensitivity, ...)."""
+    verdict with the result's threshold uncertainty, mask and boxes follow; `changes` sets further fields
+    (lot_size, sensitivity, ...)."""
     label = bool(result.pred_score > threshold)
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.score_topk)
     boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.box_merge_px) if label else []
@@ -142,6 +143,13 @@ def apply_sensitivity(result: AnomalyResult, sensitivity: float, min_box_area: f
     def move(t: float) -> float:
         return t * 2.0 ** -s if t > 0 else t - s * float(result.anomaly_map.std())
 
-    return relabel(result, move(result.threshold), move(result.pixel_threshold),
-                   result.review_confidence, min_box_area, sensitivity=s,
-                   calibrated_threshold=float(result.threshold), calibrated_pixel_threshold=float(result.pixel_threshold))
+    return relabel(
+        result,
+        move(result.threshold),
+        move(result.pixel_threshold),
+        result.review_confidence,
+        min_box_area,
+        sensitivity=s,
+        calibrated_threshold=float(result.threshold),
+        calibrated_pixel_threshold=float(result.pixel_threshold),
+    )

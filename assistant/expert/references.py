@@ -74,8 +74,14 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
                                "Give at least one reference normal image.")
         else:
             thr, how = expert.zero_shot_threshold, "zero-shot threshold from training"
-        return ReferenceState(banks=[torch.zeros(0, c) for c in expert.level_dims], scales=[1.0] * len(expert.level_dims),
-                              threshold=thr, pixel_threshold=thr, n_shots=0, calibration={"method": how})
+        return ReferenceState(
+            banks=[torch.zeros(0, c) for c in expert.level_dims],
+            scales=[1.0] * len(expert.level_dims),
+            threshold=thr,
+            pixel_threshold=thr,
+            n_shots=0,
+            calibration={"method": how},
+        )
     rng = random.Random(seed)
     size = tower.image_size
     refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
@@ -112,7 +118,11 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
         state.threshold, state.estimate = est.threshold, est
         source = ("leave-view-out rotations/flips and camera views of the reference" if k == 1
                   else "leave-one-out: each reference against the others")
-        fitted = f"fitted on {expert.null_model.categories} synthetic categories" if expert.null_model.fitted else "unfitted default"
+        fitted = (
+            f"fitted on {expert.null_model.categories} synthetic categories"
+            if expert.null_model.fitted
+            else "unfitted default"
+        )
         state.calibration.update(
             method=f"null distribution of normal scores ({source})",
             rule=f"median null score x {math.exp(est.offset):.3f} (new-part offset for {k} reference(s), "
@@ -191,10 +201,13 @@ def margin_calibrate(expert, tower, state: ReferenceState, refs: list[Image.Imag
     gt = np.concatenate([s[1].reshape(-1) for s in synth])
     pix = best_f1_threshold(smaps.reshape(-1), gt)
     state.pixel_threshold = max(pix, float(np.median([m.max() for m in nmaps])))
-    state.calibration = {"method": ("leave-one-out references" if state.n_shots >= 2 else "leave-view-out rotations/flips")
-                         + " + synthesized anomalies", "rule": rule,
-                         "normal_scores": [round(float(x), 4) for x in normal],
-                         "synth_scores": [round(float(x), 4) for x in anomal]}
+    state.calibration = {
+        "method": ("leave-one-out references" if state.n_shots >= 2 else "leave-view-out rotations/flips")
+        + " + synthesized anomalies",
+        "rule": rule,
+        "normal_scores": [round(float(x), 4) for x in normal],
+        "synth_scores": [round(float(x), 4) for x in anomal],
+    }
 
 
 def self_threshold(expert, tower, img: Image.Image, image_size: tuple[int, int]) -> tuple[float, float, np.ndarray]:

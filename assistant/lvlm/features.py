@@ -54,7 +54,9 @@ class VisualInputs(ImageFeatures):
     evidence: str = ""  # the expert's verdict in words
 
     def to(self, device) -> VisualInputs:
-        mv = lambda t: None if t is None else t.to(device)
+        def mv(t):
+            return None if t is None else t.to(device)
+
         return VisualInputs(mv(self.query), mv(self.look), mv(self.global_token), mv(self.refs), mv(self.crop),
                             mv(self.anomaly_map), mv(self.pred_mask), self.threshold, self.evidence)
 

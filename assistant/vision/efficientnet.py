@@ -57,7 +57,9 @@ class EfficientNetTower(VisionTower):
             state = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors only, no pickled code
             missing, unexpected = self.net.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{path}: weights do not match {cfg.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"{path}: weights do not match {cfg.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
             self.source = str(path)
         else:
             self.source = "random init"

@@ -3,8 +3,9 @@
 <pretrained> is an open_clip tag (`openai`, `laion2b_s32b_b82k`, ... read from the HF cache, offline-safe),
 a local checkpoint file (`openclip:ViT-B-32//path/to/open_clip_model.safetensors`; safetensors preferred,
 .pt/.bin are read with weights_only=True), or `none` (random init, for tests). VisionConfig.weights, when
-set, overrides the tag with a local file (the tag still decides QuickGELU, e.g. for `openai`). VisionConfig.openclip_model_cfg registers a custom model config
-under <model> (configs/tiny.yaml: a 2-layer ViT with width 32).
+set, overrides the tag with a local file (the tag still decides QuickGELU, e.g. for `openai`).
+VisionConfig.openclip_model_cfg registers a custom model config under <model>
+(configs/tiny.yaml: a 2-layer ViT with width 32).
 
 Levels are transformer block indices (0-based); their patch tokens come from `forward_intermediates`
 (class token dropped) on the (image_size / patch) grid. The global token is the projected image embedding
@@ -90,7 +91,11 @@ class OpenCLIPTower(VisionTower):
         ckpt = cfg.weights or (pretrained if pretrained.lower() != "none" and _is_pathlike(pretrained) else None)
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}  # {} unless pretrained is a known tag
         # OpenAI weights were trained with QuickGELU: build the model to match the tag (also for vision.weights)
-        common = {"force_image_size": cfg.image_size, "device": "cpu", "force_quick_gelu": bool(tag_cfg.get("quick_gelu"))}
+        common = {
+            "force_image_size": cfg.image_size,
+            "device": "cpu",
+            "force_quick_gelu": bool(tag_cfg.get("quick_gelu")),
+        }
         if ckpt is not None:
             path = Path(ckpt).expanduser()
             if not path.is_file():
@@ -119,10 +124,12 @@ class OpenCLIPTower(VisionTower):
                     f"open_clip weights for {model_name} / '{pretrained}' not found"
                     f"{' (offline: HF_HUB_OFFLINE=1)' if os.environ.get('HF_HUB_OFFLINE') else ''}. Looked in the "
                     f"Hugging Face cache {_hf_cache()} and ~/.cache/clip for {where} "
-                    f"({str(e).splitlines()[0].split(' Last error')[0][:240]}). Provide them: run `python -c \"import open_clip; "
+                    f'({str(e).splitlines()[0].split(" Last error")[0][:240]}). '
+                    'Provide them: run `python -c "import open_clip; '
                     f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
                     f"network and copy its HF cache, or save the weights as a local file and set "
-                    f"--set vision.weights=/path/to/{model_name}.safetensors") from None
+                    f"--set vision.weights=/path/to/{model_name}.safetensors"
+                ) from None
             self.source = f"open_clip:{pretrained} ({tag_cfg.get('hf_hub') or tag_cfg.get('url', '')})"
         self.load_time = time.perf_counter() - t0
         self.eval()

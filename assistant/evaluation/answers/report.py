@@ -205,7 +205,9 @@ def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_c
             qa = "\n".join(f"[{r['qtype']}] {r['question']} -> {str(r['response'])[:80]!r} "
                            f"({'ok' if r['correct'] else 'wrong'}, gold {r['gold']})" for r in rs[:4])
             text = f"{frac * 100:.0f}% correct, expert score {r0['pred_score']:.3g} (thr {r0['threshold']:.3g})\n{qa}"
-            resolve = (lambda p: str(root / p) if root and p and not Path(p).is_absolute() else p)
+            def resolve(p, root=root):
+                return str(root / p) if root and p and not Path(p).is_absolute() else p
+
             cases.append(Case(image=resolve(img), mask=resolve(r0.get("mask")), anomaly_map=amap,
                               threshold=float(r0["threshold"]), text=text,
                               title=f"{tag}: {'/'.join(Path(img).parts[-3:])}"))
@@ -275,7 +277,9 @@ def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
     cols = ["answer_balanced_accuracy", "location_accuracy", "consistency", "answer_overkill", "answer_miss",
             "answer_unparsed", "expert_balanced_accuracy"]
     lines = ["| category | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for name, c in report["categories"].items():
         lines.append(f"| {name} | " + " | ".join(fmt(c.get(k)) for k in cols) + " |")
     lines.append("| **mean** | " + " | ".join(fmt(mean.get(k)) for k in cols) + " |")
