@@ -42,7 +42,7 @@ def _vision_row(cfg) -> Row:
     from skimage import data
 
     from assistant.imaging import load_image
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     row = Row("vision", cfg.vision.name)
     t0 = time.perf_counter()

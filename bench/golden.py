@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
     from assistant.config import load_config
     from assistant.expert import build_expert
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     torch.set_num_threads(args.threads)
     import cv2

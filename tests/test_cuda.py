@@ -95,7 +95,7 @@ def test_assistant_on_cuda_matches_cpu(tiny_lm_dir, tmp_path, no_tf32):
     from assistant.config import load_config
     from assistant.lvlm import build_lvlm
     from assistant.model import Assistant
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     cfg = load_config("tiny", [f"lm.name={tiny_lm_dir}", "lvlm.checkpoint=null", "expert.checkpoint=null"])
     model = build_lvlm(cfg, build_vision_tower(cfg.vision))

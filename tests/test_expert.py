@@ -291,7 +291,7 @@ def test_checkpoint_for_other_tower_is_rejected(tower, expert_cfg, tmp_path):
 
 
 def test_text_head_on_tiny_openclip():
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     cfg = load_config("tiny")
     tower = build_vision_tower(cfg.vision)

@@ -9,7 +9,7 @@ from PIL import Image
 from assistant.config import load_config
 from assistant.evaluation.expert.metrics import best_balanced_threshold
 from assistant.expert import AnomalyExpert, TextHead
-from assistant.vision.base import build_vision_tower
+from assistant.vision import build_vision_tower
 from training.__main__ import main as train_main
 from training.expert import focal_dice_loss
 

@@ -35,7 +35,7 @@ def make_result(h: int = 48, w: int = 40, anomalous: bool = True) -> AnomalyResu
 
 @pytest.fixture(scope="module")
 def tower():
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     return build_vision_tower(tiny_cfg().vision)
 

@@ -24,7 +24,7 @@ def _tiny_cfg(tiny_lm_dir, *extra):
 def ckpt(tiny_lm_dir, tmp_path_factory):
     """A tiny checkpoint dir: config.json + perturbed heads and adapter."""
     from assistant.lvlm import build_lvlm
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     cfg = _tiny_cfg(tiny_lm_dir)
     tower = build_vision_tower(cfg.vision)

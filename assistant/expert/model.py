@@ -381,7 +381,7 @@ def build_expert(cfg, tower) -> AnomalyExpert:
 def load_expert(cfg) -> tuple:
     """(tower, expert) for a full Config: the tower of cfg.vision, the expert (eval mode) with the trained heads of
     cfg.expert.checkpoint when present. The one loader of the detector: detect, evaluation, bench, Assistant."""
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     tower = build_vision_tower(cfg.vision)
     return tower, build_expert(cfg, tower).eval()

@@ -93,21 +93,3 @@ def resolve_device(spec: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     return torch.device(spec)
-
-
-def build_vision_tower(cfg) -> VisionTower:
-    """Build the tower named by VisionConfig.name (efficientnet-lite*, openclip:<model>/<pretrained>)."""
-    name = cfg.name
-    if name.startswith("efficientnet-lite"):
-        from assistant.vision.efficientnet import EfficientNetTower
-
-        tower = EfficientNetTower(cfg)
-    elif name.startswith("openclip:"):
-        from assistant.vision.openclip import OpenCLIPTower
-
-        tower = OpenCLIPTower(cfg)
-    else:
-        raise ValueError(
-            f"unknown vision tower '{name}': expected efficientnet-lite0|1|2 or openclip:<model>/<pretrained>"
-        )
-    return tower.to(resolve_device(cfg.device)).eval()

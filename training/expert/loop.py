@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from assistant.config import load_config
     from assistant.expert import AnomalyExpert
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
     from training import make_accelerator
 
     cfg = load_config(args.config, args.overrides)

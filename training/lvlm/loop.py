@@ -137,7 +137,7 @@ def _accelerator(cfg):
 
 def build_cache(cfg, args, accelerator, samples: list[Sample], use: list[int], out: Path):
     """(vision tower, feature cache with the chunks of the `use`d samples built by the main process)."""
-    from assistant.vision.base import build_vision_tower
+    from assistant.vision import build_vision_tower
 
     if accelerator.device.type == "cuda" and cfg.vision.device == "auto":
         cfg.vision.device = "cuda"
