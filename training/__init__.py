@@ -3,8 +3,8 @@
 
 def make_accelerator(device: str = "auto", **kwargs):
     """The trainers' Accelerator. With no GPU (or vision.device cpu) it is built with cpu=True: only then does
-    accelerate join the processes of `accelerate launch` / torchrun into one gloo group (MULTI_CPU). Without it
-    each of N launched CPU processes trained alone on the same samples and all wrote the same files."""
+    accelerate join the processes of `accelerate launch` / torchrun into one gloo group (MULTI_CPU), so that N
+    launched CPU processes share the samples and one of them writes the files."""
     import torch
     from accelerate import Accelerator
 

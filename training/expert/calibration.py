@@ -11,12 +11,11 @@ from tqdm import tqdm
 
 from training.expert.data import features, indices_by_category
 
-# reference counts a calibration margin is fitted for by default (expert.margin_key picks the one to use). 8 and
-# 16 can be asked for (--margin-shots): fitted on 28 synthetic categories they came out at 1.02 and 1.04, no lower
-# than k4, and on the real dev folders k16 gave more misses at 16 references (balanced accuracy 0.718, k4: 0.750)
+# reference counts a calibration margin is fitted for by default (expert.margin_key picks the one to use); 8 and
+# 16 can be asked for with --margin-shots (docs/results.md says why the default stops at 4)
 MARGIN_SHOTS = (1, 2, 4)
-# reference counts the null model (new-part offsets) is fitted for; more references use the k8 offsets (on the real
-# dev folders new good parts lie about as far above the leave-one-out median with 16 references as with 4 or 8)
+# reference counts the null model (new-part offsets) is fitted for; more references use the k8 offsets, since new
+# good parts lie about as far above the leave-one-out median with more references (docs/results.md)
 NULL_SHOTS = (1, 2, 4, 8)
 
 
