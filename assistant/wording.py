@@ -57,6 +57,58 @@ def mask_position(mask: np.ndarray) -> str | None:
     return position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
 
 
+CHANGE_WORDS = {
+    "missing": "material in the golden sample is absent here",
+    "extra": "material absent from the golden sample is present here",
+    "altered": "the material differs from the golden sample here",
+}  # a golden-template region's change (expert.golden) in words; the keys are the polarity words themselves
+PCB_TYPES = {"open": "missing", "mousebite": "missing", "pin_hole": "missing", "short": "extra", "spur": "extra",
+             "spurious_copper": "extra"}  # DeepPCB defect type -> polarity
+DEFECT_CHANGES = {**PCB_TYPES, "missing_print": "missing", "missing_part": "missing", "extra_print": "extra",
+                  "debris": "extra"}  # every aligned-pair defect type -> polarity (labels and plates too)
+TYPE_NAMES = {"open": "open circuit", "mousebite": "mouse bite", "pin_hole": "pin hole", "short": "short circuit",
+              "spur": "spur", "spurious_copper": "spurious copper", "missing_print": "missing print",
+              "extra_print": "extra print", "missing_part": "missing part", "debris": "debris"}
+TYPE_PHRASES = {
+    "open": "the trace is cut", "mousebite": "a bite is taken out of a trace edge",
+    "pin_hole": "there is a pin hole in the copper", "short": "a short between two traces",
+    "spur": "a spur sticks out of a trace", "spurious_copper": "an isolated blob of spurious copper",
+    "missing_print": "part of a printed mark is gone", "extra_print": "a stray ink mark",
+    "missing_part": "a piece of the plate is gone", "debris": "a piece of debris",
+}  # what each type is, said after the change (no position or size words: texts state those from the mask)
+MATERIAL_NOUNS = {"board": "copper", "label": "print", "plate": "material"}  # what a golden part is made of
+
+
+def type_name(defect_type: str) -> str:
+    """The words for a defect type ("pin_hole" -> "pin hole"); other types are already words."""
+    return TYPE_NAMES.get(defect_type, defect_type)
+
+
+def change_sentence(change: str, material_noun: str, position: str | None, defect_type: str | None = None) -> str:
+    """The polarity of a golden-template difference in one sentence: "Compared with the golden sample, copper is
+    missing at the top left: the trace is cut." `position` is a grid word (None: not said)."""
+    where = f" {position_phrase(position)}" if position else ""
+    if change == "missing":
+        text = f"Compared with the golden sample, {material_noun} is missing{where}"
+    elif change == "extra":
+        text = f"Compared with the golden sample, there is extra {material_noun}{where}"
+    else:
+        text = f"Compared with the golden sample, the {material_noun} is altered{where}"
+    phrase = TYPE_PHRASES.get(defect_type or "")
+    return f"{text}: {phrase}." if phrase else f"{text}."
+
+
+_NEGATED_CHANGE = re.compile(r"\b(?:nothing|not|no|none)\b(?:\s+\w+){0,2}?\s+(?:missing|extra|altered)"
+                             r"(?:\s+or\s+(?:missing|extra|altered))?")
+
+
+def parse_change(answer: str) -> str | None:
+    """The polarity an answer states: "missing", "extra", "altered" (the first said), None when none is."""
+    text = _NEGATED_CHANGE.sub(" ", " ".join(str(answer).lower().split()))  # "nothing is missing" states none
+    found = [(m.start(), w) for w in CHANGE_WORDS if (m := re.search(rf"\b{w}\b", text))]
+    return min(found)[1] if found else None
+
+
 SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
 SUSPICION_RATIOS = ((1.15, "minor"), (1.5, "moderate"))  # score / threshold upper bounds of each level
 

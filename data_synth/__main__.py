@@ -1,6 +1,6 @@
 """python -m data_synth build | preview | check
 
-  build   --normal DIR [DIR ...] | --source procedural,textiles,skimage,gimp  --out OUT --n N --seed S
+  build   --normal DIR [DIR ...] | --source procedural,textiles,skimage,gimp,aligned  --out OUT --n N --seed S
           [--methods nsa,cutpaste,...] [--size 256] [--anomaly-ratio 0.5] [--multi-ratio 0] [--refs 4] [--workers 2]
           [--synth max_area=0.2 min_contrast=20 ...]   (SynthConfig fields)
   preview OUT [--grid 6x6] [-o preview.png]
@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--normal", nargs="+", default=None, metavar="DIR", help="folders of normal images (one category each)"
     )
-    b.add_argument("--source", default=None, help="comma list of built-in sources: procedural,textiles,skimage,gimp")
+    b.add_argument("--source", default=None,
+                   help="comma list of built-in sources: procedural,textiles,skimage,gimp,aligned (golden/query pairs: "
+                        "each sample's golden is its one reference)")
     b.add_argument("--out", required=True, help="output folder (an interrupted build resumes here)")
     b.add_argument("--n", type=int, required=True, help="number of samples")
     b.add_argument("--seed", type=int, default=0)

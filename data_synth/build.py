@@ -10,6 +10,8 @@ Manifest line (paths relative to OUT):
   bbox [x0, y0, x1, y1] (exclusive ends), area_fraction, n_components, position (3x3 grid word of the
   mask centroid), size (tiny/small/medium/large), severity (minor/moderate/severe), contrast, params,
   description, references (the normal reference pool of the same category).
+Aligned samples (--source aligned) add `aligned: true` and `change` (missing | extra | "" when normal); their
+references are their own golden (OUT/goldens/ID.png), the method is "aligned", params hold the kind and the warp.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_synth.conversations import make_conversation
+from data_synth.masks import contrast_in, mask_stats, severity_word
 from data_synth.sources import Category, NormalSource
 from data_synth.synth import METHODS, SynthConfig, SynthError, synthesize, synthesize_multi
 from data_synth.text import describe
@@ -108,6 +111,8 @@ def make_sample(i: int) -> dict:
     si = int(rng.integers(len(st["sources"])))  # source first, then one of its categories (balanced sources)
     cat = st["by_source"][si][int(rng.integers(len(st["by_source"][si])))]
     src: NormalSource = st["sources"][si]
+    if getattr(src, "aligned", False):
+        return aligned_sample(i, rng, label, src, cat)
     img = src.sample(cat, rng, s.size)
     sid = f"{i:07d}"
     rec = {"id": sid, "image": f"images/{sid}.png", "mask": None, "label": label, "source": src.name,
@@ -135,11 +140,43 @@ def make_sample(i: int) -> dict:
     return rec
 
 
+def aligned_sample(i: int, rng: np.random.Generator, label: int, src, cat: Category) -> dict:
+    """Sample i of an aligned source: the query in images/, its golden in goldens/ as the one reference, the mask,
+    and the record of every sample plus `aligned`, `change` (missing | extra | "" when normal) and the warp in
+    params (golden pixel -> query pixel)."""
+    st, s, sid = _STATE, _STATE["settings"], f"{i:07d}"
+    kind, pair = src.pair(cat, rng, s.size, bool(label))
+    query, golden = np.asarray(pair.query), np.asarray(pair.golden)
+    (st["out"] / "goldens").mkdir(exist_ok=True)
+    rec = {"id": sid, "image": f"images/{sid}.png", "mask": None, "label": label, "source": src.name,
+           "category": cat.key, "noun": cat.noun, "is_object": cat.is_object, "method": "aligned",
+           "defect_type": pair.defect_type or None, "bbox": None, "area_fraction": 0.0, "n_components": 0,
+           "position": None, "size": None, "severity": None, "contrast": 0.0, "aligned": True, "change": pair.change,
+           "params": {"kind": kind, "shift": [round(v, 3) for v in pair.shift], "rotation": round(pair.rotation, 3),
+                      "warp": np.round(pair.warp.astype(np.float64), 5).tolist()}}
+    if label:
+        mask = pair.mask > 0
+        h, w = mask.shape  # contrast against the golden laid over the query (the warp the query was made with)
+        laid = cv2.warpAffine(golden, pair.warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        con = contrast_in(laid, query, mask)
+        stats = mask_stats(mask)
+        rec.update(mask=f"masks/{sid}.png", **stats, severity=severity_word(stats["area_fraction"], con),
+                   contrast=round(con, 2))
+        _write_png(st["out"] / rec["mask"], pair.mask)
+    _write_png(st["out"] / rec["image"], query)
+    _write_png(st["out"] / f"goldens/{sid}.png", golden)
+    rec["description"] = describe(rec, cat.noun, np.random.default_rng([s.seed, i, 1]))
+    rec["references"] = [f"goldens/{sid}.png"]
+    return rec
+
+
 def conversation_for(rec: dict, seed: int, opener_ratio: float = 0.0, compare_last_ratio: float = 0.0) -> dict:
     """The LLaVA conversation of a manifest record (deterministic in (seed, id) and the two ratios)."""
     rng = np.random.default_rng([seed, int(rec["id"]), 2])
     pool = rec["references"]
     k = min(int(SHOTS[int(rng.integers(len(SHOTS)))]), len(pool))
+    if rec.get("aligned"):  # (after the draw: other records keep their bytes) the golden is always shown
+        k = len(pool)
     refs = [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))] if k else []
     return make_conversation(rec, rec["noun"], refs, rng, opener_ratio, compare_last_ratio)
 
@@ -242,7 +279,7 @@ def write_references(out: Path, sources: list[NormalSource], cats: list[tuple[in
     pools: dict[str, list[str]] = {}
     for ci, (si, cat) in enumerate(cats):
         pools[cat.key] = []
-        for j in range(s.n_refs):
+        for j in range(0 if getattr(sources[si], "aligned", False) else s.n_refs):  # aligned: a golden per sample
             rel = f"references/{_safe(cat.key)}/{j:02d}.png"
             pools[cat.key].append(rel)
             p = out / rel

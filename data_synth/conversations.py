@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
-from assistant.wording import percent, position_phrase
-from data_synth.text import article, describe, pick
+from assistant.wording import TYPE_PHRASES, change_sentence, percent, position_phrase, type_name
+from data_synth.text import article, describe, material_noun, pick
 
 DETECT_Q = [
     "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",
@@ -58,6 +58,28 @@ COUNT_Q = ["How many defects are there?", "How many defective regions do you see
            "How many separate anomalies are visible?"]
 DESCRIBE_Q = ["Describe the defect.", "What does it look like?", "Can you describe what you see?"]
 SEVERITY_Q = ["How severe is it?", "How serious is the problem?"]
+TYPE_Q = ["What kind of defect is it?", "Which type of defect is this?", "What kind of difference is it?"]
+MISSING_Q = ["Is something missing?", "Is anything missing compared with the golden sample?",
+             "Is any material missing?"]  # aligned samples only: the answer states the polarity either way
+
+
+def _aligned_turns(m: dict, rng) -> list[tuple[str, str]]:
+    """The polarity turns of an aligned sample (golden shown): what kind of difference, and whether something is
+    missing ("Nothing is missing, but there is extra copper ..." for an extra one)."""
+    if m["label"] != 1:
+        matches = "No, nothing is missing or extra: it matches the golden sample."
+        return [("missing", matches)] if rng.random() < 0.5 else []
+    t, change, mat = m["defect_type"], m["change"], material_noun(m)
+    pos, phrase = position_phrase(m["position"]), TYPE_PHRASES[t]
+    turns = []
+    if rng.random() < 0.6:
+        with_change = f"{mat} missing" if change == "missing" else f"extra {mat}"
+        turns.append(("type", f"The defect type is {type_name(t)}: {phrase}, with {with_change} compared with the "
+                              "golden sample."))
+    if rng.random() < 0.6:
+        turns.append(("missing", f"Yes, {mat} is missing {pos} of the image: {phrase}." if change == "missing"
+                      else f"Nothing is missing, but there is extra {mat} {pos} of the image: {phrase}."))
+    return turns
 
 
 def _ref_word(k: int) -> str:
@@ -84,19 +106,24 @@ def _open_with(turns: list[tuple[str, str]], kind: str, record: dict) -> list[tu
 
 
 def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
-    t, pos = m["defect_type"], position_phrase(m["position"])
+    t, pos = type_name(m["defect_type"]), position_phrase(m["position"])
     size, pct, sev = m["size"], percent(m["area_fraction"]), m["severity"]
     turns = [("detect", f"Yes, there is an anomaly: {article(t)} {t} {pos} of the image.")]
     if rng.random() < 0.9:
         turns.append(("locate", pick(rng, [f"It is {pos} of the image.", f"The {t} is {pos} of the image."])))
     if rng.random() < 0.8:
         turns.append(("size", f"It is {article(size)} {size} {t}, covering about {pct} of the image."))
-    if k > 0 and rng.random() < 0.8:
+    if k > 0 and (rng.random() < 0.8 or m.get("aligned")):  # (the draw first: other records keep their bytes)
         has = "has" if k == 1 else "have"
         turns.append(("compare", (f"Compared with the {_ref_word(k)}, this {noun} has {article(t)} {t} {pos} of the "
-                                  f"image; the {_ref_word(k)} {has} none, and the rest matches.")))
+                                  f"image; the {_ref_word(k)} {has} none, and the rest matches.")
+                      if not m.get("aligned") else
+                      change_sentence(m["change"], material_noun(m), m["position"], m["defect_type"])
+                      + " The rest matches."))
     elif k == 0 and rng.random() < 0.4:
         turns.append(("compare", f"A normal {noun} has no {t}; here there is {article(t)} {t} {pos} of the image."))
+    if m.get("aligned"):
+        turns += _aligned_turns(m, rng)
     extra = {
         "ship": None,  # answered once the question is drawn (RECOMMEND)
         "count": _count_answer(m),
@@ -136,13 +163,15 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         "describe": f"There is no defect to describe; the {noun} looks normal.",
         "severity": "There is no defect, so there is no severity to report.",
     }
+    if m.get("aligned"):
+        turns += _aligned_turns(m, rng)
     for key in rng.permutation(list(extra))[: int(rng.integers(1, 4))]:
         turns.append((str(key), extra[str(key)]))
     return turns
 
 
 QUESTIONS = {"locate": LOCATE_Q, "size": SIZE_Q, "ship": SHIP_Q, "count": COUNT_Q, "describe": DESCRIBE_Q,
-             "severity": SEVERITY_Q}
+             "severity": SEVERITY_Q, "type": TYPE_Q, "missing": MISSING_Q}
 
 
 OPENERS = ("count", "locate", "ship", "size", "severity")  # follow-ups whose answers also stand as a first answer
@@ -178,7 +207,7 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
             answer = pick(rng, RECOMMEND[anomalous])
             if anomalous:
                 sev = record["severity"]
-                answer = answer.format(sev_a=article(sev), sev=sev, t=record["defect_type"])
+                answer = answer.format(sev_a=article(sev), sev=sev, t=type_name(record["defect_type"]))
         named = named or "{noun}" in template
         q = template.format(noun=noun, ref=_ref_word(k))
         answer = answer.replace("{noun}", noun if named else "object")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.wording import percent, position_phrase
+from assistant.wording import MATERIAL_NOUNS, change_sentence, percent, position_phrase, type_name
 
 TYPE_SYNONYMS = {
     "scratch": ["scratch", "scratch", "scrape", "score mark"],
@@ -58,6 +58,8 @@ def describe(meta: dict, noun: str, rng: np.random.Generator) -> str:
             f"No anomaly: the {noun} has no scratches, cracks, stains or missing parts.",
             f"This {noun} is free of defects.",
         ])
+    if meta.get("aligned"):
+        return describe_aligned(meta)
     t = meta["defect_type"]
     word = pick(rng, TYPE_SYNONYMS.get(t, [t]))
     pos = position_phrase(meta["position"])
@@ -77,3 +79,15 @@ def describe(meta: dict, noun: str, rng: np.random.Generator) -> str:
     )
     second = pick(rng, [f" It appears as {look}.", f" It looks like {look}.", f" Severity: {sev}.", ""])
     return first + count + second
+
+
+def material_noun(meta: dict) -> str:
+    """What an aligned sample's part is made of ("copper" for a board), from the kind in its params."""
+    return MATERIAL_NOUNS.get((meta.get("params") or {}).get("kind", ""), "material")
+
+
+def describe_aligned(meta: dict) -> str:
+    """An anomalous aligned sample: its polarity against the golden, then its size, type and area."""
+    t, size, pct = meta["defect_type"], meta["size"], percent(meta["area_fraction"])
+    sentence = change_sentence(meta["change"], material_noun(meta), meta["position"], t)
+    return f"{sentence} It is {article(size)} {size} {type_name(t)}, covering about {pct} of the image."
