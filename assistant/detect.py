@@ -1,10 +1,13 @@
 """`python -m assistant detect --image Q [Q ...] [--reference R ...] [--config C] --out DIR`.
 
 One image: writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints
-the verdict, score, calibrated threshold and time. Several images (files or folders): the same three files in
-DIR/<image stem>/ for each, plus DIR/summary.csv and a printed table. Without references, several images are
-scored against each other (the expert's mutual scoring, zero-shot over the batch); one image alone is judged by
-the expert's single-image zero-shot path (in-image rarity, threshold from anomalies synthesized on the image).
+the verdict, score, calibrated threshold, how the references were compared (position by position with a
+registered golden sample and the registration figures, or as a bag of patches), each region with its change
+(missing/extra/altered material, aligned path) and the time. Several images (files or folders): the same three
+files in DIR/<image stem>/ for each, plus DIR/summary.csv (with the alignment and the regions' changes) and a
+printed table. Without references, several images are scored against each other (the expert's mutual scoring,
+zero-shot over the batch); one image alone is judged by the expert's single-image zero-shot path (in-image rarity,
+threshold from anomalies synthesized on the image).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import cv2
 import numpy as np
 
 from assistant.config import UsageError, add_config_arguments
-from assistant.wording import verdict_words
+from assistant.wording import alignment_sentence, change_phrase, registration_figures, verdict_words
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,9 +136,11 @@ def report_one(out: Path, path: Path, query, result, references: list[str], how:
     print(f"verdict: {verdict_words(result)}")
     print(f"score: {result.pred_score:.4f}  threshold: {result.threshold:.4f} ({how}); borderline between "
           f"{result.threshold_low:.4f} and {result.threshold_high:.4f}")
+    print_alignment(result)
     if result.pred_label and result.boxes:
         print(f"where: {result.position}, size: {result.size} ({100 * result.area_fraction:.1f}% of the image), "
               f"{len(result.boxes)} region(s)")
+        print_regions(result)
     if result.reference_mismatch:
         print(f"warning: most of the image differs from the reference (median map {result.reference_median:.2f}"
               f" > {result.reference_mismatch_cut:.2f}); check that the reference shows the same part, "
@@ -144,11 +149,33 @@ def report_one(out: Path, path: Path, query, result, references: list[str], how:
           "mask.png, result.json")
 
 
+def print_alignment(result) -> None:
+    """`alignment: aligned|free` with the sentence of wording.alignment_sentence and, when a reference was
+    registered, every registration figure; nothing without a reference."""
+    sentence = alignment_sentence(result)
+    if sentence is None:
+        return
+    print(f"alignment: {result.alignment}. {sentence}")
+    if result.registration is not None:  # figures in pixels of the images as compared (resized to the tower side)
+        reg, (h, w) = result.registration, result.registration.size
+        poor = f" (forced by expert.alignment=aligned; not good: {reg.reason})" if not reg.good and \
+            result.alignment == "aligned" else ""
+        print(f"registration at {w}x{h} px: {registration_figures(reg.to_dict(), full=True)}{poor}")
+
+
+def print_regions(result) -> None:
+    """One line per region (map pixels): its box, score and, on the aligned path, its change in words."""
+    for i, b in enumerate(result.boxes):
+        change = f" {change_phrase(b.change)};" if b.change else ""
+        print(f"region #{i + 1}:{change} box x {b.x0}-{b.x1}, y {b.y0}-{b.y1}, score {b.score:.3f}")
+
+
 def summary_row(path: Path, stem: str, r) -> dict:
     return {"image": str(path), "folder": stem, "verdict": r.verdict, "pred_label": int(r.pred_label),
             "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4),
             "position": r.position or "", "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2),
-            "regions": len(r.boxes), "reference_mismatch": r.reference_mismatch}
+            "regions": len(r.boxes), "reference_mismatch": r.reference_mismatch, "alignment": r.alignment,
+            "changes": " ".join(b.change for b in r.boxes if b.change)}
 
 
 def report_batch(out: Path, paths: list[Path], queries: list, results: list, references: list[str], how: str,

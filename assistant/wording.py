@@ -315,3 +315,55 @@ def parse_yes_no(text: str) -> str | None:
     """The first standalone 'yes' or 'no' of a text (None when neither)."""
     m = re.search(r"\b(yes|no)\b", (text or "").lower())
     return m.group(1) if m else None
+
+
+# ------------------------------------------------------------------ golden-template comparison (aligned path)
+CHANGE_WORDS = {
+    "missing": "material of the golden sample is absent here",
+    "extra": "material the golden sample does not have",
+    "altered": "changed from the golden sample, neither clearly missing nor extra",
+}  # Box.change -> what it means, said to people (overlay legend, detect)
+CHANGE_TAGS = {"missing": "-", "extra": "+", "altered": "~"}  # one-character tag next to a region's number
+
+
+def change_label(change: str) -> str:
+    """Short legend entry of a region's polarity: '- missing', '+ extra', '~ altered' ('' for a free-path region)."""
+    return f"{CHANGE_TAGS[change]} {change}" if change in CHANGE_TAGS else ""
+
+
+def change_phrase(change: str) -> str:
+    """A region's polarity in words: 'missing: material of the golden sample is absent here' ('' when the region
+    came from the free path, which has no polarity)."""
+    return f"{change}: {CHANGE_WORDS[change]}" if change in CHANGE_WORDS else ""
+
+
+def registration_figures(registration: dict, full: bool = False) -> str:
+    """'shift 1.2, 0.4 px, rotation 0.1 deg, correlation 0.93' of Registration.to_dict(); `full` adds scale,
+    agreement and residual (detect prints them all)."""
+    dx, dy = registration["shift"]
+    words = f"shift {dx:.1f}, {dy:.1f} px, rotation {registration['rotation']:.1f} deg"
+    if full:
+        words += f", scale {registration['scale']:.3f}"
+    words += f", correlation {registration['correlation']:.2f}"
+    if full:
+        words += f", agreement {registration['agreement']:.0%}, residual {registration['residual']:.2f}"
+    return words
+
+
+def alignment_sentence(result) -> str | None:
+    """How the references were compared, in one sentence; `result` is an AnomalyResult or its to_dict(). None when
+    no reference was used (alignment "")."""
+    if isinstance(result, dict):
+        alignment, reg = result.get("alignment", ""), result.get("registration")
+    else:
+        alignment = result.alignment
+        reg = result.registration.to_dict() if result.registration is not None else None
+    if alignment == "aligned" and reg:
+        return f"Compared position by position with the golden sample (registered: {registration_figures(reg)})."
+    if alignment == "aligned":
+        return "Compared position by position with the golden sample."
+    if alignment == "free" and reg and not reg.get("good", False):
+        return f"Compared as a bag of patches: the reference did not register ({reg.get('reason') or 'no reason'})."
+    if alignment == "free":
+        return "Compared as a bag of patches, wherever they lie in the reference."
+    return None

@@ -92,13 +92,19 @@ def _chat(client, text, path=None, refs=()):
 def test_ui_chat_endpoint_streams_evidence_and_reports_bad_uploads(server, images):
     url, _ = server
     client = Client(url, verbose=False)
-    chat, _, overlay, mask, badge, details = _chat(client, "Is there any anomaly?", images["query"], [images["ref"]])
+    chat, _, overlay, mask, badge, details, comparison = _chat(client, "Is there any anomaly?", images["query"],
+                                                               [images["ref"]])
     assert [m["role"] for m in chat] == ["user", "user", "assistant"]
     assert chat[0]["content"][0]["type"] == "file"
     assert "ANOMALOUS" in badge or "NORMAL" in badge
     assert chat[-1]["content"][0]["text"].startswith("scratch scratch")
     assert Image.open(overlay).size == (256, 256) and Image.open(mask).size == (48, 48)  # small images enlarged
     assert details["query"]["width"] == 48
+    assert "Compared " in badge  # how the reference was compared: aligned or as a bag of patches
+    # the golden-sample panel (an update: visibility and pictures): three captioned pictures for an aligned result,
+    # hidden and empty otherwise
+    aligned = details["alignment"] == "aligned"
+    assert comparison["visible"] is aligned and len(comparison.get("value") or []) == (3 if aligned else 0)
     job = client.submit(
         {"text": "Where is it?", "files": []},
         [],

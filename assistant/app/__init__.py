@@ -3,13 +3,14 @@
     inspection-assistant serve           # or: make demo, python app.py   (127.0.0.1, prints the URL)
 
     examples.py   generated example inputs (washers; never real data)
-    evidence.py   verdict badge, overlay and mask pictures, result JSON of a session
+    evidence.py   verdict badge, overlay and mask pictures, golden-sample comparison, result JSON of a session
     handlers.py   event handlers: module functions, the Assistant bound when the app is built
     layout.py     the layout in short functions, events wired to the handlers; build_demo, launch
     server.py     load + build + launch + wait (serve), the bind address (flags, Gradio's environment, config)
 
 A chat panel (messages) with a multimodal textbox that takes the query image; a gallery for reference normal
-images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON); a sensitivity
+images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON; for a result
+compared position by position, the golden sample, the part and their signed difference side by side); a sensitivity
 slider that moves the threshold relative to the calibrated one (re-label only, no re-encode); generated example
 inputs; a "New session" button. Per-user state lives in gr.State only (one ChatSession per browser tab / API
 client); the Assistant holds weights only.

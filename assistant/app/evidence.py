@@ -1,15 +1,21 @@
-"""What the evidence panel shows for a session: the verdict badge, the overlay and mask pictures, the JSON."""
+"""What the evidence panel shows for a session: the verdict badge, the overlay and mask pictures, the JSON, and
+for an aligned result the golden-sample comparison (golden sample in the part's frame, the part, the difference)."""
 from __future__ import annotations
 
 import html
 
+import gradio as gr
 from PIL import Image
 
 from assistant.chat import ChatSession
-from assistant.overlay import render_mask, render_overlay
+from assistant.expert.alignment import register
+from assistant.overlay import render_comparison, render_mask, render_overlay
+from assistant.wording import alignment_sentence
 
 DISPLAY_MIN_SIDE = 256  # smaller query images are enlarged for the overlay
 DISPLAY_MAX_SIDE = 1024  # larger ones are shrunk for the overlay and mask pictures
+COMPARISON_CAPTIONS = ("Golden sample, registered onto this part", "This part",
+                       "Difference: red = extra material, blue = missing material")
 
 
 def _cautions(summary: dict) -> str:
@@ -29,6 +35,14 @@ def _cautions(summary: dict) -> str:
     return caution
 
 
+def _alignment_note(summary: dict) -> str:
+    """HTML line under the badge: how the references were compared (nothing without a reference)."""
+    sentence = alignment_sentence(summary)
+    if not sentence:
+        return ""
+    return f"<br><span id='alignment-note' style='font-weight:400'>{html.escape(sentence)}</span>"
+
+
 def verdict_badge(summary: dict | None) -> str:
     """HTML badge with verdict, score, threshold (and the calibrated one when the slider moved it)."""
     if not summary:
@@ -46,23 +60,57 @@ def verdict_badge(summary: dict | None) -> str:
     return (f"<div id='verdict-badge' class='badge' style='background:{colour};color:white;padding:8px 12px;"
             f"border-radius:8px;font-weight:600'>{word}{html.escape(where)}<br><span style='font-weight:400'>"
             f"score {summary['pred_score']:.3g} · threshold {summary['threshold']:.3g}{cal_txt} · "
-            f"{summary['references']} reference(s)</span>{_cautions(summary)}</div>")
+            f"{summary['references']} reference(s)</span>{_alignment_note(summary)}{_cautions(summary)}</div>")
+
+
+def display_image(image: Image.Image) -> Image.Image:
+    """The query as shown: tiny images enlarged to DISPLAY_MIN_SIDE, huge ones shrunk to DISPLAY_MAX_SIDE."""
+    side = max(image.size)
+    if DISPLAY_MIN_SIDE <= side <= DISPLAY_MAX_SIDE:
+        return image
+    f = (DISPLAY_MIN_SIDE if side < DISPLAY_MIN_SIDE else DISPLAY_MAX_SIDE) / side
+    size = (max(1, round(image.width * f)), max(1, round(image.height * f)))
+    return image.resize(size, Image.NEAREST if f > 1 else Image.BILINEAR)
+
+
+def golden_sample(query: Image.Image, references: list[Image.Image], result) -> Image.Image | None:
+    """The reference an aligned result was compared with (None when the result is not aligned). The result keeps
+    only the registration; with several references each is registered again at its size and the best is taken
+    by the expert's own rule (golden.best_registration: good ones first, then the higher correlation)."""
+    reg = result.registration
+    if result.alignment != "aligned" or reg is None or not references:
+        return None
+    if len(references) == 1:
+        return references[0]
+    regs = [register(query, r, side=int(reg.size[0])) for r in references]
+    return references[max(range(len(regs)), key=lambda j: (regs[j].good, regs[j].correlation))]
+
+
+def comparison_gallery(session: ChatSession | None) -> list[tuple] | None:
+    """[(picture, caption)] x 3 for the golden-sample panel (render_comparison at the overlay's display size), or
+    None when the session's result is not aligned."""
+    if session is None or not session.has_image:
+        return None
+    result = session.result
+    reference = golden_sample(session.query, session.references, result)
+    if reference is None:
+        return None
+    material = session.assistant.cfg.expert.material
+    pictures = render_comparison(display_image(session.query), reference, result.registration, material)
+    return list(zip(pictures, COMPARISON_CAPTIONS))
 
 
 def evidence_outputs(session: ChatSession | None):
-    """(overlay, mask, badge html, result json) for the session's current result."""
+    """(overlay, mask, badge html, result json, golden-sample comparison update) for the session's current
+    result; the comparison is shown for aligned results only."""
+    gallery = comparison_gallery(session)
+    comparison = gr.update(value=gallery, visible=gallery is not None)
     if session is None or not session.has_image:
-        return None, None, verdict_badge(None), None
-    result = session.result
-    summary = session.summary()
-    image = session.query
-    side = max(image.size)
-    if side < DISPLAY_MIN_SIDE or side > DISPLAY_MAX_SIDE:  # enlarge tiny images, shrink huge ones (display only)
-        f = (DISPLAY_MIN_SIDE if side < DISPLAY_MIN_SIDE else DISPLAY_MAX_SIDE) / side
-        size = (max(1, round(image.width * f)), max(1, round(image.height * f)))
-        image = image.resize(size, Image.NEAREST if f > 1 else Image.BILINEAR)
-    mask_size = image.size if side > DISPLAY_MAX_SIDE else None
-    return render_overlay(image, result), render_mask(result, mask_size), verdict_badge(summary), summary
+        return None, None, verdict_badge(None), None, comparison
+    result, summary = session.result, session.summary()
+    image = display_image(session.query)
+    mask_size = image.size if max(session.query.size) > DISPLAY_MAX_SIDE else None
+    return render_overlay(image, result), render_mask(result, mask_size), verdict_badge(summary), summary, comparison
 
 
 def no_text_answer(result) -> str:

@@ -20,7 +20,7 @@ from assistant.app.examples import DEFAULT_QUESTION
 from assistant.chat import ChatError, ChatSession
 from assistant.imaging import ImageError, load_image
 
-SKIP_EVIDENCE = 4  # overlay, mask, badge, JSON
+SKIP_EVIDENCE = 5  # overlay, mask, badge, JSON, golden-sample comparison
 
 
 def bind(fn: Callable, assistant) -> Callable:
@@ -72,6 +72,12 @@ def load_references(session: ChatSession, gallery, max_pixels: int) -> list[str]
 
 
 # chat ------------------------------------------------------------------------------------------------
+def fresh_updates(outputs: tuple) -> tuple:
+    """The outputs with each gr.update dict copied: Gradio pops an update's value while sending it, so an update
+    yielded twice would come the second time without its value."""
+    return tuple(dict(x) if isinstance(x, dict) and x.get("__type__") == "update" else x for x in outputs)
+
+
 def _say(chat: list, text: str) -> None:
     chat.append({"role": "assistant", "content": text})
 
@@ -122,14 +128,14 @@ def respond(assistant, message, chat, gallery, sensitivity, session):
         return
     _say(chat, "…")
     shown = evidence_outputs(session)
-    yield (chat, None, session, *shown)  # evidence first, while the answer is generated
+    yield (chat, None, session, *fresh_updates(shown))  # evidence first, while the answer is generated
     answer = ""
     for chunk in session.ask(text):
         answer += chunk
         chat[-1] = {"role": "assistant", "content": answer}
         yield (chat, None, session, *skip)
     chat[-1] = {"role": "assistant", "content": answer.strip() or no_text_answer(session.result)}
-    yield (chat, None, session, *shown)  # final value carries the evidence too (API clients read it)
+    yield (chat, None, session, *fresh_updates(shown))  # final value carries the evidence too (API clients read it)
 
 
 def on_references(assistant, gallery, chat, session):

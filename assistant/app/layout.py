@@ -1,8 +1,9 @@
 """The app's layout, built by short functions, and its events wired to the handlers.
 
 Layout: chat panel (messages) with a multimodal textbox that takes the query image; a gallery for reference
-normal images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON); a
-sensitivity slider; generated example inputs; a "New session" button; hidden components for the /inspect API.
+normal images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON, and
+for an aligned result the golden sample, the part and their difference side by side); a sensitivity slider;
+generated example inputs; a "New session" button; hidden components for the /inspect API.
 """
 from __future__ import annotations
 
@@ -38,11 +39,12 @@ class EvidencePanel:
     mask: gr.Image
     sens: gr.Slider
     details: gr.JSON
+    comparison: gr.Gallery  # golden sample | part | difference; visible for aligned results only
 
     @property
     def outputs(self) -> list:
-        """The four evidence outputs, in the order of evidence_outputs."""
-        return [self.overlay, self.mask, self.badge, self.details]
+        """The five evidence outputs, in the order of evidence_outputs."""
+        return [self.overlay, self.mask, self.badge, self.details, self.comparison]
 
 
 @dataclass
@@ -71,7 +73,8 @@ def chat_panel(examples) -> ChatPanel:
 
 
 def evidence_panel(examples) -> EvidencePanel:
-    """Reference gallery (+ example references), verdict badge, overlay, mask, sensitivity, result JSON."""
+    """Reference gallery (+ example references), verdict badge, overlay, golden-sample comparison (hidden until a
+    result is aligned), mask, sensitivity, result JSON."""
     gallery = gr.Gallery(value=None, label="Reference normal images (optional, several)", type="filepath",
                          interactive=True, columns=4, height=150, file_types=["image"], elem_id="references")
     gr.Examples(examples=[[examples[0][1]]], inputs=[gallery], label="Example references",
@@ -79,6 +82,8 @@ def evidence_panel(examples) -> EvidencePanel:
     badge = gr.HTML(verdict_badge(None), elem_id="verdict")
     overlay = gr.Image(label="Heat-map overlay (boxes = defects)", type="numpy", interactive=False, format="png",
                        elem_id="overlay", height=300)
+    comparison = gr.Gallery(label="Golden-sample comparison", columns=3, rows=1, height=200, object_fit="contain",
+                            format="png", visible=False, interactive=False, elem_id="golden-comparison")
     with gr.Row():
         mask = gr.Image(label="Mask", type="numpy", interactive=False, format="png", elem_id="mask", height=160,
                         image_mode="L")
@@ -87,7 +92,7 @@ def evidence_panel(examples) -> EvidencePanel:
                          info="0 = calibrated threshold; + flags more, − flags less", elem_id="sensitivity")
     with gr.Accordion("Result JSON", open=False):
         details = gr.JSON(label="Result", elem_id="result-json")
-    return EvidencePanel(gallery, badge, overlay, mask, sens, details)
+    return EvidencePanel(gallery, badge, overlay, mask, sens, details, comparison)
 
 
 def api_inputs() -> ApiInputs:
