@@ -69,6 +69,58 @@ def _hf_cache() -> str:
     return HF_HUB_CACHE
 
 
+def create_model(cfg, model_name: str, pretrained: str):
+    """(open_clip model, where its weights came from) for vision.name / vision.weights: a local checkpoint file, a
+    random init (`<model>/none`) or a pretrained tag from the Hugging Face cache; WeightsNotFoundError naming where
+    it looked and how to provide them when they are absent (never a download attempt that hangs offline)."""
+    import open_clip
+
+    ckpt = cfg.weights or (pretrained if pretrained.lower() != "none" and _is_pathlike(pretrained) else None)
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}  # {} unless pretrained is a known tag
+    # OpenAI weights were trained with QuickGELU: build the model to match the tag (also for vision.weights)
+    common = {
+        "force_image_size": cfg.image_size,
+        "device": "cpu",
+        "force_quick_gelu": bool(tag_cfg.get("quick_gelu")),
+    }
+    if ckpt is not None:
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"open_clip weights for {model_name} not found: {path} is not a file (from "
+                f"{'vision.weights' if cfg.weights else 'vision.name'}). Expected an open_clip checkpoint "
+                f"(.safetensors preferred).")
+        with _quiet_open_clip():
+            model = open_clip.create_model(model_name, pretrained=str(path), **common)
+        source = str(path)
+    elif pretrained.lower() == "none":
+        with _quiet_open_clip():
+            model = open_clip.create_model(model_name, pretrained=None, **common)
+        source = "random init"
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise ValueError(f"vision.name '{cfg.name}': '{pretrained}' is neither a pretrained tag of "
+                             f"{model_name} ({', '.join(tags) or 'none known'}), an existing file, nor 'none'")
+        try:
+            with _quiet_open_clip():
+                model = open_clip.create_model(model_name, pretrained=pretrained, **common)
+        except (RuntimeError, OSError) as e:  # hub/url misses surface as RuntimeError from open_clip
+            where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
+            raise WeightsNotFoundError(
+                f"open_clip weights for {model_name} / '{pretrained}' not found"
+                f"{' (offline: HF_HUB_OFFLINE=1)' if os.environ.get('HF_HUB_OFFLINE') else ''}. Looked in the "
+                f"Hugging Face cache {_hf_cache()} and ~/.cache/clip for {where} "
+                f'({str(e).splitlines()[0].split(" Last error")[0][:240]}). '
+                'Provide them: run `python -c "import open_clip; '
+                f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
+                f"network and copy its HF cache, or save the weights as a local file and set "
+                f"--set vision.weights=/path/to/{model_name}.safetensors"
+            ) from None
+        source = f"open_clip:{pretrained} ({tag_cfg.get('hf_hub') or tag_cfg.get('url', '')})"
+    return model, source
+
+
 class OpenCLIPTower(VisionTower):
     def __init__(self, cfg):
         super().__init__()
@@ -88,49 +140,7 @@ class OpenCLIPTower(VisionTower):
         if isinstance(layers, int):  # check levels before building (and maybe loading) a large model
             self._check_levels(layers)
         t0 = time.perf_counter()
-        ckpt = cfg.weights or (pretrained if pretrained.lower() != "none" and _is_pathlike(pretrained) else None)
-        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}  # {} unless pretrained is a known tag
-        # OpenAI weights were trained with QuickGELU: build the model to match the tag (also for vision.weights)
-        common = {
-            "force_image_size": cfg.image_size,
-            "device": "cpu",
-            "force_quick_gelu": bool(tag_cfg.get("quick_gelu")),
-        }
-        if ckpt is not None:
-            path = Path(ckpt).expanduser()
-            if not path.is_file():
-                raise WeightsNotFoundError(
-                    f"open_clip weights for {model_name} not found: {path} is not a file (from "
-                    f"{'vision.weights' if cfg.weights else 'vision.name'}). Expected an open_clip checkpoint "
-                    f"(.safetensors preferred).")
-            with _quiet_open_clip():
-                self.model = open_clip.create_model(model_name, pretrained=str(path), **common)
-            self.source = str(path)
-        elif pretrained.lower() == "none":
-            with _quiet_open_clip():
-                self.model = open_clip.create_model(model_name, pretrained=None, **common)
-            self.source = "random init"
-        else:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
-            if pretrained not in tags:
-                raise ValueError(f"vision.name '{cfg.name}': '{pretrained}' is neither a pretrained tag of "
-                                 f"{model_name} ({', '.join(tags) or 'none known'}), an existing file, nor 'none'")
-            try:
-                with _quiet_open_clip():
-                    self.model = open_clip.create_model(model_name, pretrained=pretrained, **common)
-            except (RuntimeError, OSError) as e:  # hub/url misses surface as RuntimeError from open_clip
-                where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
-                raise WeightsNotFoundError(
-                    f"open_clip weights for {model_name} / '{pretrained}' not found"
-                    f"{' (offline: HF_HUB_OFFLINE=1)' if os.environ.get('HF_HUB_OFFLINE') else ''}. Looked in the "
-                    f"Hugging Face cache {_hf_cache()} and ~/.cache/clip for {where} "
-                    f'({str(e).splitlines()[0].split(" Last error")[0][:240]}). '
-                    'Provide them: run `python -c "import open_clip; '
-                    f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` on a machine with "
-                    f"network and copy its HF cache, or save the weights as a local file and set "
-                    f"--set vision.weights=/path/to/{model_name}.safetensors"
-                ) from None
-            self.source = f"open_clip:{pretrained} ({tag_cfg.get('hf_hub') or tag_cfg.get('url', '')})"
+        self.model, self.source = create_model(cfg, model_name, pretrained)
         self.load_time = time.perf_counter() - t0
         self.eval()
         for p in self.model.parameters():
