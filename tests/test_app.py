@@ -172,7 +172,6 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
     import signal
     import socket
     import subprocess
-    import time
     import urllib.request
 
     with socket.socket() as s:
@@ -185,14 +184,9 @@ def test_serve_command_prints_url_and_serves_the_page(tiny_tokenizer_dir):
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        url, lines, deadline = None, [], time.time() + 180
-        while time.time() < deadline and url is None:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-            if "running at http://127.0.0.1:" in line:
-                url = line.split("running at ")[1].split()[0]
+        from tests.serving import wait_for_url
+
+        url, lines = wait_for_url(proc, 180)
         assert url == f"http://127.0.0.1:{port}/", "".join(lines)
         page = urllib.request.urlopen(url, timeout=30).read().decode()
         assert "Inspection assistant" in page

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from assistant.config import (
     resolve_data_path,
     resolve_model,
 )
+from tests.serving import wait_for_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["pyproject.toml", "README.md", "assistant", "training", "data_synth"]  # what a wheel is built from
@@ -71,18 +71,6 @@ def _install_wheel(tmp_path: Path, env: dict) -> Path:
     return target
 
 
-def _wait_for_url(proc: subprocess.Popen, timeout_s: float) -> tuple[str | None, list[str]]:
-    url, lines, deadline = None, [], time.time() + timeout_s
-    while time.time() < deadline and url is None:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if "running at http://127.0.0.1:" in line:
-            url = line.split("running at ")[1].split()[0]
-    return url, lines
-
-
 @pytest.mark.real
 @pytest.mark.slow
 def test_wheel_install_serves_the_app_on_the_shipped_checkpoint(tmp_path):
@@ -108,7 +96,7 @@ def test_wheel_install_serves_the_app_on_the_shipped_checkpoint(tmp_path):
                             cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        url, lines = _wait_for_url(proc, 120)
+        url, lines = wait_for_url(proc, 120)
         assert url == f"http://127.0.0.1:{port}/", "".join(lines)
         assert f"loaded {target / 'assistant' / 'checkpoints' / 'offline-small'}" in "".join(lines)
         assert "Inspection assistant" in urllib.request.urlopen(url, timeout=30).read().decode()
