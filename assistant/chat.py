@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from PIL import Image
 
 from assistant.expert import LOT_MIN, SENSITIVITY_RANGE, AnomalyResult, apply_sensitivity
+from assistant.grounded import golden_note
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
 from assistant.wording import REFERENCE_CAUTION, borderline_note, verdict_turn
@@ -206,7 +207,7 @@ class ChatSession:
             for chunk in self.assistant.stream_answer(evidence, question, history=history):
                 parts.append(chunk)
                 yield chunk
-            notes = [borderline_note(evidence.result)] + [
+            notes = [golden_note(evidence.result, question, history), borderline_note(evidence.result)] + [
                 REFERENCE_CAUTION if evidence.result.reference_mismatch else None
             ]
             notes = [n for n in notes if n]

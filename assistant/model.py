@@ -20,6 +20,7 @@ from PIL import Image
 
 from assistant.config import Config, load_config, resolve_data_path
 from assistant.expert import AnomalyResult
+from assistant.grounded import grounded_answer
 from assistant.imaging import ImageInput, load_image
 from assistant.lvlm import HEADS_FILE, LVLM, ImageFeatures, build_lvlm, image_features, visual_inputs
 from assistant.vision.base import VisionOutput
@@ -133,21 +134,40 @@ class Assistant:
 
     def stream_answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
                       sensitivity: float = 0.0, max_new_tokens: int | None = None, **generate_kwargs) -> Iterator[str]:
-        """Yield the answer in text chunks as the LM generates them."""
+        """Yield the answer in text chunks as the LM generates them (at once when the evidence answers it:
+        grounded.py)."""
         lvlm = self._need_lvlm()
-        vis = visual_inputs(evidence.features, self._result(evidence, sensitivity))
+        result = self._result(evidence, sensitivity)
+        said = grounded_answer(result, question, history)
+        if said is not None:
+            yield said
+            return
+        vis = visual_inputs(evidence.features, result)
         yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
                sensitivity: float = 0.0, max_new_tokens: int | None = None, **generate_kwargs) -> str:
         lvlm = self._need_lvlm()
-        vis = visual_inputs(evidence.features, self._result(evidence, sensitivity))
+        result = self._result(evidence, sensitivity)
+        said = grounded_answer(result, question, history)
+        if said is not None:
+            return said
+        vis = visual_inputs(evidence.features, result)
         return lvlm.generate([vis], [question], [list(history)], max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def answer_batch(self, evidences: Sequence[Evidence], questions: Sequence[str],
                      histories: Sequence[Sequence[tuple[str, str]]] | None = None,
                      max_new_tokens: int | None = None) -> list[str]:
-        """Batched (left-padded) answers, one per evidence/question."""
+        """Batched (left-padded) answers, one per evidence/question; those the evidence answers (grounded.py) are
+        not generated."""
         lvlm = self._need_lvlm()
-        vis = [visual_inputs(e.features, e.result) for e in evidences]
-        return lvlm.generate(vis, list(questions), histories, max_new_tokens=max_new_tokens)
+        histories = list(histories) if histories is not None else [[] for _ in questions]
+        out = [grounded_answer(e.result, q, h) for e, q, h in zip(evidences, questions, histories)]
+        todo = [i for i, a in enumerate(out) if a is None]
+        if todo:
+            vis = [visual_inputs(evidences[i].features, evidences[i].result) for i in todo]
+            said = lvlm.generate(vis, [questions[i] for i in todo], [histories[i] for i in todo],
+                                 max_new_tokens=max_new_tokens)
+            for i, a in zip(todo, said):
+                out[i] = a
+        return out

@@ -42,6 +42,20 @@ def first_token(asst, ev, question, history=()) -> tuple[float, float, str]:
     return dt, dc, first + rest
 
 
+def print_table(table: list[tuple], args, asst) -> None:
+    print(
+        f"\nchat speed: {args.checkpoint} {' '.join(args.overrides)}, LM {asst.cfg.lm.dtype}, "
+        f"torch threads {args.threads}, {os.cpu_count()} CPUs, "
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} (other jobs inflate wall time)"
+    )
+    print(f"| {'metric':28s} | {'wall':>7s} | {'CPU s':>7s} | {'target':>7s} | ok  |")
+    print(f"|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|-----|")
+    for name, val, c, target in table:
+        ok = "" if target is None else ("yes" if val <= target else "NO")
+        cs = "" if c is None else f"{c:7.3f}"
+        print(f"| {name:28s} | {val:7.3f} | {cs:>7s} | {'' if target is None else f'{target:7.2f}':>7s} | {ok:3s} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="checkpoints/offline-small")
@@ -89,17 +103,7 @@ def main(argv=None) -> int:
     table = [("load (s)", load_s, None, None)]
     table += [(k, statistics.median(v), statistics.median(cpu[k]), TARGETS.get(k)) for k, v in rows.items()]
     table.append(("peak RSS (GB)", rss_gb, None, TARGETS["peak RSS (GB)"]))
-    print(
-        f"\nchat speed: {args.checkpoint} {' '.join(args.overrides)}, LM {asst.cfg.lm.dtype}, "
-        f"torch threads {args.threads}, {os.cpu_count()} CPUs, "
-        f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} (other jobs inflate wall time)"
-    )
-    print(f"| {'metric':28s} | {'wall':>7s} | {'CPU s':>7s} | {'target':>7s} | ok  |")
-    print(f"|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|-----|")
-    for name, val, c, target in table:
-        ok = "" if target is None else ("yes" if val <= target else "NO")
-        cs = "" if c is None else f"{c:7.3f}"
-        print(f"| {name:28s} | {val:7.3f} | {cs:>7s} | {'' if target is None else f'{target:7.2f}':>7s} | {ok:3s} |")
+    print_table(table, args, asst)
     print(f"\nQ: Is there any anomaly in the image?\nA: {answer}\nQ: Where is it?\nA: {follow}")
     print(f"expert: {asst.analyze(query, refs).result.to_dict()['verdict']}")
     return 0

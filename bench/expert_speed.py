@@ -1,12 +1,15 @@
 """Expert speed (and optionally quality) benchmark: ours vs the plain nearest-neighbour baseline.
 
     python bench/expert_speed.py [--config offline-small] [--shots 1,16] [--batches 1,16] [--repeats 20]
-                                 [--data DIR ... --seeds 0,1,2]
+                                 [--pair QUERY REFERENCE] [--data DIR ... --seeds 0,1,2]
 
 Speed: ms/image at the config's image size (tower forward + expert predict; references fitted once,
 not timed) for batch 1 and batch 16, 1-shot and 16-shot, and the peak RSS of a process that does only
 that (each row runs in a fresh subprocess). `--shots 0,1,16` adds the single-image zero-shot path (in-image
 rarity; its threshold comes from anomalies synthesized on each query, which the timing includes). With --data,
+--pair times a golden-template pair instead of random images: the query (repeated to fill the batch) against
+its reference (1 shot), so registration and the aligned path are timed when the reference registers; the
+`path` column says which path the timed predictions took. With --data,
 the same run also evaluates both detectors (1-shot, the given seeds) and prints image/pixel AUROC and
 balanced accuracy side by side.
 Never part of `make test`.
@@ -53,15 +56,23 @@ def one(args) -> dict:
     cfg = method_config(args, args.method)
     tower, expert = load_expert(cfg)
     size = tower.image_size
-    refs = _images(args.shots, size, 0)
+    if args.pair:
+        from assistant.imaging import load_image
+
+        query, ref = (load_image(p) for p in args.pair)
+        refs, queries = [ref], [query] * args.batch
+    else:
+        refs, queries = _images(args.shots, size, 0), _images(args.batch, size, 1)
     state = expert.fit_references(tower, refs)
-    queries = _images(args.batch, size, 1)
     device = tower.device
+    paths = set()
 
     def step():
         with torch.no_grad():
             out = tower.encode(queries)
-            expert.predict(out, state, (size, size), images=queries, tower=tower)  # images: 0-shot calibrates on them
+            # images: the zero-shot path calibrates on them, the aligned path registers them
+            paths.update(r.alignment or r.path for r in expert.predict(out, state, (size, size), images=queries,
+                                                                       tower=tower))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -76,7 +87,8 @@ def one(args) -> dict:
     times.sort()
     cpu.sort()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB -> MiB
-    return {"method": args.method, "shots": args.shots, "batch": args.batch, "device": str(device),
+    return {"method": args.method, "shots": len(refs), "batch": args.batch, "device": str(device),
+            "path": "+".join(sorted(paths)),
             "ms_per_image": 1000 * times[len(times) // 2] / args.batch,
             "ms_per_image_p90": 1000 * times[int(len(times) * 0.9)] / args.batch,
             "cpu_ms_per_image": 1000 * cpu[len(cpu) // 2] / args.batch, "peak_rss_mb": rss}
@@ -100,6 +112,33 @@ def quality(args) -> list[dict]:
     return rows
 
 
+def print_speed(rows: list[dict], args) -> None:
+    print(
+        f"\nExpert speed ({args.config}, {args.threads} threads; median of {args.repeats}; tower + expert per image)\n"
+    )
+    print("(CPU ms = process CPU time summed over threads: on a busy shared machine wall time is inflated by other")
+    print(" jobs; CPU ms / threads is the wall time to expect on idle cores with perfect threading)\n")
+    print("| method | shots | batch | path | device | ms/image | p90 ms/image | CPU ms/image | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['shots']} | {r['batch']} | {r['path']} | {r['device']} | "
+              f"{r['ms_per_image']:.1f} | {r['ms_per_image_p90']:.1f} | {r['cpu_ms_per_image']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} |")
+
+
+def print_quality(args) -> None:
+    from assistant.cli_args import parse_int_list
+
+    args.seeds = parse_int_list(args.seeds, "--seeds")
+    q = quality(args)
+    print(f"\nQuality, 1-shot, seeds {args.seeds}, mean over {len(args.data)} folder(s)\n")
+    print("| method | image AUROC | pixel AUROC | AUPRO | balanced acc. |")
+    print("|---|---|---|---|---|")
+    keys = ("image_auroc", "pixel_auroc", "pixel_aupro", "balanced_accuracy")
+    for r in q:
+        print(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" if r[k] is not None else "–" for k in keys) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="offline-small")
@@ -109,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     p.add_argument("--methods", default="ours,knn-baseline")
+    p.add_argument("--pair", nargs=2, default=None, metavar=("QUERY", "REFERENCE"),
+                   help="time this golden-template pair (1 shot) instead of random images")
     p.add_argument("--data", nargs="*", default=None, help="MVTec-layout folders for the side-by-side quality table")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -129,38 +170,15 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, __file__, "--one", "--config", args.config, "--method", method,
                        "--shot", str(shots), "--batch", str(batch), "--repeats", str(args.repeats),
                        "--threads", str(args.threads)] + [x for o in args.overrides for x in ("--set", o)]
+                cmd += ["--pair", *args.pair] if args.pair else []
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     print(out.stderr[-2000:], file=sys.stderr)
                     return out.returncode
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(
-        f"\nExpert speed ({args.config}, {args.threads} threads; median of {args.repeats}; tower + expert per image)\n"
-    )
-    print("(CPU ms = process CPU time summed over threads: on a busy shared machine wall time is inflated by other")
-    print(" jobs; CPU ms / threads is the wall time to expect on idle cores with perfect threading)\n")
-    print("| method | shots | batch | device | ms/image | p90 ms/image | CPU ms/image | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['shots']} | {r['batch']} | {r['device']} | {r['ms_per_image']:.1f} | "
-              f"{r['ms_per_image_p90']:.1f} | {r['cpu_ms_per_image']:.1f} | {r['peak_rss_mb']:.0f} |")
+    print_speed(rows, args)
     if args.data:
-        from assistant.cli_args import parse_int_list
-
-        args.seeds = parse_int_list(args.seeds, "--seeds")
-        q = quality(args)
-        print(f"\nQuality, 1-shot, seeds {args.seeds}, mean over {len(args.data)} folder(s)\n")
-        print("| method | image AUROC | pixel AUROC | AUPRO | balanced acc. |")
-        print("|---|---|---|---|---|")
-        for r in q:
-            print(
-                f"| {r['method']} | "
-                + " | ".join(
-                    f"{r[k]:.3f}" if r[k] is not None else "–"
-                    for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "balanced_accuracy")
-                )
-                + " |"
-            )
+        print_quality(args)
     return 0
 
 

@@ -9,7 +9,9 @@ without aligned references; each query gets one reference drawn from train/good 
 
 Per folder and method: image AUROC, pixel AUROC (maps and masks at the tower side), balanced accuracy at the
 calibrated threshold, missing/extra correct (flagged defective images whose type has a known polarity, one type in
-the window: the share of their regions on the ground truth whose `change` is right), the share of queries that
+the window: the share of their regions on the ground truth whose `change` is right), PCB type correct (defective
+images of one printed-circuit-board type: the share whose top region's `shape` names that type; unflagged ones
+count as wrong), the share of queries that
 registered and took the aligned path, and ms/image of the expert's prediction (registration included; the tower's
 forward pass, the same for every method, is printed below the table). Methods:
 - free: today's path (`expert.alignment: free`);
@@ -28,9 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-# polarity of the DeepPCB defect types: copper missing or extra
-POLARITY = {"open": "missing", "mousebite": "missing", "pin_hole": "missing",
-            "short": "extra", "spur": "extra", "spurious_copper": "extra"}
+from assistant.wording import PCB_SHAPES, PCB_TYPES
+
 TEMPLATE_SIGMA = 2.0  # template subtraction: Gaussian blur of the absolute difference, pixels at 256 px
 DEFAULT_PAIRS = "../shared/realdata/deeppcb__pcb/questions.jsonl"
 
@@ -53,10 +54,11 @@ def pair_items(jsonl: Path) -> list[dict]:
             continue
         seen.add(r["image"])
         kinds = types.get(r["image"]) or [Path(r["image"]).parent.name]
-        pol = {POLARITY.get(k) for k in kinds}
+        pol = {PCB_TYPES.get(k) for k in kinds}
         items.append({"image": root / r["image"], "references": [root / x for x in r["references"]],
                       "label": int(r["label"]), "mask": root / r["mask"] if r.get("mask") else None,
-                      "polarity": pol.pop() if len(pol) == 1 and r["label"] else None})
+                      "polarity": pol.pop() if len(pol) == 1 and r["label"] else None,
+                      "type": kinds[0] if len(set(kinds)) == 1 and kinds[0] in PCB_TYPES and r["label"] else None})
     return items
 
 
@@ -69,7 +71,8 @@ def folder_items(folder: Path, seed: int) -> list[dict]:
             mask = folder / "ground_truth" / kind.name / f"{img.stem}_mask.png"
             items.append({"image": img, "references": ref, "label": int(kind.name != "good"),
                           "mask": mask if mask.is_file() else None,
-                          "polarity": POLARITY.get(kind.name) if kind.name != "good" else None})
+                          "polarity": PCB_TYPES.get(kind.name) if kind.name != "good" else None,
+                          "type": kind.name if kind.name in PCB_TYPES else None})
     return items
 
 
@@ -108,7 +111,7 @@ def evaluate(name: str, items: list[dict], tower, expert, seed: int) -> dict[str
     from assistant.imaging import load_image, load_mask
 
     side = tower.image_size
-    runs = {m: {"scores": [], "preds": [], "maps": [], "ms": [], "pol": [], "registered": []}
+    runs = {m: {"scores": [], "preds": [], "maps": [], "ms": [], "pol": [], "type": [], "registered": []}
             for m in ("free", "template", "auto")}
     states, encode_ms = {}, []
     for it in items:
@@ -138,6 +141,9 @@ def evaluate(name: str, items: list[dict], tower, expert, seed: int) -> dict[str
             r["registered"].append(res.alignment == "aligned")
             if it["label"] and it["polarity"] and res.pred_label:
                 r["pol"] += [b.change == it["polarity"] for b in res.boxes if gt[b.y0:b.y1, b.x0:b.x1].any()]
+            if it["label"] and it.get("type"):  # the type the top region's shape names (unflagged: none)
+                top = max(res.boxes, key=lambda b: b.score) if res.pred_label and res.boxes else None
+                r["type"].append(top is not None and PCB_SHAPES.get(top.shape) == it["type"])
         t0 = time.perf_counter()
         m = template_map(img, ref_images[0], side)
         score = float(m.max())
@@ -172,6 +178,8 @@ def metrics(items: list[dict], run: dict) -> dict:
     )
     out["polarity"] = float(np.mean(run["pol"])) if run["pol"] else float("nan")
     out["polarity_n"] = len(run["pol"])
+    out["type"] = float(np.mean(run["type"])) if run["type"] else float("nan")
+    out["type_n"] = len(run["type"])
     out["registered"] = float(np.mean(run["registered"])) if run["registered"] else float("nan")
     return out
 
@@ -218,14 +226,15 @@ def main(argv=None) -> int:
           + (f", {' '.join(args.overrides)}" if args.overrides else "") + ")\n")
     print(
         "| folder | seed | n | method | image AUROC | pixel AUROC | balanced acc. | missing/extra correct (regions) | "
-        "registered | ms/image (p90) |"
+        "PCB type correct (defects) | registered | ms/image (p90) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, seed, n, method, m in rows:
         pol = f"{f(m['polarity'])} ({m['polarity_n']})" if method == "auto" else "–"
+        typ = f"{f(m['type'])} ({m['type_n']})" if method == "auto" else "–"
         reg = f(m["registered"], 2) if method == "auto" else "–"
         print(f"| {name} | {seed} | {n} | {method} | {f(m['image_auroc'])} | {f(m['pixel_auroc'])} | "
-              f"{f(m['balanced_accuracy'])} | {pol} | {reg} | {m['ms']:.1f} ({m['ms_p90']:.1f}) |")
+              f"{f(m['balanced_accuracy'])} | {pol} | {typ} | {reg} | {m['ms']:.1f} ({m['ms_p90']:.1f}) |")
     print(f"\nms/image: the expert's prediction after the tower (registration and the aligned path included); the "
           f"tower's forward pass took {np.median(encode):.1f} ms/image more (median).")
     return 0

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
-from assistant.wording import TYPE_PHRASES, change_sentence, percent, position_phrase, type_name
-from data_synth.text import article, describe, material_noun, pick
+from assistant.wording import TYPE_PHRASES, article, change_sentence, percent, position_phrase, type_name
+from data_synth.text import describe, material_noun, pick
 
 DETECT_Q = [
     "Is there any anomaly in the image?", "Is anything wrong with this {noun}?", "Do you see any defect?",

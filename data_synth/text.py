@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.wording import MATERIAL_NOUNS, change_sentence, percent, position_phrase, type_name
+from assistant.wording import MATERIAL_NOUNS, article, change_sentence, percent, position_phrase, type_name
 
 TYPE_SYNONYMS = {
     "scratch": ["scratch", "scratch", "scrape", "score mark"],
@@ -39,10 +39,6 @@ LOOKS = {
     "scar": "a thin elongated mark with a different tone",
     "contamination": "irregular blotches of foreign material",
 }  # defect_type -> what it looks like
-
-
-def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def pick(rng: np.random.Generator, options: list[str]) -> str:

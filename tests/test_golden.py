@@ -132,8 +132,10 @@ def test_auto_uses_the_aligned_path_and_names_the_missing_pad(tower):
     assert res.alignment == "aligned" and res.registration is not None and res.registration.good
     assert res.pred_label and res.boxes
     assert res.boxes[0].change == "missing"
+    assert res.boxes[0].shape == "cut"  # the centre pad joined two tracks: without it they fall apart
     d = res.to_dict()
     assert d["alignment"] == "aligned" and d["registration"]["good"] and d["boxes"][0]["change"] == "missing"
+    assert d["boxes"][0]["shape"] == "cut"
 
 
 def test_auto_falls_back_to_free_on_unrelated_images(tower):
@@ -189,5 +191,7 @@ def test_relabel_keeps_the_polarity_of_overlapping_regions():
 
     old = [Box(10, 10, 30, 30, 2.0, 0.01, change="missing"), Box(40, 40, 50, 50, 2.0, 0.01, change="extra")]
     new = [Box(5, 5, 32, 32, 1.5, 0.02), Box(38, 42, 60, 60, 1.5, 0.02), Box(0, 50, 4, 60, 1.1, 0.001)]
+    old[0].shape = "hole"
     carry_changes(old, new)
     assert [b.change for b in new] == ["missing", "extra", ""]
+    assert [b.shape for b in new] == ["hole", "", ""]

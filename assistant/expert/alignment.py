@@ -289,3 +289,15 @@ def register(query: Image.Image | np.ndarray, reference: Image.Image | np.ndarra
     reason = judge(warp, size, 1.0 if plain else corr, agreement)
     return Registration(warp=warp.astype(np.float32), size=tuple(size), correlation=corr, agreement=agreement,
                         residual=residual, shift=shift, rotation=rotation, scale=scale, good=not reason, reason=reason)
+
+
+def lighting(query: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
+    """(gain, offset) with query ~ gain x warped reference + offset over `inside` (least squares); a contrast change
+    outside [0.5, 2] is the part's, not the lighting's (gain 1)."""
+    x, y = warped[inside], query[inside]
+    if x.size == 0:
+        return 1.0, 0.0
+    var = float(x.var())
+    gain = float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 1e-6 else 1.0
+    gain = gain if 0.5 <= gain <= 2.0 else 1.0
+    return gain, float(y.mean() - gain * x.mean())

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from assistant.expert.alignment import FLAT_STD, Registration, grey, register, warp_image
+from assistant.expert.alignment import FLAT_STD, Registration, grey, lighting, register, warp_image
 from assistant.expert.calibration import (
     NullModel,
     ThresholdEstimate,
@@ -47,6 +47,7 @@ from assistant.expert.calibration import (
 )
 from assistant.expert.knn import normal_scale
 from assistant.expert.result import AnomalyResult, Box
+from assistant.expert.shape import box_pixels, change_shape, material_masks
 
 PIXEL_SIGMA = 1.0  # Gaussian blur (pixels at 256 px) of both grey images before their difference: noise
 PIXEL_TOLERANCE = 2  # a query pixel differs only from all reference pixels within this many pixels (edge jitter)
@@ -160,18 +161,6 @@ def position_distances(query_feats: list[torch.Tensor], template: Template, thet
 
 
 # ------------------------------------------------------------------ pixels
-def lighting(query: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
-    """(gain, offset) with query ~ gain x warped reference + offset over `inside` (least squares); a contrast change
-    outside [0.5, 2] is the part's, not the lighting's (gain 1)."""
-    x, y = warped[inside], query[inside]
-    if x.size == 0:
-        return 1.0, 0.0
-    var = float(x.var())
-    gain = float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 1e-6 else 1.0
-    gain = gain if 0.5 <= gain <= 2.0 else 1.0
-    return gain, float(y.mean() - gain * x.mean())
-
-
 def pixel_difference(query: np.ndarray, reference: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(signed difference, compared mask) of an (S, S) grey query and reference, both blurred by PIXEL_SIGMA, the
     reference warped onto the query and matched to its lighting. A query pixel differs only by what lies outside
@@ -335,6 +324,19 @@ def polarity(state: GoldenState, p: Parts, box: Box, map_size: tuple[int, int]) 
     return "altered"
 
 
+def name_shapes(state: GoldenState, p: Parts, boxes: list[Box], map_size: tuple[int, int]) -> None:
+    """Set each region's `change` (`polarity`) and, for missing/extra ones, its `shape` (expert/shape.py)."""
+    for box in boxes:
+        box.change = polarity(state, p, box, map_size)
+    if not any(b.change in ("missing", "extra") for b in boxes):
+        return
+    t = state.templates[p.template]
+    side = p.query_grey.shape[0]
+    ref, qry = material_masks(t.grey, p.query_grey, p.registration.warp, t.material_bright)
+    for box in boxes:
+        box.shape = change_shape(ref, qry, box_pixels(box, map_size, side), box.change)
+
+
 # ------------------------------------------------------------------ results
 def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[AnomalyResult], images, image_size,
                    make_result) -> list[AnomalyResult]:
@@ -367,8 +369,7 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
             amap = cv2.resize(amap, (int(image_size[1]), int(image_size[0])), interpolation=cv2.INTER_LINEAR)
         r = make_result(amap, expert.image_score(amap), aligned_state, "aligned", golden.grid,
                         reference_median=res.reference_median)
-        for box in r.boxes:
-            box.change = polarity(golden, p, box, tuple(image_size))
+        name_shapes(golden, p, r.boxes, tuple(image_size))
         out.append(dataclasses.replace(r, alignment="aligned", registration=p.registration,
                                        free_score=float(res.pred_score), free_threshold=float(res.threshold)))
     return out

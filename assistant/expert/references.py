@@ -60,28 +60,33 @@ class ReferenceState:
         return self.n_shots > 0 and all(b.shape[0] > 0 for b in self.banks)
 
 
+def zero_shot_state(expert) -> ReferenceState:
+    """The state without references: thresholds per query image (self-calibrated) or from training."""
+    if expert.self_calibrated():  # the thresholds are found per query image in predict
+        expert.require_self_scales()
+        thr, how = float("nan"), "per query image: anomalies synthesized on it (in-image rarity)"
+    elif expert.head is None or not expert.trained:
+        raise RuntimeError("zero-shot needs trained expert heads (expert.checkpoint); none are loaded. "
+                           "Give at least one reference normal image.")
+    else:
+        thr, how = expert.zero_shot_threshold, "zero-shot threshold from training"
+    return ReferenceState(
+        banks=[torch.zeros(0, c) for c in expert.level_dims],
+        scales=[1.0] * len(expert.level_dims),
+        threshold=thr,
+        pixel_threshold=thr,
+        n_shots=0,
+        calibration={"method": how},
+    )
+
+
 @torch.no_grad()
 def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
                    seed: int = 0) -> ReferenceState:
     """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state."""
     k = len(ref_images)
     if k == 0 or not expert.cfg.few_shot:
-        if expert.self_calibrated():  # the thresholds are found per query image in predict
-            expert.require_self_scales()
-            thr, how = float("nan"), "per query image: anomalies synthesized on it (in-image rarity)"
-        elif expert.head is None or not expert.trained:
-            raise RuntimeError("zero-shot needs trained expert heads (expert.checkpoint); none are loaded. "
-                               "Give at least one reference normal image.")
-        else:
-            thr, how = expert.zero_shot_threshold, "zero-shot threshold from training"
-        return ReferenceState(
-            banks=[torch.zeros(0, c) for c in expert.level_dims],
-            scales=[1.0] * len(expert.level_dims),
-            threshold=thr,
-            pixel_threshold=thr,
-            n_shots=0,
-            calibration={"method": how},
-        )
+        return zero_shot_state(expert)
     rng = random.Random(seed)
     size = tower.image_size
     refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]

@@ -20,6 +20,9 @@ class Box:
     # aligned path only: "missing" (material of the reference absent here) | "extra" (material the reference has not)
     # | "altered" (changed, neither); "" when the region came from the free path
     change: str = ""
+    # aligned path, missing/extra only: how the material changed (expert/shape.py SHAPES: cut, gone, hole, bite,
+    # bridge, isolated, protrusion); "" when not judged
+    shape: str = ""
 
     @property
     def center(self) -> tuple[float, float]:
@@ -30,6 +33,8 @@ class Box:
                "score": float(self.score), "area_fraction": float(self.area_fraction)}
         if self.change:
             out["change"] = self.change
+        if self.shape:
+            out["shape"] = self.shape
         return out
 
 

@@ -169,7 +169,8 @@ def seed_run(expert, tower, cat: EvalCategory, feats: TestFeatures, shots: int, 
             calib.append(dict(state.calibration, threshold=state.threshold, pixel_threshold=state.pixel_threshold))
         for j in range(0, len(idx), batch_size):
             part = idx[j:j + batch_size]
-            images = [load_image(items[i].image) for i in part] if per_image else None
+            # the query images: per-image calibration and the aligned path (golden templates) need them
+            images = [load_image(items[i].image) for i in part] if per_image or state.golden else None
             out = feats.get(part, images)  # (encoding is not part of the timed prediction)
             t0 = time.perf_counter()
             results = expert.predict(out, state, (size, size), images=images, tower=tower)

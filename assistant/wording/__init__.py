@@ -1,6 +1,7 @@
 """Every user-facing word about the expert's evidence, and every parser that reads words back.
 
-One place for: the 3x3 position grid and size words, percentages, suspicion (severity) words, the evidence
+One place for (grid.py) the 3x3 position grid and size words, percentages; (golden.py) the golden-template words:
+polarity, defect types and shapes, registration; and (here) suspicion (severity) words, the evidence
 sentence the LM is conditioned on, the verdict sentences said outside the LM, and the parsers that turn free-text
 answers into a verdict, a position, an option letter or yes/no. data_synth writes its texts with these words,
 training and evaluation grade answers with these parsers, so what is said and what is checked cannot drift apart.
@@ -13,101 +14,46 @@ from difflib import get_close_matches
 
 import numpy as np
 
+from assistant.wording.golden import (  # noqa: F401 (re-exported: one place for every word)
+    CHANGE_TAGS,
+    CHANGE_WORDS,
+    DEFECT_CHANGES,
+    MATCHES_GOLDEN,
+    MATERIAL_NOUNS,
+    NOT_NAMED,
+    NOTHING_CHANGED,
+    PCB_SHAPES,
+    PCB_TYPES,
+    PCB_WORDS,
+    SHAPE_PHRASES,
+    TYPE_ALIASES,
+    TYPE_NAMES,
+    TYPE_PHRASES,
+    alignment_sentence,
+    change_label,
+    change_phrase,
+    change_sentence,
+    golden_sentence,
+    parse_change,
+    polarity_lead,
+    registration_figures,
+    type_choice_answer,
+    type_name,
+    type_option,
+)
+from assistant.wording.grid import (  # noqa: F401 (re-exported: one place for every word)
+    POSITION_WORDS,
+    SIZE_WORDS,
+    article,
+    mask_position,
+    percent,
+    position_phrase,
+    position_word,
+    size_word,
+)
+
 DETECT_QUESTION = "Is there any anomaly in the image?"
 WHERE_QUESTION = "Where is it?"
-
-POSITION_WORDS = [
-    ["top left", "top", "top right"],
-    ["left", "center", "right"],
-    ["bottom left", "bottom", "bottom right"],
-]  # 3x3 grid words, indexed [row][col] from the mask centroid
-
-SIZE_WORDS = [(0.005, "tiny"), (0.02, "small"), (0.08, "medium"), (1.01, "large")]  # area fraction upper bounds
-
-
-def position_word(cy: float, cx: float) -> str:
-    """Grid word of a point given as fractions (0..1) of height and width."""
-    r = min(int(cy * 3), 2)
-    c = min(int(cx * 3), 2)
-    return POSITION_WORDS[r][c]
-
-
-def position_phrase(pos: str) -> str:
-    """'top left' -> 'in the top left'; 'top' -> 'at the top'; 'left' -> 'on the left'; 'center' -> 'in the center'."""
-    if pos in ("top", "bottom"):
-        return f"at the {pos}"
-    if pos in ("left", "right"):
-        return f"on the {pos}"
-    return f"in the {pos}"
-
-
-def size_word(area_fraction: float) -> str:
-    """Size word of an area fraction (0..1) of the image."""
-    for bound, word in SIZE_WORDS:
-        if area_fraction < bound:
-            return word
-    return SIZE_WORDS[-1][1]
-
-
-def mask_position(mask: np.ndarray) -> str | None:
-    """Grid word of the ground-truth mask centroid (None for an empty mask)."""
-    if mask is None or not mask.any():
-        return None
-    ys, xs = np.nonzero(mask)
-    return position_word(ys.mean() / mask.shape[0], xs.mean() / mask.shape[1])
-
-
-CHANGE_WORDS = {
-    "missing": "material in the golden sample is absent here",
-    "extra": "material absent from the golden sample is present here",
-    "altered": "the material differs from the golden sample here",
-}  # a golden-template region's change (expert.golden) in words; the keys are the polarity words themselves
-PCB_TYPES = {"open": "missing", "mousebite": "missing", "pin_hole": "missing", "short": "extra", "spur": "extra",
-             "spurious_copper": "extra"}  # DeepPCB defect type -> polarity
-DEFECT_CHANGES = {**PCB_TYPES, "missing_print": "missing", "missing_part": "missing", "extra_print": "extra",
-                  "debris": "extra"}  # every aligned-pair defect type -> polarity (labels and plates too)
-TYPE_NAMES = {"open": "open circuit", "mousebite": "mouse bite", "pin_hole": "pin hole", "short": "short circuit",
-              "spur": "spur", "spurious_copper": "spurious copper", "missing_print": "missing print",
-              "extra_print": "extra print", "missing_part": "missing part", "debris": "debris"}
-TYPE_PHRASES = {
-    "open": "the trace is cut", "mousebite": "a bite is taken out of a trace edge",
-    "pin_hole": "there is a pin hole in the copper", "short": "a short between two traces",
-    "spur": "a spur sticks out of a trace", "spurious_copper": "an isolated blob of spurious copper",
-    "missing_print": "part of a printed mark is gone", "extra_print": "a stray ink mark",
-    "missing_part": "a piece of the plate is gone", "debris": "a piece of debris",
-}  # what each type is, said after the change (no position or size words: texts state those from the mask)
-MATERIAL_NOUNS = {"board": "copper", "label": "print", "plate": "material"}  # what a golden part is made of
-
-
-def type_name(defect_type: str) -> str:
-    """The words for a defect type ("pin_hole" -> "pin hole"); other types are already words."""
-    return TYPE_NAMES.get(defect_type, defect_type)
-
-
-def change_sentence(change: str, material_noun: str, position: str | None, defect_type: str | None = None) -> str:
-    """The polarity of a golden-template difference in one sentence: "Compared with the golden sample, copper is
-    missing at the top left: the trace is cut." `position` is a grid word (None: not said)."""
-    where = f" {position_phrase(position)}" if position else ""
-    if change == "missing":
-        text = f"Compared with the golden sample, {material_noun} is missing{where}"
-    elif change == "extra":
-        text = f"Compared with the golden sample, there is extra {material_noun}{where}"
-    else:
-        text = f"Compared with the golden sample, the {material_noun} is altered{where}"
-    phrase = TYPE_PHRASES.get(defect_type or "")
-    return f"{text}: {phrase}." if phrase else f"{text}."
-
-
-_NEGATED_CHANGE = re.compile(r"\b(?:nothing|not|no|none)\b(?:\s+\w+){0,2}?\s+(?:missing|extra|altered)"
-                             r"(?:\s+or\s+(?:missing|extra|altered))?")
-
-
-def parse_change(answer: str) -> str | None:
-    """The polarity an answer states: "missing", "extra", "altered" (the first said), None when none is."""
-    text = _NEGATED_CHANGE.sub(" ", " ".join(str(answer).lower().split()))  # "nothing is missing" states none
-    found = [(m.start(), w) for w in CHANGE_WORDS if (m := re.search(rf"\b{w}\b", text))]
-    return min(found)[1] if found else None
-
 
 SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
 SUSPICION_RATIOS = ((1.15, "minor"), (1.5, "moderate"))  # score / threshold upper bounds of each level
@@ -118,14 +64,6 @@ def suspicion_word(score: float, threshold: float) -> str:
     r = score / max(abs(threshold), 1e-8)
     level = next((lv for bound, lv in SUSPICION_RATIOS if r < bound), "severe")
     return SUSPICION[level]
-
-
-def percent(area_fraction: float) -> str:
-    """Rounded area percentage as written in every text: '0.4%', '3.2%', '12%'."""
-    p = area_fraction * 100
-    if p < 0.1:
-        return "less than 0.1%"
-    return f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
 
 
 def evidence_text(
@@ -315,55 +253,3 @@ def parse_yes_no(text: str) -> str | None:
     """The first standalone 'yes' or 'no' of a text (None when neither)."""
     m = re.search(r"\b(yes|no)\b", (text or "").lower())
     return m.group(1) if m else None
-
-
-# ------------------------------------------------------------------ golden-template comparison (aligned path)
-CHANGE_WORDS = {
-    "missing": "material of the golden sample is absent here",
-    "extra": "material the golden sample does not have",
-    "altered": "changed from the golden sample, neither clearly missing nor extra",
-}  # Box.change -> what it means, said to people (overlay legend, detect)
-CHANGE_TAGS = {"missing": "-", "extra": "+", "altered": "~"}  # one-character tag next to a region's number
-
-
-def change_label(change: str) -> str:
-    """Short legend entry of a region's polarity: '- missing', '+ extra', '~ altered' ('' for a free-path region)."""
-    return f"{CHANGE_TAGS[change]} {change}" if change in CHANGE_TAGS else ""
-
-
-def change_phrase(change: str) -> str:
-    """A region's polarity in words: 'missing: material of the golden sample is absent here' ('' when the region
-    came from the free path, which has no polarity)."""
-    return f"{change}: {CHANGE_WORDS[change]}" if change in CHANGE_WORDS else ""
-
-
-def registration_figures(registration: dict, full: bool = False) -> str:
-    """'shift 1.2, 0.4 px, rotation 0.1 deg, correlation 0.93' of Registration.to_dict(); `full` adds scale,
-    agreement and residual (detect prints them all)."""
-    dx, dy = registration["shift"]
-    words = f"shift {dx:.1f}, {dy:.1f} px, rotation {registration['rotation']:.1f} deg"
-    if full:
-        words += f", scale {registration['scale']:.3f}"
-    words += f", correlation {registration['correlation']:.2f}"
-    if full:
-        words += f", agreement {registration['agreement']:.0%}, residual {registration['residual']:.2f}"
-    return words
-
-
-def alignment_sentence(result) -> str | None:
-    """How the references were compared, in one sentence; `result` is an AnomalyResult or its to_dict(). None when
-    no reference was used (alignment "")."""
-    if isinstance(result, dict):
-        alignment, reg = result.get("alignment", ""), result.get("registration")
-    else:
-        alignment = result.alignment
-        reg = result.registration.to_dict() if result.registration is not None else None
-    if alignment == "aligned" and reg:
-        return f"Compared position by position with the golden sample (registered: {registration_figures(reg)})."
-    if alignment == "aligned":
-        return "Compared position by position with the golden sample."
-    if alignment == "free" and reg and not reg.get("good", False):
-        return f"Compared as a bag of patches: the reference did not register ({reg.get('reason') or 'no reason'})."
-    if alignment == "free":
-        return "Compared as a bag of patches, wherever they lie in the reference."
-    return None
