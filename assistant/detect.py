@@ -164,9 +164,9 @@ def print_alignment(result) -> None:
 
 
 def print_regions(result) -> None:
-    """One line per region (map pixels): its box, score and, on the aligned path, its change in words."""
+    """One line per region (map pixels): its box, score and, on the aligned path, its change and shape in words."""
     for i, b in enumerate(result.boxes):
-        change = f" {change_phrase(b.change)};" if b.change else ""
+        change = f" {change_phrase(b.change, b.shape)};" if b.change else ""
         print(f"region #{i + 1}:{change} box x {b.x0}-{b.x1}, y {b.y0}-{b.y1}, score {b.score:.3f}")
 
 
@@ -175,7 +175,8 @@ def summary_row(path: Path, stem: str, r) -> dict:
             "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4),
             "position": r.position or "", "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2),
             "regions": len(r.boxes), "reference_mismatch": r.reference_mismatch, "alignment": r.alignment,
-            "changes": " ".join(b.change for b in r.boxes if b.change)}
+            "changes": " ".join(b.change for b in r.boxes if b.change),
+            "shapes": " ".join(b.shape or "-" for b in r.boxes if b.change)}
 
 
 def report_batch(out: Path, paths: list[Path], queries: list, results: list, references: list[str], how: str,

@@ -89,6 +89,8 @@ def test_wording_of_changes_and_alignment():
     assert change_phrase("missing") == "missing: material of the golden sample is absent here"
     assert change_phrase("extra") == "extra: material the golden sample does not have"
     assert change_phrase("") == "" and change_label("") == "" and change_label("missing") == "- missing"
+    assert change_phrase("missing", "cut") == ("missing: material of the golden sample is absent here; cut: the "
+                                               "material is cut through (PCB: open circuit)")
     reg = {"correlation": 0.93, "agreement": 0.9, "residual": 0.1, "shift": [1.21, 0.4], "rotation": 0.1,
            "scale": 1.0, "good": True, "reason": ""}
     assert alignment_sentence({"alignment": "aligned", "registration": reg}) == (

@@ -77,10 +77,16 @@ def change_label(change: str) -> str:
     return f"{CHANGE_TAGS[change]} {change}" if change in CHANGE_TAGS else ""
 
 
-def change_phrase(change: str) -> str:
-    """A region's polarity in words: 'missing: material of the golden sample is absent here' ('' when the region
-    came from the free path, which has no polarity)."""
-    return f"{change}: {CHANGE_WORDS[change]}" if change in CHANGE_WORDS else ""
+def change_phrase(change: str, shape: str = "") -> str:
+    """A region's polarity (and shape) in words: 'missing: material of the golden sample is absent here; cut: the
+    material is cut through (PCB: open)' ('' when the region came from the free path, which has no polarity)."""
+    if change not in CHANGE_WORDS:
+        return ""
+    said = f"{change}: {CHANGE_WORDS[change]}"
+    if shape in SHAPE_PHRASES:
+        pcb = f" (PCB: {type_name(PCB_SHAPES[shape])})" if shape in PCB_SHAPES else ""
+        said += f"; {shape}: {SHAPE_PHRASES[shape]}{pcb}"
+    return said
 
 
 def registration_figures(registration: dict, full: bool = False) -> str:
