@@ -1,6 +1,7 @@
 """`python -m assistant evaluate ...`: one parser; the options pick the mode.
 
     --data DIR [DIR ...] --shots K --seeds 0,1,2 [--mutual] [--lot] [--baseline knn]   expert metrics (default)
+    --data DIR [DIR ...] --shots K --feedback G,D [--cost-ratio R]       before/after G good + D defective labels
     --mode vqa --data DIR [DIR ...] --shots K --seeds 0,1,2                              answers on folders
     --mmad mmad.json --data-root ROOT [--templates similar|random] [--shuffle-options]    MMAD questions
     --jsonl questions.jsonl [--data-root ROOT]                                            JSONL questions
@@ -49,6 +50,11 @@ def _add_folder_arguments(g) -> None:
     g.add_argument("--mutual", action="store_true",
                    help="with --shots 0: score each test image against the category's other test images, unlabeled "
                         "(batch zero-shot, MuSc-style mutual scoring) instead of the single-image zero-shot head")
+    g.add_argument("--feedback", type=feedback_arg, default=None, metavar="G,D",
+                   help="simulate a user who labels G good and D defective test images (seeded, left out of "
+                        "scoring): metrics before and after the labels refine the references and the threshold")
+    g.add_argument("--cost-ratio", type=float, default=5.0, metavar="R",
+                   help="with --feedback: cost of a miss / cost of a false reject for the labelled threshold")
     g.add_argument("--lot", action="store_true",
                    help="with references: each category's test folder is one lot inspected together; the lot's own "
                         "score distribution joins the references' threshold (expert.lot_decide)")
@@ -101,8 +107,44 @@ def check_expert_args(args: argparse.Namespace) -> None:
                          "or the other test images (--shots 0 --mutual)")
 
 
+def feedback_arg(text: str) -> tuple[int, int]:
+    """'2,2' -> (2, 2): labelled good and defective images."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected G,D (two counts, e.g. 2,2), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def run_feedback(args: argparse.Namespace, cfg) -> int:
+    """--feedback G,D: before/after table per category (feedback.md, feedback.json)."""
+    from assistant.evaluation.data import discover
+    from assistant.evaluation.expert.feedback import feedback_category, feedback_table
+    from assistant.expert import load_expert
+
+    if args.shots < 1 or args.mutual or args.lot:
+        raise UsageError(f"--feedback refines a reference set: expected --shots 1 or more without --mutual/--lot, "
+                         f"got --shots {args.shots}")
+    n_good, n_bad = args.feedback
+    tower, expert = load_expert(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, record = [], {}
+    for cat in discover(args.data):
+        before, after, cals = feedback_category(expert, tower, cat, args.shots, args.seeds, n_good, n_bad,
+                                                args.cost_ratio, args.batch_size, pixel=not args.no_pixel)
+        pairs.append((before, after))
+        record[cat.name] = {"before": before.summary(), "after": after.summary(), "labels": cals}
+    table = feedback_table(pairs, n_good, n_bad, args.shots, args.seeds, args.cost_ratio)
+    (out / "feedback.md").write_text(table + "\n")
+    (out / "feedback.json").write_text(json.dumps(record, indent=1, default=float))
+    print(table)
+    return 0
+
+
 def run_expert(args: argparse.Namespace, cfg) -> int:
     check_expert_args(args)
+    if args.feedback is not None:
+        return run_feedback(args, cfg)
     from assistant.evaluation.data import discover
     from assistant.evaluation.expert.baselines import add_knn_baseline
     from assistant.evaluation.expert.report import expert_grid, write_csv, write_reports

@@ -140,7 +140,7 @@ def mutual_run(expert, tower, cat: EvalCategory, masks, batch_size: int = 16) ->
     batch = expert.mutual_predict(feats, (size, size))
     seconds = (time.perf_counter() - t0) / max(len(cat.items), 1)
     calib = [{"rule": batch[0].calibration, "threshold": batch[0].threshold}]
-    return _seed_result(0, [], cat, batch, masks, [batch[0].threshold], calib, seconds)
+    return seed_result(0, [], cat, batch, masks, [batch[0].threshold], calib, seconds)
 
 
 def reference_groups(cat: EvalCategory, shots: int, seed: int) -> dict[tuple, list[int]]:
@@ -188,10 +188,10 @@ def seed_run(expert, tower, cat: EvalCategory, feats: TestFeatures, shots: int, 
         thresholds = [per_item[0].threshold] if per_item else thresholds
         calib.append({"rule": per_item[0].calibration, "threshold": per_item[0].threshold})
     refs = list(next(iter(groups))) if len(groups) == 1 else []
-    return _seed_result(seed, refs, cat, per_item, masks, thresholds, calib, t_pred / max(len(items), 1))
+    return seed_result(seed, refs, cat, per_item, masks, thresholds, calib, t_pred / max(len(items), 1))
 
 
-def _seed_result(seed: int, refs: list[str], cat: EvalCategory, results: list, masks, thresholds: list[float],
+def seed_result(seed: int, refs: list[str], cat: EvalCategory, results: list, masks, thresholds: list[float],
                  calib: list[dict], seconds: float) -> SeedRun:
     """A SeedRun from the expert's results for every item (in item order), with the metrics."""
     labels = np.array([it.label for it in cat.items])
