@@ -19,11 +19,9 @@ duplicate. No torch here: `profile list` stays fast; `refit` imports the expert 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -35,7 +33,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from assistant.imaging import ImageError, ImageInput, list_images, load_image
+from assistant.atomic import TMP_PREFIX, atomic_write, file_lock, json_bytes
+from assistant.imaging import ImageError, ImageInput, load_image
 
 SCHEMA_VERSION = 1  # profile.json layout this code reads and writes
 DEFAULT_CONFIG = "offline-small"
@@ -45,7 +44,6 @@ KINDS = ("references", "good", "defective")
 FOLDERS = {"references": "references", "good": "labelled/good", "defective": "labelled/defective"}
 MASKS = "labelled/masks"
 PROFILE_FILE, CALIBRATION_FILE, LOCK_FILE = "profile.json", "calibration.json", "profile.lock"
-TMP_PREFIX = ".tmp-"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 MAX_NAME = 64
 STORED_RE = re.compile(r"[0-9a-f]{64}\.png")  # a stored image's file name
@@ -89,7 +87,7 @@ def remove_profile(name: str, root: str | os.PathLike | None = None) -> None:
     """Delete a profile: renamed away under its lock (it vanishes at once), then the files removed."""
     folder = _existing_folder(name, root)
     gone = folder.parent / f"{TMP_PREFIX}removed-{folder.name}-{os.getpid()}"
-    with _flock(folder / LOCK_FILE):
+    with file_lock(folder / LOCK_FILE):
         os.rename(folder, gone)
     shutil.rmtree(gone, ignore_errors=True)
 
@@ -151,7 +149,9 @@ class Profile:
         try:
             now = _now()
             draft = cls(tmp, name, description, config, created=now, updated=now)
-            draft.add(references=references)
+            with draft.lock():
+                draft._touch()
+                draft.add(references=references)
             try:
                 os.rename(tmp, folder)
             except OSError:
@@ -208,7 +208,7 @@ class Profile:
             finally:
                 self._lock_depth -= 1
             return
-        with _flock(self.path / LOCK_FILE, shared):
+        with file_lock(self.path / LOCK_FILE, shared):
             self._lock_depth = 1
             try:
                 yield
@@ -233,7 +233,7 @@ class Profile:
                     getattr(report, status)[kind].append(dest)
                     if kind == "defective" and masks and i in masks:
                         atomic_write(self.path / MASKS / dest.name, encode_png(load_image(masks[i]).convert("L")))
-            if report.changed or not (self.path / PROFILE_FILE).is_file():
+            if report.changed:
                 self._touch()
         return report
 
@@ -242,8 +242,7 @@ class Profile:
         p = self.path / CALIBRATION_FILE
         if not p.is_file():
             return None
-        data = _read_json(p, "the profile's calibration (written by `profile add`; remove it to refit)")
-        return data
+        return _read_json(p, "the profile's calibration (written by `profile add`; remove it to refit)")
 
     def calibration_current(self) -> bool:
         """True when calibration.json was fitted on exactly the images stored now."""
@@ -279,10 +278,9 @@ class Profile:
                 p.unlink(missing_ok=True)
 
     def _refresh(self) -> None:
-        """Re-read profile.json (under the lock) so a write changes only `updated`; none yet while creating."""
-        if (self.path / PROFILE_FILE).is_file():
-            for key, value in read_meta(self.path / PROFILE_FILE).items():
-                setattr(self, key, value)
+        """Re-read profile.json (under the lock) so a write changes only `updated`."""
+        for key, value in read_meta(self.path / PROFILE_FILE).items():
+            setattr(self, key, value)
 
     def _touch(self) -> None:
         """profile.json with `updated` set to now (under the lock, after _refresh)."""
@@ -360,56 +358,10 @@ def load_stored(path: Path) -> Image.Image:
         raise ProfileError(f"{path}: stored image unreadable ({e})") from None
 
 
-def expand_images(items: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted)."""
-    out: list[Path] = []
-    for it in items:
-        p = Path(it)
-        out.extend(list_images(p) if p.is_dir() else [p])
-    return out
-
-
 def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def json_bytes(data: dict) -> bytes:
-    """Strict JSON (NaN and infinities as null), indented."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
-    return (json.dumps(clean, indent=2, allow_nan=False) + "\n").encode()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all: temp file in the same folder, fsync, os.replace, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, shared: bool = False) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _read_json(path: Path, what: str) -> dict:

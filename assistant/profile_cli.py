@@ -11,21 +11,33 @@ with no image only refits. `detect --profile NAME` judges parts with a profile.
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from assistant.config import UsageError
+from assistant.imaging import list_images
 from assistant.profile import (
     DEFAULT_CONFIG,
     DEFAULT_COST_RATIO,
     KINDS,
     Profile,
     ProfileError,
-    expand_images,
     fit_settings,
     list_profiles,
     profile_root,
     refit,
     remove_profile,
 )
+
+
+def expand_images(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted)."""
+    out: list[Path] = []
+    for it in items:
+        p = Path(it)
+        out.extend(list_images(p) if p.is_dir() else [p])
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
