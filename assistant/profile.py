@@ -220,9 +220,8 @@ class Profile:
         """Store images under the lock. Every source is validated before anything is written (ImageError names the
         bad one). `masks`: index into `defective` -> its defect mask (any image; stored as a grey PNG)."""
         batches = {"references": list(references), "good": list(good), "defective": list(defective)}
-        for kind in KINDS:  # validate all first: a bad file in the batch adds nothing
-            for src in batches[kind]:
-                load_image(src)
+        for src in [*(s for k in KINDS for s in batches[k]), *(masks or {}).values()]:
+            load_image(src)  # all validated first: a bad file in the batch adds nothing
         report = AddReport()
         with self.lock():
             self._refresh()  # refuses a profile.json made corrupt or newer since this object was loaded

@@ -70,6 +70,9 @@ def run(args) -> int:
 
 
 def create(args) -> int:
+    from assistant.config import resolve_config_path
+
+    resolve_config_path(args.config)  # a wrong --config fails before the profile is made
     profile = Profile.create(args.name, expand_images(args.reference), description=args.description,
                              config=args.config)
     print(f"created profile {profile.name!r} with {len(profile.references())} reference(s) in {profile.path}")

@@ -83,8 +83,11 @@ def test_round_trip_create_add_show_list_remove(tmp_path, capsys):
     assert profile.config == "tiny" and profile.description == "top side" and profile.calibration_current()
     again = profile.add(good=[good[1]], references=[refs[0]], defective=bad)  # everything known already
     assert not again.changed and sum(len(v) for v in again.duplicates.values()) == 3
-    moved = profile.add(defective=[good[0]])  # relabelled: the newest label wins, one copy stays
-    assert len(moved.moved["defective"]) == 1 and len(profile.good()) == 1 and len(profile.defective()) == 2
+    mask = tmp_path / "mask.png"
+    Image.fromarray((np.arange(48 * 48).reshape(48, 48) % 7 == 0).astype(np.uint8) * 255).save(mask)
+    masked = profile.add(defective=[good[0]], masks={0: mask})  # relabelled: the newest label wins, one copy stays
+    assert profile.mask(masked.moved["defective"][0]) is not None and profile.mask(profile.references()[0]) is None
+    assert len(profile.good()) == 1 and len(profile.defective()) == 2
     assert cli("profile", "add", "part A") == 0  # nothing to add: refit only
     cal = json.loads((profile.path / "calibration.json").read_text())
     assert (cal["n_references"], cal["n_good"], cal["n_defective"]) == (2, 1, 2) and cal["fitted_at"]
@@ -122,6 +125,8 @@ def test_existing_name_and_bad_images_are_refused(tmp_path, capsys):
     before = snapshot(Profile.load("p").path)
     assert main(["profile", "add", "p", "--good", refs[1], str(junk)]) == 2  # validated before anything is written
     assert str(junk) in capsys.readouterr().err and snapshot(Profile.load("p").path) == before
+    assert main(["profile", "create", "q", "--reference", refs[0], "--config", "nope"]) == 2
+    assert "config 'nope' not found" in capsys.readouterr().err and list_profiles() == ["p"]
 
 
 @pytest.mark.parametrize("content, words", [
@@ -209,19 +214,18 @@ def test_kill_9_during_add_leaves_a_whole_profile(tmp_path):
     Profile.create("k", save(tmp_path / "refs", [0]), config="tiny")
     batch = save(tmp_path / "batch", range(1, 81), side=160)
     good = Profile.load("k").folder("good")
-    midway = 0
-    for delay in (0.0, 0.05, 0.2):
+    counts = [0]
+    for delay in (0.0, 0.02, 0.1):  # after this run's first new image
         proc = subprocess.Popen([sys.executable, "-m", "assistant", "profile", "add", "k", "--good", *batch],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while proc.poll() is None and not any(good.glob("*.png")) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        while proc.poll() is None and len(list(good.glob("*.png"))) <= counts[-1] and time.monotonic() < deadline:
+            time.sleep(0.002)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        n = check_intact(Profile.load("k"))
-        midway += 0 < n < len(batch)
-    assert midway >= 1  # at least one kill landed while images were being written
+        counts.append(check_intact(Profile.load("k")))
+    assert any(0 < n < len(batch) for n in counts), counts  # kills landed while images were being written
     profile = Profile.load("k")
     report = profile.add(good=batch)  # finishing the job: the survivors are duplicates, nothing is lost
     assert len(report.added["good"]) + len(report.duplicates["good"]) == len(batch)
