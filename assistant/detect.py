@@ -1,4 +1,4 @@
-"""`python -m assistant detect --image Q [Q ...] [--reference R ...] [--config C] --out DIR`.
+"""`python -m assistant detect --image Q [Q ...] [--reference R ... | --profile NAME] [--config C] --out DIR`.
 
 One image: writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints
 the verdict, score, calibrated threshold, how the references were compared (position by position with a
@@ -7,7 +7,8 @@ registered golden sample and the registration figures, or as a bag of patches), 
 files in DIR/<image stem>/ for each, plus DIR/summary.csv (with the alignment and the regions' changes) and a
 printed table. Without references, several images are scored against each other (the expert's mutual scoring,
 zero-shot over the batch); one image alone is judged by the expert's single-image zero-shot path (in-image rarity,
-threshold from anomalies synthesized on the image).
+threshold from anomalies synthesized on the image). `--profile NAME` takes the references and labels of an
+inspection profile (assistant/profile.py) and its config unless --config is given.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def open_profile(args):
 def profile_fit(profile, expert, tower):
     """fit() for judge_queries: the profile's references + labels refitted (expert/labels.py) with the seed and
     cost ratio of its last fit; detect reads the profile and never writes it."""
-    from assistant.profile import fit_settings, refit
+    from assistant.profile_fit import fit_settings, refit
 
     seed, cost_ratio = fit_settings(profile)
     return lambda: refit(profile, expert, tower, seed=seed, cost_ratio=cost_ratio, save=False)

@@ -14,7 +14,7 @@ is there. Each image is validated (imaging.load_image), re-encoded as RGB PNG an
 name. Every file is written atomically (a `.tmp-*` file in the same folder, fsync, os.replace); listings ignore
 `.tmp-*` leftovers of a killed writer and the next locked write removes them. An image lives in one folder: adding
 it under another label moves it (the newest label wins); a labelled good image that is already a reference is a
-duplicate. No torch here: `profile list` stays fast; `refit` imports the expert when called.
+duplicate. No torch here, so `profile list` stays fast; fitting a profile is assistant/profile_fit.py.
 """
 from __future__ import annotations
 
@@ -63,14 +63,16 @@ def profile_root(root: str | os.PathLike | None = None) -> Path:
     return Path(base).expanduser() / "inspection-assistant" / "profiles"
 
 
+def valid_name(name: str) -> bool:
+    return (isinstance(name, str) and len(name) <= MAX_NAME and NAME_RE.fullmatch(name) is not None
+            and ".." not in name and name[-1] not in " .")
+
+
 def check_name(name: str) -> str:
     """`name` when it can be a profile folder; ProfileError saying what is allowed otherwise."""
-    allowed = (f"1 to {MAX_NAME} letters, digits, spaces, '.', '-' or '_', starting with a letter or digit, not "
-               "ending with a space or '.', no '..'")
-    if not isinstance(name, str) or not name:
-        raise ProfileError(f"profile name: expected {allowed}; got an empty name")
-    if len(name) > MAX_NAME or not NAME_RE.fullmatch(name) or ".." in name or name[-1] in " .":
-        raise ProfileError(f"profile name: expected {allowed}; got {name!r}")
+    if not valid_name(name):
+        raise ProfileError(f"profile name: expected 1 to {MAX_NAME} letters, digits, spaces, '.', '-' or '_', starting "
+                           f"with a letter or digit, not ending with a space or '.', no '..'; got {name!r}")
     return name
 
 
@@ -80,7 +82,7 @@ def list_profiles(root: str | os.PathLike | None = None) -> list[str]:
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir()
-                  if p.is_dir() and (p / PROFILE_FILE).is_file() and _valid_name(p.name))
+                  if p.is_dir() and (p / PROFILE_FILE).is_file() and valid_name(p.name))
 
 
 def remove_profile(name: str, root: str | os.PathLike | None = None) -> None:
@@ -147,7 +149,7 @@ class Profile:
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}create-", dir=base))
         try:
-            now = _now()
+            now = now_iso()
             draft = cls(tmp, name, description, config, created=now, updated=now)
             with draft.lock():
                 draft._touch()
@@ -225,6 +227,7 @@ class Profile:
         report = AddReport()
         with self.lock():
             self._refresh()  # refuses a profile.json made corrupt or newer since this object was loaded
+            self._check_keeps_a_reference(batches)
             self._sweep_temp()
             for kind in KINDS:
                 for i, src in enumerate(batches[kind]):
@@ -257,7 +260,7 @@ class Profile:
 
     def _store(self, kind: str, data: bytes) -> tuple[Path, str]:
         """(stored path, 'added' | 'duplicates' | 'moved'): one image into `kind`, out of any other folder."""
-        name = hashlib.sha256(data).hexdigest() + ".png"
+        name = stored_name(data)
         held = [k for k in KINDS if (self.folder(k) / name).is_file()]
         if kind in held or (kind == "good" and "references" in held):
             dest = self.folder(kind if kind in held else "references") / name
@@ -268,7 +271,18 @@ class Profile:
         atomic_write(dest, data)  # written before the old copy goes: a crash in between loses nothing
         for k in held:
             (self.folder(k) / name).unlink(missing_ok=True)
+        if "defective" in held:
+            (self.path / MASKS / name).unlink(missing_ok=True)  # a mask belongs to a defective label
         return dest, ("moved" if held else "added")
+
+    def _check_keeps_a_reference(self, batches: dict[str, list]) -> None:
+        """ProfileError when labelling defective would move every reference out (the threshold needs one)."""
+        refs = {p.name for p in self.references()}
+        if not refs or batches["references"] or not batches["defective"]:
+            return
+        if refs <= {stored_name(encode_png(load_image(src))) for src in batches["defective"]}:
+            raise ProfileError(f"profile {self.name!r}: these defective labels would take away all {len(refs)} "
+                               "reference(s); expected at least one reference to stay (add another with --reference)")
 
     def _sweep_temp(self) -> None:
         """Remove `.tmp-*` files of killed writers (every writer holds the lock, so none is in progress)."""
@@ -283,7 +297,7 @@ class Profile:
 
     def _touch(self) -> None:
         """profile.json with `updated` set to now (under the lock, after _refresh)."""
-        self.updated = _now()
+        self.updated = now_iso()
         meta = {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
                 "config": self.config, "created": self.created, "updated": self.updated}
         atomic_write(self.path / PROFILE_FILE, json_bytes(meta))
@@ -307,41 +321,6 @@ def read_meta(path: Path) -> dict:
     return {**fields, "schema_version": version}
 
 
-def refit(profile: Profile, expert, tower, seed: int = 0, cost_ratio: float = DEFAULT_COST_RATIO, save: bool = True):
-    """ReferenceState of the profile's references + labels (expert.labels.fit_labels); with `save`, calibration.json
-    written. Holds the profile's lock (shared without `save`) while it reads the images and writes, so the
-    calibration matches the stored set."""
-    from assistant.expert.labels import fit_labels
-
-    with profile.lock(shared=not save):
-        paths = {k: profile.images(k) for k in KINDS}
-        if not paths["references"]:
-            raise ProfileError(f"profile {profile.name!r}: expected at least one reference image in "
-                               f"{profile.folder('references')}, found none; add one with --reference")
-        images = {k: [load_stored(p) for p in paths[k]] for k in KINDS}
-        try:
-            state, cal = fit_labels(expert, tower, images["references"], images["good"], images["defective"],
-                                    seed=seed, cost_ratio=cost_ratio)
-        except ValueError as e:
-            raise ProfileError(f"profile {profile.name!r}: {e}") from None
-        if save:
-            profile.save_calibration({**cal.to_dict(), "n_references": len(paths["references"]), "seed": seed,
-                                      "fitted_at": _now(), "images": profile.fingerprint()})
-    return state
-
-
-def fit_settings(profile: Profile) -> tuple[int, float]:
-    """(seed, cost ratio) of the profile's last fit; the defaults before one (or when calibration.json is bad)."""
-    try:
-        cal = profile.calibration() or {}
-    except ProfileError:
-        cal = {}
-    seed, ratio = cal.get("seed"), cal.get("cost_ratio")
-    ok_seed = isinstance(seed, int) and not isinstance(seed, bool)
-    ok_ratio = isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0
-    return (seed if ok_seed else 0), (float(ratio) if ok_ratio else DEFAULT_COST_RATIO)
-
-
 def load_stored(path: Path) -> Image.Image:
     """A stored image, checked against its name; ProfileError naming the file when it is damaged."""
     try:
@@ -355,6 +334,11 @@ def load_stored(path: Path) -> Image.Image:
         return load_image(data)
     except ImageError as e:
         raise ProfileError(f"{path}: stored image unreadable ({e})") from None
+
+
+def stored_name(png: bytes) -> str:
+    """File name of a stored image: the sha256 of its PNG bytes."""
+    return hashlib.sha256(png).hexdigest() + ".png"
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -385,13 +369,5 @@ def _existing_folder(name: str, root: str | os.PathLike | None) -> Path:
     return folder
 
 
-def _valid_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except ProfileError:
-        return False
-    return True
-
-
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -23,12 +23,11 @@ from assistant.profile import (
     KINDS,
     Profile,
     ProfileError,
-    fit_settings,
     list_profiles,
     profile_root,
-    refit,
     remove_profile,
 )
+from assistant.profile_fit import fit_settings, refit
 
 
 def expand_images(items: Iterable[str | os.PathLike]) -> list[Path]:

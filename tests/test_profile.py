@@ -120,6 +120,8 @@ def test_existing_name_and_bad_images_are_refused(tmp_path, capsys):
     Profile.create("p", refs[:1])
     with pytest.raises(ProfileError, match="already exists"):
         Profile.create("p", refs)
+    with pytest.raises(ProfileError, match="would take away all 1 reference"):
+        Profile.load("p").add(defective=refs[:1])
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
     before = snapshot(Profile.load("p").path)
