@@ -19,6 +19,7 @@ COMMANDS = {
     "chat": ("assistant.chat_cli", "multi-turn chat about an image in the terminal"),
     "evaluate": ("assistant.evaluation.cli", "evaluate on MVTec/VisA folders, JSONL or MMAD questions"),
     "serve": ("assistant.serve", "launch the Gradio app"),
+    "profile": ("assistant.profile_cli", "inspection profiles: a part's references, labelled examples, calibration"),
 }
 
 
@@ -54,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from assistant.config import ConfigError
     from assistant.imaging import ImageError
+    from assistant.profile import ProfileError
 
     try:
         return int(args._run(args) or 0)
-    except (ConfigError, ImageError, FileNotFoundError, UsageError) as e:
+    except (ConfigError, ImageError, FileNotFoundError, UsageError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,4 @@
-"""`python -m assistant detect --image Q [Q ...] [--reference R ...] [--config C] --out DIR`.
+"""`python -m assistant detect --image Q [Q ...] [--reference R ... | --profile NAME] [--config C] --out DIR`.
 
 One image: writes DIR/overlay.png (heat-map over the image with boxes), DIR/mask.png and DIR/result.json; prints
 the verdict, score, calibrated threshold, how the references were compared (position by position with a
@@ -7,7 +7,8 @@ registered golden sample and the registration figures, or as a bag of patches), 
 files in DIR/<image stem>/ for each, plus DIR/summary.csv (with the alignment and the regions' changes) and a
 printed table. Without references, several images are scored against each other (the expert's mutual scoring,
 zero-shot over the batch); one image alone is judged by the expert's single-image zero-shot path (in-image rarity,
-threshold from anomalies synthesized on the image).
+threshold from anomalies synthesized on the image). `--profile NAME` takes the references and labels of an
+inspection profile (assistant/profile.py) and its config unless --config is given.
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="query image(s) or folder(s) of images; several without --reference are scored against "
                         "each other (zero-shot over the batch)")
     p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
-    add_config_arguments(p)
+    p.add_argument("--profile", metavar="NAME",
+                   help="judge with an inspection profile's references and labels instead of --reference (its "
+                        "threshold refitted from the stored images; `profile --help`)")
+    add_config_arguments(p, default=None)  # None: the profile's config, else offline-small
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -73,15 +77,15 @@ def load_queries(paths: list[Path], max_pixels: int) -> tuple[list[Path], list]:
     return kept, queries
 
 
-def judge_queries(tower, expert, queries: list, refs: list) -> tuple[list, object, dict]:
-    """(results, reference state or None for mutual scoring, seconds): references fitted, then every query judged;
-    several queries without references are scored against each other, with references a lot of LOT_MIN or more
-    joins the references' threshold."""
+def judge_queries(tower, expert, queries: list, refs: list, fit=None) -> tuple[list, object, dict]:
+    """(results, reference state or None for mutual scoring, seconds): references fitted (by `fit()` when given: a
+    profile), then every query judged; several queries without references are scored against each other, with
+    references a lot of LOT_MIN or more joins the references' threshold."""
     from assistant.expert import LOT_MIN
 
     t0 = time.perf_counter()
-    mutual = len(queries) >= 2 and not refs
-    state = None if mutual else expert.fit_references(tower, refs)
+    mutual = len(queries) >= 2 and not refs and fit is None
+    state = None if mutual else fit() if fit is not None else expert.fit_references(tower, refs)
     t1 = time.perf_counter()
     sizes = [(q.height, q.width) for q in queries]
     if mutual:
@@ -115,17 +119,48 @@ def run(args) -> int:
     from assistant.expert import load_expert
     from assistant.imaging import load_image
 
-    cfg = load_config(args.config, args.overrides)
+    profile = open_profile(args)
+    cfg = load_config(args.config or (profile.config if profile else "offline-small"), args.overrides)
     paths, queries = load_queries(query_paths(args.image), cfg.serve.max_pixels)
     refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
     tower, expert = load_expert(cfg)
-    results, state, seconds = judge_queries(tower, expert, queries, refs)
+    fit = profile_fit(profile, expert, tower) if profile else None
+    results, state, seconds = judge_queries(tower, expert, queries, refs, fit)
     how = method_words(expert, state, results, len(queries))
+    references = [str(p) for p in profile.references()] if profile else args.reference
+    if profile:
+        print(f"profile: {profile.name} ({profile_words(profile)})")
     if len(queries) == 1:
-        report_one(Path(args.out), paths[0], queries[0], results[0], args.reference, how, seconds)
+        report_one(Path(args.out), paths[0], queries[0], results[0], references, how, seconds)
     else:
-        report_batch(Path(args.out), paths, queries, results, args.reference, how, sum(seconds.values()))
+        report_batch(Path(args.out), paths, queries, results, references, how, sum(seconds.values()))
     return 0
+
+
+def open_profile(args):
+    """The Profile of --profile (None without it); --profile and --reference do not go together."""
+    if not getattr(args, "profile", None):
+        return None
+    if args.reference:
+        raise UsageError(f"--profile {args.profile} brings its own references: expected no --reference with it, got "
+                         f"{len(args.reference)}")
+    from assistant.profile import Profile
+
+    return Profile.load(args.profile)
+
+
+def profile_fit(profile, expert, tower):
+    """fit() for judge_queries: the profile's references + labels refitted (expert/labels.py) with the seed and
+    cost ratio of its last fit; detect reads the profile and never writes it."""
+    from assistant.profile_fit import fit_settings, refit
+
+    seed, cost_ratio = fit_settings(profile)
+    return lambda: refit(profile, expert, tower, seed=seed, cost_ratio=cost_ratio, save=False)
+
+
+def profile_words(profile) -> str:
+    c = profile.counts()
+    return f"{c['references']} reference(s), {c['good']} good and {c['defective']} defective label(s)"
 
 
 def report_one(out: Path, path: Path, query, result, references: list[str], how: str, seconds: dict) -> None:
