@@ -38,7 +38,7 @@ from assistant.imaging import ImageError, ImageInput, load_image
 
 SCHEMA_VERSION = 1  # profile.json layout this code reads and writes
 DEFAULT_CONFIG = "offline-small"
-DEFAULT_COST_RATIO = 5.0  # miss : false reject, when a profile has no calibration yet
+DEFAULT_COST_RATIO = 1.0  # miss : false reject, when a profile has no calibration yet (expert/labels.py)
 HOME_ENV = "INSPECTION_ASSISTANT_HOME"
 KINDS = ("references", "good", "defective")
 FOLDERS = {"references": "references", "good": "labelled/good", "defective": "labelled/defective"}

@@ -91,3 +91,10 @@ def test_fit_labels_joins_good_images_to_the_references_and_records_the_fit():
     assert cal.loo_overkill is not None and cal.loo_miss is not None
     with pytest.raises(ValueError, match="cost_ratio"):
         fit_labels(expert, tower, refs, good, bad, cost_ratio=0.0)
+
+
+def test_profiles_default_to_the_labels_cost_ratio():
+    from assistant.expert.labels import DEFAULT_COST_RATIO
+    from assistant.profile import DEFAULT_COST_RATIO as PROFILE_DEFAULT
+
+    assert PROFILE_DEFAULT == DEFAULT_COST_RATIO == 1.0

@@ -53,7 +53,7 @@ def _add_folder_arguments(g) -> None:
     g.add_argument("--feedback", type=feedback_arg, default=None, metavar="G,D",
                    help="simulate a user who labels G good and D defective test images (seeded, left out of "
                         "scoring): metrics before and after the labels refine the references and the threshold")
-    g.add_argument("--cost-ratio", type=float, default=5.0, metavar="R",
+    g.add_argument("--cost-ratio", type=float, default=1.0, metavar="R",
                    help="with --feedback: cost of a miss / cost of a false reject for the labelled threshold")
     g.add_argument("--lot", action="store_true",
                    help="with references: each category's test folder is one lot inspected together; the lot's own "

@@ -29,6 +29,7 @@ from scipy.stats import norm
 from assistant.expert.calibration import UNFITTED_MIN_SPREAD, review_band
 
 PRIOR_WEIGHT = 2.0  # observations the calibrated prior is worth against labels
+DEFAULT_COST_RATIO = 1.0  # miss : false reject; 1 places the threshold for the best balanced accuracy
 GRID = 400  # candidate thresholds (log scale) searched for the least expected cost
 Z90 = float(norm.ppf(0.9))
 
@@ -118,7 +119,7 @@ def leave_one_out(prior: ScoreModel, spread: float, good: np.ndarray, bad: np.nd
 
 
 def fit_labels(expert, tower, references: list[Image.Image], good: list[Image.Image], defective: list[Image.Image],
-               seed: int = 0, cost_ratio: float = 5.0):
+               seed: int = 0, cost_ratio: float = DEFAULT_COST_RATIO):
     """(ReferenceState, LabelledCalibration): the references and the labelled good images as one reference set,
     its threshold refined by the labels. The free path's threshold is refined; an aligned path (golden
     templates) keeps its own."""

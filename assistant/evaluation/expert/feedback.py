@@ -54,7 +54,7 @@ def labelled_run(expert, tower, cat: EvalCategory, feats: TestFeatures, refs: li
 
 
 def feedback_category(expert, tower, cat: EvalCategory, shots: int, seeds: list[int], n_good: int, n_bad: int,
-                      cost_ratio: float = 5.0, batch_size: int = 16, pixel: bool = True):
+                      cost_ratio: float = 1.0, batch_size: int = 16, pixel: bool = True):
     """(before, after, per-seed label calibrations) for one category."""
     before = CategoryResult(cat.name, cat.n_normal - n_good, cat.n_anomalous - n_bad)
     after = CategoryResult(cat.name, before.n_normal, before.n_anomalous)
