@@ -8,11 +8,13 @@
 
 Features are cached per session: the query and every reference are encoded once by the vision tower;
 adding or removing a reference re-fits the expert from the cached reference features and re-predicts from
-the cached query features. The sensitivity control moves the calibrated thresholds (`apply_sensitivity`)
-and re-labels from the stored score and map; nothing is re-encoded. Parts inspected one after another with the
-same references form a lot: from LOT_MIN of them, the lot's score distribution joins the references' threshold
-(`AnomalyExpert.lot_decide`); changing the references starts a new lot. Sessions are plain objects holding
-their own data; nothing module-level holds user data (the Assistant holds only weights).
+the cached query features; a new query reuses the fitted references (one fit per reference change), and
+`set_references(images, state=...)` takes a state fitted elsewhere (an inspection profile's, with its labels).
+The sensitivity control moves the calibrated thresholds (`apply_sensitivity`) and re-labels from the stored score
+and map; nothing is re-encoded. Parts inspected one after another with the same references form a lot: from LOT_MIN
+of them, the lot's score distribution joins the references' threshold (`AnomalyExpert.lot_decide`); changing the
+references starts a new lot. Sessions are plain objects holding their own data; nothing module-level holds user
+data (the Assistant holds only weights).
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class ChatSession:
         self._query_out: VisionOutput | None = None  # (1, N, C_l) per level
         self._ref_outs: list[VisionOutput] = []  # one (1, N, C_l) output per reference
         self._evidence = None  # the Assistant's Evidence for the current images
+        self._state = None  # the expert's ReferenceState for the current references (None: fit on next update)
         self._relabelled = None  # (raw result, lot size, sensitivity, re-labelled result)
         # parts inspected with the current references: fingerprint -> raw result
         self._lot: dict[str, AnomalyResult] = {}
@@ -97,29 +100,36 @@ class ChatSession:
             keep = [i for i in range(n) if i != index % n]
             return self._update(refs=([self.references[i] for i in keep], [self._ref_outs[i] for i in keep]))
 
-    def set_references(self, images: Sequence[ImageInput]) -> AnomalyResult | None:
-        """Replace all references (images already in the session keep their cached features)."""
+    def set_references(self, images: Sequence[ImageInput], state=None) -> AnomalyResult | None:
+        """Replace all references (images already in the session keep their cached features). `state`: the expert's
+        ReferenceState already fitted on these images (a profile's, labels included); None fits them."""
         loaded = [load_image(im, self.max_pixels) for im in images]
         with self._lock:
             cache = {image_fingerprint(im): out for im, out in zip(self.references, self._ref_outs)}
             outs = [cache.get(image_fingerprint(im)) or self._encode(im) for im in loaded]
-            return self._update(refs=(loaded, outs))
+            return self._update(refs=(loaded, outs), state=state)
 
-    def _update(self, query=None, refs=None) -> AnomalyResult | None:
-        """Evidence for new (image, features) pairs from cached features; the session changes only on success."""
+    def _update(self, query=None, refs=None, state=None) -> AnomalyResult | None:
+        """Evidence for new (image, features) pairs from cached features; the session changes only on success.
+        Unchanged references keep their fitted state; new ones are fitted unless `state` is given."""
         q_img, q_out = query or (self.query, self._query_out)
         r_imgs, r_outs = refs or (self.references, self._ref_outs)
+        state = state if refs is not None else self._state
         evidence = None
         if q_img is not None:
-            evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), cat_outputs(r_outs))
-        return self._assign(query, refs, evidence)
+            evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), cat_outputs(r_outs),
+                                                             state=state)
+        return self._assign(query, refs, evidence, state)
 
-    def _assign(self, query, refs, evidence) -> AnomalyResult | None:
+    def _assign(self, query, refs, evidence, state=None) -> AnomalyResult | None:
         if query is not None:
             self.query, self._query_out = query
         if refs is not None:  # other references, other scores: the lot starts again with the current part
             self.references, self._ref_outs = list(refs[0]), list(refs[1])
             self._lot = {}
+            self._state = state
+        if evidence is not None and evidence is not self._evidence:  # freshly judged: its state fits the references
+            self._state = evidence.state
         self._evidence = evidence
         if evidence is not None and self.references:  # a lot needs references: scores against the same ones
             self._lot[image_fingerprint(self.query)] = evidence.result
@@ -224,6 +234,6 @@ class ChatSession:
     def reset(self) -> None:
         """Forget images, features and history."""
         with self._lock:
-            self.query = self._query_out = self._evidence = None
+            self.query = self._query_out = self._evidence = self._state = None
             self.references, self._ref_outs, self.history = [], [], []
             self._lot = {}

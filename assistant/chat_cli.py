@@ -1,9 +1,10 @@
-"""`python -m assistant chat --image Q [--reference R ...] [--question TEXT ...] [--overlay PATH]`
+"""`python -m assistant chat --image Q [--reference R ... | --profile NAME] [--question TEXT ...] [--overlay PATH]`
 
 Interactive multi-turn chat about one image in the terminal, answers streamed token by token. With
 `--question` (repeatable) it answers those questions in order and exits (non-interactive). Commands at the
 prompt: `:ref PATH` adds a reference, `:unref N` removes reference N (1-based), `:sens S` sets the
-sensitivity, `:result` prints the result JSON, `:quit` (or Ctrl+D) ends.
+sensitivity, `:result` prints the result JSON, `:quit` (or Ctrl+D) ends. `--profile NAME` judges with an inspection
+profile's references, labels and refitted threshold (and its config unless --config is given).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, default=None)
     p.add_argument("--image", required=True, help="query image (photo of the part)")
     p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
+    p.add_argument("--profile", metavar="NAME", default=None,
+                   help="chat with an inspection profile active instead of --reference (`profile --help`)")
     p.add_argument("--question", action="append", default=[], metavar="TEXT",
                    help="ask this and exit (repeatable: follow-ups in order); omit for an interactive prompt")
     p.add_argument("--overlay", default=None, metavar="PATH", help="write the heat-map overlay (PNG) here")
@@ -101,12 +104,19 @@ def run(args: argparse.Namespace) -> int:
     from assistant.chat import ChatSession
     from assistant.config import resolve_model
     from assistant.model import Assistant
+    from assistant.profile_fit import activate, open_profile
 
-    config = resolve_model(args.config)
+    profile = open_profile(args.profile, args.reference)
+    config = resolve_model(args.config or (profile.config if profile else None))
     t0 = time.perf_counter()
     assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
-    session = ChatSession(assistant, args.image, args.reference, sensitivity=args.sensitivity,
+    session = ChatSession(assistant, references=args.reference, sensitivity=args.sensitivity,
                           max_pixels=assistant.cfg.serve.max_pixels)
+    if profile:
+        active = activate(profile, assistant.expert, assistant.tower)
+        session.set_references(active.images, state=active.state)
+        print(f"profile: {profile.name} (threshold {active.threshold:.4g})", file=sys.stderr)
+    session.set_query(args.image)
     print(f"loaded in {time.perf_counter() - t0:.1f} s. {_verdict_line(session)}", file=sys.stderr)
     _write_pictures(session, args)
     if args.question:

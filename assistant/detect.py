@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from assistant.config import UsageError, add_config_arguments
-from assistant.wording import alignment_sentence, change_phrase, registration_figures, verdict_words
+from assistant.wording import alignment_sentence, change_phrase, profile_words, registration_figures, verdict_words
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,49 +118,25 @@ def run(args) -> int:
     from assistant.config import load_config
     from assistant.expert import load_expert
     from assistant.imaging import load_image
+    from assistant.profile_fit import fit_profile, open_profile
 
-    profile = open_profile(args)
+    profile = open_profile(getattr(args, "profile", None), args.reference)
     cfg = load_config(args.config or (profile.config if profile else "offline-small"), args.overrides)
     paths, queries = load_queries(query_paths(args.image), cfg.serve.max_pixels)
     refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
     tower, expert = load_expert(cfg)
-    fit = profile_fit(profile, expert, tower) if profile else None
+    # detect reads the profile and never writes it
+    fit = (lambda: fit_profile(profile, expert, tower, save=False)) if profile else None
     results, state, seconds = judge_queries(tower, expert, queries, refs, fit)
     how = method_words(expert, state, results, len(queries))
     references = [str(p) for p in profile.references()] if profile else args.reference
     if profile:
-        print(f"profile: {profile.name} ({profile_words(profile)})")
+        print(f"profile: {profile.name} ({profile_words(profile.counts())})")
     if len(queries) == 1:
         report_one(Path(args.out), paths[0], queries[0], results[0], references, how, seconds)
     else:
         report_batch(Path(args.out), paths, queries, results, references, how, sum(seconds.values()))
     return 0
-
-
-def open_profile(args):
-    """The Profile of --profile (None without it); --profile and --reference do not go together."""
-    if not getattr(args, "profile", None):
-        return None
-    if args.reference:
-        raise UsageError(f"--profile {args.profile} brings its own references: expected no --reference with it, got "
-                         f"{len(args.reference)}")
-    from assistant.profile import Profile
-
-    return Profile.load(args.profile)
-
-
-def profile_fit(profile, expert, tower):
-    """fit() for judge_queries: the profile's references + labels refitted (expert/labels.py) with the seed and
-    cost ratio of its last fit; detect reads the profile and never writes it."""
-    from assistant.profile_fit import fit_settings, refit
-
-    seed, cost_ratio = fit_settings(profile)
-    return lambda: refit(profile, expert, tower, seed=seed, cost_ratio=cost_ratio, save=False)
-
-
-def profile_words(profile) -> str:
-    c = profile.counts()
-    return f"{c['references']} reference(s), {c['good']} good and {c['defective']} defective label(s)"
 
 
 def report_one(out: Path, path: Path, query, result, references: list[str], how: str, seconds: dict) -> None:

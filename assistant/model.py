@@ -49,8 +49,9 @@ def _resolve(path: str | None) -> Path | None:
 
 
 class Assistant:
-    def __init__(self, cfg: Config, tower, expert, lvlm: LVLM | None):
+    def __init__(self, cfg: Config, tower, expert, lvlm: LVLM | None, source: str | None = None):
         self.cfg, self.tower, self.expert, self.lvlm = cfg, tower, expert, lvlm
+        self.source = source  # the checkpoint dir, preset or YAML file it was loaded from (a profile records it)
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str | Path = "offline-small", overrides: Sequence[str] = (),
@@ -79,7 +80,7 @@ class Assistant:
             lvlm = build_lvlm(cfg, tower, checkpoint=ckpt, merge_lora=True)  # inference only: fold the adapter in
             if tower.device.type != "cpu" and lvlm.device.type == "cpu":  # follow the tower onto the GPU
                 lvlm.to(tower.device)  # (4-bit LMs are placed on the GPU when loaded and never get here)
-        asst = cls(cfg, tower, expert, lvlm)
+        asst = cls(cfg, tower, expert, lvlm, source=str(path_or_preset))
         asst.load_time = time.perf_counter() - t0
         return asst
 

@@ -28,6 +28,7 @@ from assistant.profile import (
     remove_profile,
 )
 from assistant.profile_fit import fit_settings, refit
+from assistant.wording import loo_words
 
 
 def expand_images(items: Iterable[str | os.PathLike]) -> list[Path]:
@@ -102,16 +103,6 @@ def fit_and_report(profile: Profile, cost_ratio: float, seed: int = 0) -> None:
     print(f"threshold: {cal['threshold']:.4f} (before labels {cal['prior_threshold']:.4f}; "
           f"{cal['n_references']} reference(s), {cal['n_good']} good, {cal['n_defective']} defective label(s))")
     print(f"leave-one-out on the labels: {loo_words(cal)}")
-
-
-def loo_words(cal: dict) -> str:
-    """'overkill 0.00 of 3 good, miss 0.50 of 2 defective' (n/a where there are no such labels)."""
-    def rate(key: str, n: int, kind: str) -> str:
-        value = cal.get(key)
-        return f"{value:.2f} of {n} {kind}" if value is not None else f"n/a (no {kind} labels)"
-
-    return (f"overkill {rate('loo_overkill', cal.get('n_good', 0), 'good')}, "
-            f"miss {rate('loo_miss', cal.get('n_defective', 0), 'defective')}")
 
 
 def show(args) -> int:

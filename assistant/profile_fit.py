@@ -1,9 +1,17 @@
-"""Fit a profile's threshold: its references and labels through expert.labels.fit_labels, into calibration.json.
+"""Fit a profile's threshold: its references and labels through expert.labels.fit_labels, into calibration.json;
+and a profile in use by a chat (ActiveProfile: `activate`, `mark` a part good or defective, refitted).
 
 Apart from assistant/profile.py (storage) so that the storage never imports the expert and torch.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from assistant.config import UsageError
+from assistant.imaging import ImageInput
 from assistant.profile import DEFAULT_COST_RATIO, KINDS, Profile, ProfileError, load_stored, now_iso
 
 
@@ -40,3 +48,50 @@ def fit_settings(profile: Profile) -> tuple[int, float]:
     ok_seed = isinstance(seed, int) and not isinstance(seed, bool)
     ok_ratio = isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0
     return (seed if ok_seed else 0), (float(ratio) if ok_ratio else DEFAULT_COST_RATIO)
+
+
+def fit_profile(profile: Profile, expert, tower, save: bool = False):
+    """refit with the seed and cost ratio of the profile's last fit (fit_settings)."""
+    seed, cost_ratio = fit_settings(profile)
+    return refit(profile, expert, tower, seed=seed, cost_ratio=cost_ratio, save=save)
+
+
+def open_profile(name: str | None, references: Sequence = ()) -> Profile | None:
+    """The Profile of a --profile flag (None without one); it brings its own references, so none may come with it."""
+    if not name:
+        return None
+    if references:
+        raise UsageError(f"--profile {name} brings its own references: expected no --reference with it, got "
+                         f"{len(references)}")
+    return Profile.load(name)
+
+
+@dataclass
+class ActiveProfile:
+    """A profile in use by a chat: its reference images as the expert saw them and the state fitted on them."""
+
+    profile: Profile
+    images: list[Image.Image]  # references, then the labelled good images (fit_labels joins them in that order)
+    state: object  # the expert's ReferenceState of those images, threshold refined by the labels
+    calibration: dict  # LabelledCalibration.to_dict() of that fit (equal to calibration.json after a saved fit)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.calibration["threshold"])
+
+
+def activate(profile: Profile, expert, tower, save: bool = False) -> ActiveProfile:
+    """The profile fitted (fit_profile) with its images loaded, ready for ChatSession.set_references(images, state)."""
+    with profile.lock(shared=not save):
+        state = fit_profile(profile, expert, tower, save=save)
+        images = [load_stored(p) for p in profile.references() + profile.good()]
+    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]))
+
+
+def mark(active: ActiveProfile, image: ImageInput, label: str, expert, tower) -> ActiveProfile:
+    """Store `image` as a labelled `label` ('good' | 'defective') example of the profile, refit and save
+    calibration.json; the profile's images and state after the change."""
+    if label not in ("good", "defective"):
+        raise ValueError(f"label: expected 'good' or 'defective', got {label!r}")
+    active.profile.add(**{label: [image]})
+    return activate(active.profile, expert, tower, save=True)

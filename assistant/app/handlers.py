@@ -2,7 +2,7 @@
 `bind` when the app is built); everything about one user travels in their gr.State (a ChatSession).
 
     respond         chat turn: optional new image (new session), then a streamed answer
-    on_references   the reference gallery changed: re-judge the session's image
+    on_references   the reference gallery changed: re-judge the session's image (not while a profile is active)
     on_sensitivity  the slider moved: re-label only, no re-encode
     reset           "New session": empty chat, gallery, evidence
     inspect         the /inspect API: a question about an image (none = follow-up on the client's last one)
@@ -19,6 +19,7 @@ from assistant.app.evidence import evidence_outputs, no_text_answer
 from assistant.app.examples import DEFAULT_QUESTION
 from assistant.chat import ChatError, ChatSession
 from assistant.imaging import ImageError, load_image
+from assistant.wording import confirm_prompt, parse_correction
 
 SKIP_EVIDENCE = 5  # overlay, mask, badge, JSON, golden-sample comparison
 
@@ -72,6 +73,14 @@ def load_references(session: ChatSession, gallery, max_pixels: int) -> list[str]
 
 
 # chat ------------------------------------------------------------------------------------------------
+def typed_label(text: str, session: ChatSession | None, files=()) -> str | None:
+    """The label a chat message states about the part in view (wording.parse_correction); None for questions, for
+    a message with a new image and before any image."""
+    if files or session is None or not session.has_image:
+        return None
+    return parse_correction(text)
+
+
 def fresh_updates(outputs: tuple) -> tuple:
     """The outputs with each gr.update dict copied: Gradio pops an update's value while sending it, so an update
     yielded twice would come the second time without its value."""
@@ -82,14 +91,18 @@ def _say(chat: list, text: str) -> None:
     chat.append({"role": "assistant", "content": text})
 
 
-def _open_image(assistant, path: str, chat: list, gallery, sensitivity) -> ChatSession | None:
-    """A new session on the uploaded image (with the gallery's references), its problems told in `chat`;
-    None when the image could not be used."""
+def _open_image(assistant, path: str, chat: list, gallery, sensitivity, active=None) -> ChatSession | None:
+    """A new session on the uploaded image (with the active profile's references and state, else the gallery's),
+    its problems told in `chat`; None when the image could not be used."""
     chat.append({"role": "user", "content": {"path": path}})
     try:
         fresh = new_session(assistant)
         fresh.set_sensitivity(float(sensitivity or 0.0))
-        errors = load_references(fresh, gallery, assistant.cfg.serve.max_pixels)
+        errors = []
+        if active is not None:
+            fresh.set_references(active.images, state=active.state)
+        else:
+            errors = load_references(fresh, gallery, assistant.cfg.serve.max_pixels)
         fresh.set_query(path)
     except ImageError as e:
         chat[-1] = {"role": "user", "content": f"📎 {describe_upload(path)}"}  # no broken picture in the chat
@@ -104,15 +117,22 @@ def _open_image(assistant, path: str, chat: list, gallery, sensitivity) -> ChatS
     return fresh
 
 
-def respond(assistant, message, chat, gallery, sensitivity, session):
-    """Chat turn: an attached image starts a new session; the answer streams, the evidence comes first."""
+def respond(assistant, message, chat, gallery, sensitivity, session, active=None):
+    """Chat turn: an attached image starts a new session; the answer streams, the evidence comes first. A typed
+    correction ("this one is fine") is not answered by the LM: the reply asks to confirm it (profiles.on_typed)."""
     chat = list(chat or [])
     message = message or {}
     text = (message.get("text") or "").strip()
     files = [file_path(f) for f in (message.get("files") or [])]
     skip = (gr.skip(),) * SKIP_EVIDENCE
+    label = typed_label(text, session, files)
+    if label is not None:
+        chat.append({"role": "user", "content": text})
+        _say(chat, confirm_prompt(label, active.profile.name if active is not None else None))
+        yield (chat, None, session, *skip)
+        return
     if files:
-        fresh = _open_image(assistant, files[-1], chat, gallery, sensitivity)
+        fresh = _open_image(assistant, files[-1], chat, gallery, sensitivity, active)
         if fresh is None:
             yield (chat, None, session, *skip)
             return
@@ -138,11 +158,16 @@ def respond(assistant, message, chat, gallery, sensitivity, session):
     yield (chat, None, session, *fresh_updates(shown))  # final value carries the evidence too (API clients read it)
 
 
-def on_references(assistant, gallery, chat, session):
-    """The gallery changed: the session's image is judged again against the new references."""
+def on_references(assistant, gallery, chat, session, active=None):
+    """The gallery changed: the session's image is judged again against the new references (while a profile is
+    active its images stay the references)."""
     if session is None or not session.has_image:
         return chat, session, *(gr.skip(),) * SKIP_EVIDENCE
     chat = list(chat or [])
+    if active is not None:
+        _say(chat, f"Profile {active.profile.name!r} is active: its images stay the references; choose "
+                   "\"none\" to judge with the gallery's.")
+        return chat, session, *(gr.skip(),) * SKIP_EVIDENCE
     try:
         errors = load_references(session, gallery, assistant.cfg.serve.max_pixels)
     except (ImageError, ChatError, RuntimeError) as e:

@@ -3,7 +3,9 @@
 Layout: chat panel (messages) with a multimodal textbox that takes the query image; a gallery for reference
 normal images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON, and
 for an aligned result the golden sample, the part and their difference side by side); a sensitivity slider;
-generated example inputs; a "New session" button; hidden components for the /inspect API.
+generated example inputs; a "New session" button; hidden components for the /inspect API. Inspection profiles
+(app/profiles.py): a picker, a "Save as profile" row, "Mark as good / defective" beside the verdict and a confirmation
+row for typed corrections.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from assistant.app import handlers
+from assistant.app import handlers, profiles
 from assistant.app.evidence import verdict_badge
 from assistant.app.examples import make_examples
 from assistant.chat import SENSITIVITY_RANGE
@@ -48,6 +50,22 @@ class EvidencePanel:
 
 
 @dataclass
+class ProfilePanel:
+    picker: gr.Dropdown
+    status: gr.Markdown
+    name: gr.Textbox
+    save: gr.Button
+    good: gr.Button
+    defective: gr.Button
+    confirm_row: gr.Row  # hidden until a typed correction asks to be confirmed
+    question: gr.Markdown
+    confirm: gr.Button
+    cancel: gr.Button
+    active: gr.State  # the tab's ActiveProfile (None: no profile)
+    pending: gr.State  # (label, image sha1) of a typed correction awaiting confirmation
+
+
+@dataclass
 class ApiInputs:
     image: gr.File
     refs: gr.File
@@ -72,14 +90,40 @@ def chat_panel(examples) -> ChatPanel:
     return ChatPanel(chatbot, box, new_btn)
 
 
-def evidence_panel(examples) -> EvidencePanel:
-    """Reference gallery (+ example references), verdict badge, overlay, golden-sample comparison (hidden until a
-    result is aligned), mask, sensitivity, result JSON."""
+def profile_picker() -> tuple[gr.Dropdown, gr.Markdown, gr.Textbox, gr.Button]:
+    """Profile dropdown, its status line, and the "Save as profile" name box and button."""
+    with gr.Row():
+        picker = gr.Dropdown(profiles.choices(), value=profiles.NONE, label="Inspection profile", scale=2,
+                             elem_id="profile-picker", info="its references, labels and threshold")
+        name = gr.Textbox(label="Save these references as a profile", placeholder="profile name", scale=2,
+                          elem_id="profile-name")
+        save = gr.Button("Save as profile", elem_id="profile-save", scale=1)
+    status = gr.Markdown(profiles.NO_ACTIVE, elem_id="profile-status")
+    return picker, status, name, save
+
+
+def label_controls() -> tuple:
+    """"Mark as good / defective" and the hidden confirmation row of typed corrections."""
+    with gr.Row():
+        good = gr.Button("Mark as good", elem_id="mark-good", size="sm")
+        defective = gr.Button("Mark as defective", elem_id="mark-defective", size="sm")
+    with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
+        question = gr.Markdown("", elem_id="confirm-question")
+        confirm = gr.Button("Confirm", elem_id="confirm-label", variant="primary", size="sm")
+        cancel = gr.Button("Cancel", elem_id="cancel-label", size="sm")
+    return good, defective, confirm_row, question, confirm, cancel
+
+
+def evidence_panel(examples) -> tuple[EvidencePanel, ProfilePanel]:
+    """Profile picker and save row, reference gallery (+ example references), verdict badge with the label buttons,
+    overlay, golden-sample comparison (hidden until a result is aligned), mask, sensitivity, result JSON."""
+    picker, status, name, save = profile_picker()
     gallery = gr.Gallery(value=None, label="Reference normal images (optional, several)", type="filepath",
                          interactive=True, columns=4, height=150, file_types=["image"], elem_id="references")
     gr.Examples(examples=[[examples[0][1]]], inputs=[gallery], label="Example references",
                 example_labels=["two good washers"])
     badge = gr.HTML(verdict_badge(None), elem_id="verdict")
+    good, defective, confirm_row, question, confirm, cancel = label_controls()
     overlay = gr.Image(label="Heat-map overlay (boxes = defects)", type="numpy", interactive=False, format="png",
                        elem_id="overlay", height=300)
     comparison = gr.Gallery(label="Golden-sample comparison", columns=3, rows=1, height=200, object_fit="contain",
@@ -92,7 +136,10 @@ def evidence_panel(examples) -> EvidencePanel:
                          info="0 = calibrated threshold; + flags more, − flags less", elem_id="sensitivity")
     with gr.Accordion("Result JSON", open=False):
         details = gr.JSON(label="Result", elem_id="result-json")
-    return EvidencePanel(gallery, badge, overlay, mask, sens, details, comparison)
+    active, pending = gr.State(None, time_to_live=SESSION_TTL_S), gr.State(None, time_to_live=SESSION_TTL_S)
+    return (EvidencePanel(gallery, badge, overlay, mask, sens, details, comparison),
+            ProfilePanel(picker, status, name, save, good, defective, confirm_row, question, confirm, cancel, active,
+                         pending))
 
 
 def api_inputs() -> ApiInputs:
@@ -105,15 +152,36 @@ def api_inputs() -> ApiInputs:
                          button=gr.Button("inspect"))
 
 
-def wire(assistant, chat: ChatPanel, ev: EvidencePanel, api: ApiInputs, session: gr.State,
+def wire_profiles(assistant, chat: ChatPanel, ev: EvidencePanel, pp: ProfilePanel, session: gr.State) -> None:
+    """Profile events -> profiles.py (undocumented endpoints); the dropdown reacts to the user only (.input)."""
+    bind, hidden = handlers.bind, {"api_visibility": "undocumented"}
+    shown = [pp.picker, pp.status]
+    pp.picker.input(bind(profiles.on_pick, assistant), [pp.picker, chat.chatbot, ev.gallery, session, pp.active],
+                    [chat.chatbot, session, pp.active, *shown, *ev.outputs], api_name="pick_profile", **hidden)
+    pp.save.click(bind(profiles.on_save, assistant), [pp.name, ev.gallery, chat.chatbot, session, pp.active],
+                  [chat.chatbot, session, pp.active, *shown, pp.name, *ev.outputs], api_name="save_profile", **hidden)
+    labelled = [chat.chatbot, session, pp.active, pp.status, pp.pending, pp.confirm_row, pp.question, *ev.outputs]
+    for button, fn in ((pp.good, profiles.mark_good), (pp.defective, profiles.mark_defective)):
+        button.click(bind(fn, assistant), [chat.chatbot, session, pp.active], labelled, api_name=fn.__name__,
+                     **hidden)
+    pp.confirm.click(bind(profiles.on_confirm, assistant), [pp.pending, chat.chatbot, session, pp.active], labelled,
+                     api_name="confirm_label", **hidden)
+    pp.cancel.click(profiles.on_cancel, [chat.chatbot], [chat.chatbot, pp.pending, pp.confirm_row, pp.question],
+                    api_name="cancel_label", **hidden)
+    chat.box.submit(profiles.on_typed, [chat.box, session, pp.active], [pp.pending, pp.confirm_row, pp.question],
+                    api_name="typed_label", **hidden)
+
+
+def wire(assistant, chat: ChatPanel, ev: EvidencePanel, pp: ProfilePanel, api: ApiInputs, session: gr.State,
          api_session: gr.State) -> None:
     """Events -> handlers (the UI's endpoints are undocumented; /inspect is the documented API)."""
     bind = handlers.bind
     hidden = {"api_visibility": "undocumented"}
-    chat.box.submit(bind(handlers.respond, assistant), [chat.box, chat.chatbot, ev.gallery, ev.sens, session],
+    chat.box.submit(bind(handlers.respond, assistant),
+                    [chat.box, chat.chatbot, ev.gallery, ev.sens, session, pp.active],
                     [chat.chatbot, chat.box, session, *ev.outputs], api_name="chat", trigger_mode="always_last",
                     **hidden)
-    ev.gallery.change(bind(handlers.on_references, assistant), [ev.gallery, chat.chatbot, session],
+    ev.gallery.change(bind(handlers.on_references, assistant), [ev.gallery, chat.chatbot, session, pp.active],
                       [chat.chatbot, session, *ev.outputs], api_name="references", **hidden)
     ev.sens.release(handlers.on_sensitivity, [ev.sens, session], [session, *ev.outputs], api_name="sensitivity",
                     **hidden)
@@ -122,10 +190,12 @@ def wire(assistant, chat: ChatPanel, ev: EvidencePanel, api: ApiInputs, session:
                        api_name="new_session", **hidden)
     api.button.click(bind(handlers.inspect, assistant), [api.image, api.refs, api.question, api.sens, api_session],
                      [api.answer, api.result, api_session], api_name="inspect")
+    wire_profiles(assistant, chat, ev, pp, session)
 
 
-def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Blocks:
-    """The gr.Blocks app around one loaded Assistant (weights only; per-user data lives in gr.State)."""
+def build_demo(assistant, example_dir: str | os.PathLike | None = None, profile=None) -> gr.Blocks:
+    """The gr.Blocks app around one loaded Assistant (weights only; per-user data lives in gr.State). `profile`: an
+    ActiveProfile every new tab starts with (serve --profile)."""
     example_dir = Path(example_dir or tempfile.mkdtemp(prefix="inspection-examples-"))
     examples = make_examples(example_dir)
     with gr.Blocks(title="Inspection assistant") as demo:
@@ -137,9 +207,12 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None) -> gr.Bl
             with gr.Column(scale=3):
                 chat = chat_panel(examples)
             with gr.Column(scale=2):
-                ev = evidence_panel(examples)
+                ev, pp = evidence_panel(examples)
         api = api_inputs()
-        wire(assistant, chat, ev, api, session, api_session)
+        wire(assistant, chat, ev, pp, api, session, api_session)
+        # each tab: the profiles stored now, and the serve --profile one active
+        demo.load(lambda: (profiles.refresh_choices(profile), profiles.status(profile), profile), None,
+                  [pp.picker, pp.status, pp.active], api_visibility="undocumented")
     demo.queue(default_concurrency_limit=assistant.cfg.serve.concurrency_limit, max_size=64)
     return demo
 

@@ -25,19 +25,23 @@ def bind_address(host: str | None, port: int | None, default_host: str, default_
 
 
 def serve(config: str | None = None, overrides: Sequence[str] = (), device: str | None = None,
-          host: str | None = None, port: int | None = None) -> int:
-    """Load `config` (default: the shipped checkpoint), serve the app on (host, port) (see bind_address), print
-    its URL and block until Ctrl+C."""
+          host: str | None = None, port: int | None = None, profile: str | None = None) -> int:
+    """Load `config` (default: the profile's, else the shipped checkpoint), serve the app on (host, port) (see
+    bind_address), print its URL and block until Ctrl+C. `profile`: the inspection profile every tab starts with."""
     from assistant.model import Assistant
+    from assistant.profile_fit import activate, open_profile
 
     t0 = time.perf_counter()
-    config = resolve_model(config)
+    chosen = open_profile(profile)
+    config = resolve_model(config or (chosen.config if chosen else None))
     assistant = Assistant.from_pretrained(config, overrides=list(overrides), device=device)
-    print(f"loaded {config} in {time.perf_counter() - t0:.1f} s", flush=True)
+    active = activate(chosen, assistant.expert, assistant.tower) if chosen else None
+    print(f"loaded {config} in {time.perf_counter() - t0:.1f} s"
+          + (f"; profile {chosen.name!r}, threshold {active.threshold:.4g}" if active else ""), flush=True)
     cfg = assistant.cfg
     cfg.serve.host, cfg.serve.port = bind_address(host, port, cfg.serve.host, cfg.serve.port)
     example_dir = Path(tempfile.mkdtemp(prefix="inspection-examples-"))
-    demo = build_demo(assistant, example_dir)
+    demo = build_demo(assistant, example_dir, profile=active)
     _, url, _ = launch(demo, cfg, example_dir, prevent_thread_lock=True, quiet=True)
     print(f"Inspection assistant running at {url}  (Ctrl+C to stop)", flush=True)
     try:

@@ -253,3 +253,19 @@ def parse_yes_no(text: str) -> str | None:
     """The first standalone 'yes' or 'no' of a text (None when neither)."""
     m = re.search(r"\b(yes|no)\b", (text or "").lower())
     return m.group(1) if m else None
+
+
+# inspection profiles: words said outside the LM and the typed-correction parser (wording/profiles.py)
+from assistant.wording.profiles import (  # noqa: E402,F401 (re-exported: one place for every word)
+    CANCELLED,
+    LABELS,
+    NO_PART,
+    NO_PROFILE,
+    confirm_prompt,
+    confirm_question,
+    label_ack,
+    loo_words,
+    parse_correction,
+    profile_status,
+    profile_words,
+)
