@@ -65,7 +65,7 @@ class ChatSession:
         self._relabelled = None  # (raw result, lot size, sensitivity, re-labelled result)
         # parts inspected with the current references: fingerprint -> raw result
         self._lot: dict[str, AnomalyResult] = {}
-        self._cautioned = None  # the Evidence whose reference mismatch an answer already pointed out
+        self._said: tuple = (None, set())  # (Evidence, notes already said about it): each note once per image
         self._lock = threading.RLock()  # one image update at a time per session
         for ref in references:
             self.add_reference(ref, refresh=False)
@@ -220,9 +220,11 @@ class ChatSession:
             notes = [golden_note(evidence.result, question, history), borderline_note(evidence.result)] + [
                 REFERENCE_CAUTION if evidence.result.reference_mismatch else None
             ]
-            notes = [n for n in notes if n]
-            if notes and self._cautioned is not self._evidence:
-                self._cautioned = self._evidence  # once per image/reference change; the LM never sees them
+            if self._said[0] is not self._evidence:
+                self._said = (self._evidence, set())
+            notes = [n for n in notes if n and n not in self._said[1]]
+            if notes:  # each once per image/reference change; the LM never sees them
+                self._said[1].update(notes)
                 yield "\n\n" + " ".join(notes)
         finally:
             self.history.append((question, "".join(parts).strip()))

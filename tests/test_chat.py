@@ -94,7 +94,9 @@ def test_multi_turn_streams_and_never_reencodes(assistant):
     assert len(chunks) >= 2 and all(isinstance(c, str) and c for c in chunks), chunks  # streamed in pieces
     assert "".join(chunks).split()[:2] == ["scratch", "scratch"]
     assert [t for t, _ in session.history] == ["Is there any anomaly?", "Where is it?", "How large is it?"]
-    assert session.history[0][1] == "".join(chunks).strip() and session.history[1][1] == follow[0]
+    # the history keeps what the LM said; notes said outside it (here the golden-sample change) are not in it
+    lm_said = "".join(chunks).split("\n\n")[0].strip()
+    assert session.history[0][1] == lm_said and session.history[1][1] == follow[0]
     assert session.result.pred_score == result.pred_score  # evidence unchanged by questions
     with HistorySpy(assistant) as spy:
         session.max_history_turns = 2
