@@ -35,19 +35,26 @@ def nn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, budget: int
 
 
 def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
-    """Indices of n rows chosen by greedy k-center on a random projection (PatchCore's coreset)."""
+    """Indices of n rows chosen by greedy k-center on a random projection (PatchCore's coreset). Each step's
+    squared distances come from one matrix-vector product, |z|^2 - 2 z.z_i + |z_i|^2, into preallocated buffers:
+    no (M, D) temporary per step."""
     if n >= x.shape[0]:
         return torch.arange(x.shape[0])
     g = torch.Generator().manual_seed(seed)
     z = x
     if x.shape[1] > proj_dim:
         z = x @ (torch.randn(x.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim)).to(x)
+    z = z.contiguous()
+    sq = (z * z).sum(1)  # (M,)
     idx = [int(torch.randint(x.shape[0], (1,), generator=g))]
     dmin = ((z - z[idx[0]]) ** 2).sum(1)
+    d = torch.empty_like(dmin)
     for _ in range(n - 1):
         i = int(dmin.argmax())
         idx.append(i)
-        dmin = torch.minimum(dmin, ((z - z[i]) ** 2).sum(1))
+        torch.mv(z, z[i], out=d)
+        d.mul_(-2).add_(sq).add_(sq[i])
+        torch.minimum(dmin, d, out=dmin)
     return torch.tensor(idx)
 
 
