@@ -35,7 +35,7 @@ def test_type_question_without_options_uses_board_words_only_for_boards():
     assert plain == "Compared with the golden sample, material is missing in the top left: the material is cut through."
     board = grounded_answer(r, "What kind of defect is it?", history=[("What is wrong with this board?", "...")])
     assert board == "Compared with the golden sample, copper is missing in the top left: the trace is cut " \
-                    "(an open circuit)."
+                    "(type: open circuit)."
     assert parse_position(board) == "top left" and parse_change(board) == "missing"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from assistant.wording.grid import article, position_phrase
+from assistant.wording.grid import position_phrase
 
 PCB_TYPES = {"open": "missing", "mousebite": "missing", "pin_hole": "missing", "short": "extra", "spur": "extra",
              "spurious_copper": "extra"}  # DeepPCB defect type -> polarity
@@ -134,11 +134,10 @@ NOT_NAMED = ("It differs from the golden sample {where}, but it is neither clear
 
 def golden_sentence(change: str, shape: str, position: str | None, pcb: bool) -> str:
     """One region's change in words: with the printed-circuit-board vocabulary "Compared with the golden sample,
-    copper is missing at the top left: the trace is cut (an open circuit)."; else the shape's plain words."""
+    copper is missing in the top left: the trace is cut (type: open circuit)."; else the shape's plain words."""
     pcb_type = PCB_SHAPES.get(shape) if pcb else None
     if pcb_type:
-        return change_sentence(change, "copper", position, pcb_type)[:-1] + f" ({article(type_name(pcb_type))} " \
-                                                                           f"{type_name(pcb_type)})."
+        return change_sentence(change, "copper", position, pcb_type)[:-1] + f" (type: {type_name(pcb_type)})."
     text = change_sentence(change, "copper" if pcb else "material", position)
     return f"{text[:-1]}: {SHAPE_PHRASES[shape]}." if shape in SHAPE_PHRASES else text
 
