@@ -253,3 +253,25 @@ def test_detect_with_a_profile_uses_its_threshold(tmp_path, capsys):
     assert result["references"] == [str(p) for p in Profile.load("d").references()]
     assert cli("detect", "--profile", "d", "--reference", refs[0], "--image", query, "--out", str(tmp_path)) == 2
     assert "expected no --reference with it" in capsys.readouterr().err
+
+
+def test_evaluate_with_a_profile_judges_a_folder_with_its_threshold(tmp_path, capsys):
+    """evaluate --profile: the profile's references and labels judge every test image of an MVTec-layout folder."""
+    cat = tmp_path / "data" / "part"
+    save(cat / "train" / "good", [20])
+    save(cat / "test" / "good", [21, 22])
+    save(cat / "test" / "scratch", [23, 24], defect=True)
+    Profile.create("e", save(tmp_path / "refs", [1, 2]), config="tiny").add(
+        good=save(tmp_path / "good", [3]), defective=save(tmp_path / "bad", [5], defect=True))
+    assert cli("profile", "add", "e") == 0
+    threshold = json.loads((Profile.load("e").path / "calibration.json").read_text())["threshold"]
+    capsys.readouterr()
+    assert cli("evaluate", "--data", str(cat), "--profile", "e", "--no-pixel", "--out", str(tmp_path / "ev")) == 0
+    out = capsys.readouterr().out
+    assert "profile: e (3 reference image(s)" in out and "| part |" in out
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert "part" in json.dumps(report["categories"])
+    assert abs(float(re.search(r"threshold ([0-9.]+)\)", out).group(1)) - threshold) < 2e-4
+    # a question file does not go with --profile
+    assert main(["evaluate", "--jsonl", "q.jsonl", "--profile", "e", "--out", str(tmp_path / "q")]) == 2
+    assert "--profile judges MVTec-layout folders" in capsys.readouterr().err

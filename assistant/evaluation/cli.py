@@ -2,6 +2,7 @@
 
     --data DIR [DIR ...] --shots K --seeds 0,1,2 [--mutual] [--lot] [--baseline knn]   expert metrics (default)
     --data DIR [DIR ...] --shots K --feedback G,D [--cost-ratio R]       before/after G good + D defective labels
+    --data DIR [DIR ...] --profile NAME                                   judged with an inspection profile
     --mode vqa --data DIR [DIR ...] --shots K --seeds 0,1,2                              answers on folders
     --mmad mmad.json --data-root ROOT [--templates similar|random] [--shuffle-options]    MMAD questions
     --jsonl questions.jsonl [--data-root ROOT]                                            JSONL questions
@@ -25,7 +26,7 @@ from assistant.config import UsageError, add_config_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)
+    add_config_arguments(p, default=None)  # None: the --profile's config, else offline-small
     p.add_argument("--out", required=True, help="output folder (report.json, report.md, report.csv, roc.png, ...)")
     p.add_argument("--shots", type=int, default=1,
                    help="reference normals per seed drawn from train/good (0 = zero-shot); MMAD: first k templates")
@@ -53,6 +54,9 @@ def _add_folder_arguments(g) -> None:
     g.add_argument("--feedback", type=feedback_arg, default=None, metavar="G,D",
                    help="simulate a user who labels G good and D defective test images (seeded, left out of "
                         "scoring): metrics before and after the labels refine the references and the threshold")
+    g.add_argument("--profile", metavar="NAME", default=None,
+                   help="judge every test image with an inspection profile's references and labels (its config "
+                        "unless --config is given) instead of references drawn from train/good")
     g.add_argument("--cost-ratio", type=float, default=1.0, metavar="R",
                    help="with --feedback: cost of a miss / cost of a false reject for the labelled threshold")
     g.add_argument("--lot", action="store_true",
@@ -82,6 +86,14 @@ def _add_question_arguments(g) -> None:
 
 def run(args: argparse.Namespace, answerer=None, baseline=None) -> int:
     """Dispatch on the options; `answerer`/`baseline` may be injected into question runs (tests)."""
+    if args.config is None:
+        from assistant.profile_fit import open_profile
+
+        profile = open_profile(getattr(args, "profile", None))
+        args.config = profile.config if profile else "offline-small"
+    if getattr(args, "profile", None) and (args.mmad or args.jsonl or args.merge or args.mode == "vqa"):
+        raise UsageError("--profile judges MVTec-layout folders with the expert: expected --data DIR ... in expert "
+                         "mode, got a question file or --mode vqa")
     if args.mmad or args.jsonl or args.merge:  # MMAD / JSONL questions: answer-level, resumable, sharded
         return run_questions(args, answerer, baseline)
     from assistant.config import load_config
@@ -141,8 +153,40 @@ def run_feedback(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def run_profile(args: argparse.Namespace, cfg) -> int:
+    """--profile NAME: every category's test images judged with the profile's fitted state (one run)."""
+    from assistant.evaluation.data import discover
+    from assistant.evaluation.expert.feedback import state_run
+    from assistant.evaluation.expert.report import write_reports
+    from assistant.evaluation.expert.runner import CategoryResult, TestFeatures, load_masks
+    from assistant.expert import load_expert
+    from assistant.profile_fit import fit_profile, fit_settings, open_profile
+
+    if args.feedback is not None or args.mutual or args.lot:
+        raise UsageError("--profile brings its own references and labels: expected no --feedback, --mutual or --lot")
+    profile = open_profile(args.profile)
+    tower, expert = load_expert(cfg)
+    state = fit_profile(profile, expert, tower, save=False)
+    seed, refs = fit_settings(profile)[0], [str(p) for p in profile.references()]
+    results = []
+    for cat in discover(args.data):
+        masks = load_masks(cat.items, tower.image_size) if (not args.no_pixel and cat.has_masks) else None
+        feats = TestFeatures(tower, cat.items, args.batch_size, cat.name)
+        res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous)
+        res.runs.append(state_run(expert, tower, cat, feats, state, refs, seed, masks, args.batch_size))
+        results.append(res)
+    out = Path(args.out)
+    write_reports(results, out, state.n_shots, [seed], cfg.to_dict())
+    print(f"profile: {profile.name} ({state.n_shots} reference image(s) with the labelled good ones, threshold "
+          f"{state.threshold:.4f})")
+    print((out / "report.md").read_text())
+    return 0
+
+
 def run_expert(args: argparse.Namespace, cfg) -> int:
     check_expert_args(args)
+    if args.profile:
+        return run_profile(args, cfg)
     if args.feedback is not None:
         return run_feedback(args, cfg)
     from assistant.evaluation.data import discover

@@ -41,6 +41,12 @@ def labelled_run(expert, tower, cat: EvalCategory, feats: TestFeatures, refs: li
     """A SeedRun of `cat`'s items judged with the references and the labels."""
     state, cal = fit_labels(expert, tower, [load_image(r) for r in refs], [load_image(p) for p in good],
                             [load_image(p) for p in bad], seed=seed, cost_ratio=cost_ratio)
+    return state_run(expert, tower, cat, feats, state, refs, seed, masks, batch_size), cal
+
+
+def state_run(expert, tower, cat: EvalCategory, feats: TestFeatures, state, refs: list[str], seed: int, masks,
+              batch_size: int = 16):
+    """A SeedRun of `cat`'s items judged with a fitted ReferenceState (labels, or an inspection profile's)."""
     size, results, t_pred = tower.image_size, [], 0.0
     for j in range(0, len(cat.items), batch_size):
         part = list(range(j, min(j + batch_size, len(cat.items))))
@@ -50,7 +56,7 @@ def labelled_run(expert, tower, cat: EvalCategory, feats: TestFeatures, refs: li
         results += expert.predict(out, state, (size, size), images=images, tower=tower)
         t_pred += time.perf_counter() - t0
     calib = [dict(state.calibration, threshold=state.threshold)]
-    return seed_result(seed, refs, cat, results, masks, [state.threshold], calib, t_pred / max(len(results), 1)), cal
+    return seed_result(seed, refs, cat, results, masks, [state.threshold], calib, t_pred / max(len(results), 1))
 
 
 def feedback_category(expert, tower, cat: EvalCategory, shots: int, seeds: list[int], n_good: int, n_bad: int,
