@@ -33,9 +33,14 @@ def refit(profile: Profile, expert, tower, seed: int = 0, cost_ratio: float = DE
         except ValueError as e:
             raise ProfileError(f"profile {profile.name!r}: {e}") from None
         if save:
-            profile.save_calibration({**cal.to_dict(), "n_references": len(paths["references"]), "seed": seed,
-                                      "fitted_at": now_iso(), "images": profile.fingerprint()})
+            save_fit(profile, cal, len(paths["references"]), seed)
     return state
+
+
+def save_fit(profile: Profile, cal, n_references: int, seed: int) -> None:
+    """calibration.json of a labelled fit (LabelledCalibration), stamped with the stored images it matches."""
+    profile.save_calibration({**cal.to_dict(), "n_references": n_references, "seed": seed, "fitted_at": now_iso(),
+                              "images": profile.fingerprint()})
 
 
 def fit_settings(profile: Profile) -> tuple[int, float]:
@@ -89,9 +94,22 @@ def activate(profile: Profile, expert, tower, save: bool = False) -> ActiveProfi
 
 
 def mark(active: ActiveProfile, image: ImageInput, label: str, expert, tower) -> ActiveProfile:
-    """Store `image` as a labelled `label` ('good' | 'defective') example of the profile, refit and save
+    """Store `image` as a labelled `label` ('good' | 'defective') example of the profile, fit the new label on top
+    of the active state (expert.labels.add_label; a relabel or a duplicate refits in full) and save
     calibration.json; the profile's images and state after the change."""
+    from assistant.expert.labels import add_label
+    from assistant.imaging import load_image
+
     if label not in ("good", "defective"):
         raise ValueError(f"label: expected 'good' or 'defective', got {label!r}")
-    active.profile.add(**{label: [image]})
-    return activate(active.profile, expert, tower, save=True)
+    profile = active.profile
+    with profile.lock():
+        report = profile.add(**{label: [image]})
+        if len(report.added[label]) != 1 or any(report.moved.values()) or "labels_prior" not in getattr(
+                active.state, "calibration", {}):
+            return activate(profile, expert, tower, save=True)  # a relabel or a duplicate: the full refit
+        img = load_image(image)
+        state, cal = add_label(expert, tower, active.state, img, label)  # one more label, no refit
+        save_fit(profile, cal, len(profile.references()), fit_settings(profile)[0])
+    images = active.images + ([img] if label == "good" else [])
+    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]))

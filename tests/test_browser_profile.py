@@ -15,7 +15,7 @@ import pytest
 
 from assistant.imaging import load_image
 from assistant.profile import Profile, encode_png, stored_name
-from tests.serving import wait_for_url
+from tests.serving import stop_server, wait_for_url
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, ask, ensure_chromium
 from tests.test_profile import texture
 
@@ -43,12 +43,7 @@ def served_profile(tiny_tokenizer_dir, tmp_path, monkeypatch):
         assert "profile 'washer', threshold" in "".join(lines)
         yield url, home / "profiles" / "washer"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def test_mark_as_good_stores_the_part_in_the_profile(served_profile, tmp_path):

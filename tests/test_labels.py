@@ -98,3 +98,31 @@ def test_profiles_default_to_the_labels_cost_ratio():
     from assistant.profile import DEFAULT_COST_RATIO as PROFILE_DEFAULT
 
     assert PROFILE_DEFAULT == DEFAULT_COST_RATIO == 1.0
+
+
+def test_add_label_continues_a_fit_without_refitting():
+    from test_golden import _expert, board, shifted, to_pil
+
+    from assistant.config import load_config
+    from assistant.expert.labels import add_label, fit_labels, label_threshold, prior_models
+    from assistant.vision.efficientnet import EfficientNetTower
+
+    tower = EfficientNetTower(load_config("offline-small", ["vision.image_size=64", "vision.device=cpu"]).vision,
+                              pretrained=False).eval()
+    expert = _expert(tower, "free")
+    refs, good = [to_pil(board(64))], [to_pil(shifted(board(64), 1.0, 0.5))]
+    state, cal = fit_labels(expert, tower, refs, good, [to_pil(board(64, missing=True))], seed=0)
+    banks = [b.shape[0] for b in state.banks]
+    bad_state, bad_cal = add_label(expert, tower, state, to_pil(board(64, extra=True)), "defective")
+    assert bad_cal.n_defective == 2 and bad_cal.good_scores == cal.good_scores and bad_state.n_shots == 2
+    assert [b.shape[0] for b in bad_state.banks] == banks and cal.n_defective == 1  # the input state is untouched
+    prior, spread = prior_models(bad_state.estimate, expert.null_model, 2, expert.cfg.target_overkill)
+    want = label_threshold(prior, spread, np.array(bad_cal.good_scores), np.array(bad_cal.defective_scores),
+                           bad_cal.cost_ratio, expert.cfg.target_overkill)[0]
+    assert bad_state.threshold == pytest.approx(want, rel=1e-3)
+    good_state, good_cal = add_label(expert, tower, bad_state, to_pil(shifted(board(64), -1.0, 0.0)), "good")
+    assert good_state.n_shots == 3 and good_cal.n_good == 2 and len(good_cal.good_scores) == 2
+    grown = [b.shape[0] - n for b, n in zip(good_state.banks, banks)]
+    assert all(g > 0 for g in grown) and "without refitting" in good_cal.method
+    with pytest.raises(ValueError, match="continues a labelled fit"):
+        add_label(expert, tower, expert.fit_references(tower, refs), refs[0], "good")

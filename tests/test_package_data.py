@@ -22,7 +22,7 @@ from assistant.config import (
     resolve_data_path,
     resolve_model,
 )
-from tests.serving import wait_for_url
+from tests.serving import stop_server, wait_for_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["pyproject.toml", "README.md", "assistant", "training", "data_synth"]  # what a wheel is built from
@@ -105,10 +105,5 @@ def test_wheel_install_serves_the_app_on_the_shipped_checkpoint(tmp_path):
             handle_file(scratched), [handle_file(r) for r in refs], "Is there any anomaly?", 0.0, api_name="/inspect")
         assert answer.strip() and result["references"] == 2 and result["pred_label"] is True, (answer, result)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     assert proc.returncode == 0, proc.stdout.read()[-2000:]

@@ -23,10 +23,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy.stats import norm
 
-from assistant.expert.calibration import UNFITTED_MIN_SPREAD, review_band
+from assistant.expert.calibration import UNFITTED_MIN_SPREAD, ThresholdEstimate, review_band
 
 PRIOR_WEIGHT = 2.0  # observations the calibrated prior is worth against labels
 DEFAULT_COST_RATIO = 1.0  # miss : false reject; 1 places the threshold for the best balanced accuracy
@@ -123,31 +124,44 @@ def fit_labels(expert, tower, references: list[Image.Image], good: list[Image.Im
     """(ReferenceState, LabelledCalibration): the references and the labelled good images as one reference set,
     its threshold refined by the labels. The free path's threshold is refined; an aligned path (golden
     templates) keeps its own."""
-    if cost_ratio <= 0:
-        raise ValueError(f"cost_ratio: expected a positive miss:false-reject cost ratio, got {cost_ratio}")
+    check_cost_ratio(cost_ratio)
     refs = list(references) + list(good)
     state = expert.fit_references(tower, refs, seed=seed)
     est = state.estimate
     if est is None:
         raise ValueError("labels refine the null-distribution threshold: expected expert.calibration 'null' and at "
                          f"least one reference, got calibration {expert.cfg.calibration!r} with {len(refs)} image(s)")
-    k, tgt = len(refs), expert.cfg.target_overkill
-    prior, spread = prior_models(est, expert.null_model, k, tgt)
     null = state.calibration.get("null_scores", [])
     # with k >= 2 the null scores are one per reference, in order: the labelled good images' are the last ones
-    good_scores = np.array(null[len(references):len(refs)] if k >= 2 else [], dtype=float)
+    good_scores = np.array(null[len(references):len(refs)] if len(refs) >= 2 else [], dtype=float)
     bad_scores = defect_scores(expert, tower, state, defective)
+    cal = apply_labels(expert, state, est, len(references), good_scores, bad_scores, cost_ratio)
+    return state, cal
+
+
+def check_cost_ratio(cost_ratio: float) -> None:
+    if not cost_ratio > 0:
+        raise ValueError(f"cost_ratio: expected a positive miss:false-reject cost ratio, got {cost_ratio}")
+
+
+def apply_labels(expert, state, est, n_refs: int, good_scores: np.ndarray, bad_scores: np.ndarray, cost_ratio: float,
+                 how: str = "") -> LabelledCalibration:
+    """Set `state`'s threshold (and its review band) from the prior estimate `est` of its n_shots references
+    (n_refs of them references, the rest labelled good) and the label scores; the record in
+    state.calibration["labels"], the prior in ["labels_prior"] (what `add_label` continues from)."""
+    k, tgt = state.n_shots, expert.cfg.target_overkill
+    prior, spread = prior_models(est, expert.null_model, k, tgt)
     thr, g, b = label_threshold(prior, spread, good_scores, bad_scores, cost_ratio, tgt)
     loo = leave_one_out(prior, spread, good_scores, bad_scores, cost_ratio, tgt)
     lt = math.log(thr)
+    rule = (f"threshold at the least expected cost (miss:false reject {cost_ratio:g}:1) of score models from the "
+            f"calibrated prior (worth {PRIOR_WEIGHT:g} parts) and the labels" if bad_scores.size else
+            f"threshold at the {1 - tgt:.0%} quantile of good scores (prior worth {PRIOR_WEIGHT:g} parts, updated by "
+            f"the labels)")
     cal = LabelledCalibration(
         threshold=thr, prior_threshold=float(est.threshold),
-        method=(f"{len(references)} reference(s) + {len(good)} labelled good as references; threshold at the least "
-                f"expected cost (miss:false reject {cost_ratio:g}:1) of score models from the calibrated prior "
-                f"(worth {PRIOR_WEIGHT:g} parts) and the labels") if bad_scores.size else
-               (f"{len(references)} reference(s) + {len(good)} labelled good as references; threshold at the "
-                f"{1 - tgt:.0%} quantile of good scores (prior worth {PRIOR_WEIGHT:g} parts, updated by the labels)"),
-        n_good=len(good), n_defective=len(defective), cost_ratio=float(cost_ratio),
+        method=f"{n_refs} reference(s) + {k - n_refs} labelled good as references{how}; {rule}",
+        n_good=k - n_refs, n_defective=int(bad_scores.size), cost_ratio=float(cost_ratio),
         good_scores=[round(float(x), 4) for x in good_scores],
         defective_scores=[round(float(x), 4) for x in bad_scores],
         expected_overkill=float(norm.sf((lt - g.mean) / g.sd)),
@@ -158,7 +172,41 @@ def fit_labels(expert, tower, references: list[Image.Image], good: list[Image.Im
     state.estimate = dataclasses.replace(est, threshold=thr, sigma=sigma, low=low, high=high)
     state.threshold = thr
     state.calibration["labels"] = cal.to_dict()
-    return state, cal
+    state.calibration["labels_prior"] = est.to_dict()
+    return cal
+
+
+@torch.no_grad()
+def add_label(expert, tower, state, image: Image.Image, label: str, cost_ratio: float | None = None):
+    """(new ReferenceState, LabelledCalibration) after one more label, without refitting: a defective image is
+    scored against the bank; a good one is scored too (held out: the bank does not hold it yet), then its patches
+    join the bank (as shot: no rotations/flips and no coreset pass, one image's worth). The prior keeps its null
+    median, its offset becomes that of one more reference. `state` (from fit_labels or add_label) is not changed;
+    the aligned path (golden templates) is not updated: a full refit (fit_labels) does that."""
+    if label not in ("good", "defective"):
+        raise ValueError(f"label: expected 'good' or 'defective', got {label!r}")
+    rec, prior = state.calibration.get("labels"), state.calibration.get("labels_prior")
+    if rec is None or prior is None:
+        raise ValueError("add_label continues a labelled fit: expected a state from fit_labels or add_label")
+    cost_ratio = rec["cost_ratio"] if cost_ratio is None else cost_ratio
+    check_cost_ratio(cost_ratio)
+    good, bad = list(rec["good_scores"]), list(rec["defective_scores"])
+    size, img = tower.image_size, image.convert("RGB")
+    out = tower.encode([img])
+    score = float(expert.predict(out, dataclasses.replace(state, golden=None), (size, size), images=[img],
+                                 tower=tower)[0].pred_score)
+    new = dataclasses.replace(state, banks=list(state.banks), calibration=dict(state.calibration))
+    if label == "defective":
+        bad.append(score)
+    else:
+        good.append(score)
+        feats = expert.patch_features(out)[0]  # L x (1, N_l, C): the image as shot, no rotations/flips
+        new.banks = [torch.cat([b, f.reshape(-1, f.shape[-1]).to(b)]) for b, f in zip(new.banks, feats)]
+        new.n_shots = state.n_shots + 1
+    est = ThresholdEstimate(**prior)
+    cal = apply_labels(expert, new, est, state.n_shots - rec["n_good"], np.array(good, float), np.array(bad, float),
+                       cost_ratio, how=" (last label added without refitting)")
+    return new, cal
 
 
 def defect_scores(expert, tower, state, defective: list[Image.Image]) -> np.ndarray:

@@ -81,6 +81,14 @@ def zero_shot_state(expert) -> ReferenceState:
 
 
 @torch.no_grad()
+def reference_features(expert, tower, ref: Image.Image):
+    """expert.patch_features of a reference's rotations/flips (all 8 with expert.augment_references, else itself):
+    (L x (V, N_l, C), L x grid_l, (h', w')); `ref` at the tower's side."""
+    n_views = 8 if expert.cfg.augment_references else 1
+    return expert.patch_features(tower.encode(dihedral_views(ref)[:n_views]))
+
+
+@torch.no_grad()
 def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
                    seed: int = 0) -> ReferenceState:
     """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state."""
@@ -90,9 +98,7 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
     rng = random.Random(seed)
     size = tower.image_size
     refs = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in ref_images]
-    n_views = 8 if expert.cfg.augment_references else 1
-    views = [dihedral_views(r)[:n_views] for r in refs]  # k x V images
-    pf = [expert.patch_features(tower.encode(v)) for v in views]
+    pf = [reference_features(expert, tower, r) for r in refs]
     encoded, grids, grid = [p[0] for p in pf], pf[0][1], pf[0][2]  # k x L x (V, N_l, C), L x grid_l, (h', w')
     L = len(expert.level_dims)
     flat = [[e[lv].reshape(-1, e[lv].shape[-1]) for lv in range(L)] for e in encoded]  # k x L x (V N', C)
@@ -106,8 +112,9 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
             others = [torch.cat([flat[j][lv] for j in range(k) if j != i]) for lv in range(L)]
             held_out.append([expert.distances(encoded[i][lv][:1], others[lv], grids[lv])[0] for lv in range(L)])
     else:
-        for v in range(len(views[0])):
-            rest = [torch.cat([encoded[0][lv][j] for j in range(len(views[0])) if j != v] or [encoded[0][lv][v]])
+        n_views = encoded[0][0].shape[0]
+        for v in range(n_views):
+            rest = [torch.cat([encoded[0][lv][j] for j in range(n_views) if j != v] or [encoded[0][lv][v]])
                     for lv in range(L)]
             held_out.append([expert.distances(encoded[0][lv][v:v + 1], rest[lv], grids[lv])[0] for lv in range(L)])
     state.scales = [normal_scale(torch.cat([h[lv] for h in held_out])) for lv in range(L)]
