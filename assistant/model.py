@@ -143,7 +143,7 @@ class Assistant:
         if said is not None:
             yield said
             return
-        vis = visual_inputs(evidence.features, result)
+        vis = visual_inputs(evidence.features, result, changes=self.cfg.lvlm.evidence_changes)
         yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
@@ -153,7 +153,7 @@ class Assistant:
         said = grounded_answer(result, question, history)
         if said is not None:
             return said
-        vis = visual_inputs(evidence.features, result)
+        vis = visual_inputs(evidence.features, result, changes=self.cfg.lvlm.evidence_changes)
         return lvlm.generate([vis], [question], [list(history)], max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def answer_batch(self, evidences: Sequence[Evidence], questions: Sequence[str],
@@ -166,7 +166,8 @@ class Assistant:
         out = [grounded_answer(e.result, q, h) for e, q, h in zip(evidences, questions, histories)]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            vis = [visual_inputs(evidences[i].features, evidences[i].result) for i in todo]
+            vis = [visual_inputs(evidences[i].features, evidences[i].result, changes=self.cfg.lvlm.evidence_changes)
+                   for i in todo]
             said = lvlm.generate(vis, [questions[i] for i in todo], [histories[i] for i in todo],
                                  max_new_tokens=max_new_tokens)
             for i, a in zip(todo, said):

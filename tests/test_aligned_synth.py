@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from assistant.expert.alignment import register
-from assistant.wording import DEFECT_CHANGES, PCB_TYPES, change_sentence, parse_change
+from assistant.wording import DEFECT_CHANGES, PCB_TYPES, TYPE_SHAPES, change_sentence, parse_change
 from data_synth.__main__ import main as cli_main
 from data_synth.aligned import KIND_TYPES, KINDS, AlignedConfig, golden_from_image, make_pair, render_golden
 from data_synth.build import read_manifest
@@ -134,6 +134,18 @@ def test_build_aligned_writes_a_manifest_read_manifest_loads(tmp_path):
         compare = [t["value"] for t in conv["conversations"] if t["value"].startswith("Compared with the golden")]
         if r["label"]:
             assert compare and all(parse_change(a) == r["change"] for a in compare)
+    # with lvlm.evidence_changes the training evidence also says the change (and a PCB type's shape)
+    from training.lvlm.data import load_samples
+
+    plain = {s.id: s.evidence for s in load_samples(out, 1)}
+    said = {s.id: s.evidence for s in load_samples(out, 1, changes=True)}
+    for r in recs:
+        if r["label"]:
+            shape = TYPE_SHAPES.get(r["defect_type"])
+            want = f"golden sample: {r['change']}" + (f" ({shape})" if shape else "") + "."
+            assert said[r["id"]].endswith(want) and "golden sample" not in plain[r["id"]]
+        else:
+            assert said[r["id"]] == plain[r["id"]] == "Expert evidence: no suspicious features."
 
 
 def test_change_sentence_states_the_polarity():

@@ -80,3 +80,12 @@ def test_golden_note_follows_an_lm_answer_only():
 def test_prompt_options_reads_the_benchmark_layout():
     assert prompt_options(build_prompt("Which?", PCB_OPTIONS)) == PCB_OPTIONS
     assert prompt_options("What kind of defect is it?") == {}
+
+
+def test_evidence_says_the_change_only_when_configured():
+    from assistant.wording import result_evidence
+
+    r = result(box("missing", "cut"))
+    assert "golden sample" not in result_evidence(r)
+    assert result_evidence(r, changes=True).endswith("; golden sample: missing (cut).")
+    assert "golden sample" not in result_evidence(result(box("", ""), alignment="free"), changes=True)

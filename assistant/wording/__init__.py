@@ -29,6 +29,7 @@ from assistant.wording.golden import (  # noqa: F401 (re-exported: one place for
     TYPE_ALIASES,
     TYPE_NAMES,
     TYPE_PHRASES,
+    TYPE_SHAPES,
     alignment_sentence,
     change_label,
     change_phrase,
@@ -73,8 +74,10 @@ def evidence_text(
     size: str | None = None,
     area_fraction: float | None = None,
     regions: int | None = None,
+    change: str | None = None,
 ) -> str:
-    """The expert's verdict in words: one sentence the LM can copy truthful facts from."""
+    """The expert's verdict in words: one sentence the LM can copy truthful facts from. `change`: the strongest
+    golden-template region's change in words (`change_words`), said only by configs with lvlm.evidence_changes."""
     if not anomalous:
         return "Expert evidence: no suspicious features."
     parts = [f"Expert evidence: {suspicion or 'suspicious'} features"]
@@ -84,17 +87,31 @@ def evidence_text(
         parts.append(f"size: {size}" + (f", about {percent(area_fraction)} of the image" if area_fraction else ""))
     if regions:
         parts.append(f"regions: {regions}")
+    if change:
+        parts.append(f"golden sample: {change}")
     return "; ".join(parts) + "."
 
 
-def result_evidence(result) -> str:
-    """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location."""
+def change_words(change: str, shape: str = "") -> str | None:
+    """'missing (cut)', 'extra', ... of a region's change and shape; None when there is no change to say."""
+    if change not in CHANGE_WORDS:
+        return None
+    return f"{change} ({shape})" if shape in SHAPE_PHRASES else change
+
+
+def result_evidence(result, changes: bool = False) -> str:
+    """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location. With
+    `changes` an aligned result's strongest region's change and shape are said too."""
     if not result.pred_label:
         return evidence_text(False)
     pos = result.position
     if pos is None and result.anomaly_map.size:
         r, c = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
         pos = position_word((r + 0.5) / result.anomaly_map.shape[0], (c + 0.5) / result.anomaly_map.shape[1])
+    change = None
+    if changes and result.alignment == "aligned" and result.boxes:
+        top = max(result.boxes, key=lambda b: b.score)
+        change = change_words(top.change, top.shape)
     return evidence_text(
         True,
         result.severity,
@@ -102,6 +119,7 @@ def result_evidence(result) -> str:
         result.size,
         result.area_fraction if result.size else None,
         len(result.boxes) or (1 if result.size else None),
+        change,
     )
 
 

@@ -31,6 +31,7 @@ SHAPE_PHRASES = {
 }  # Box.shape (expert/shape.py) in words, for any part
 PCB_SHAPES = {"cut": "open", "hole": "pin_hole", "bite": "mousebite", "bridge": "short", "isolated": "spurious_copper",
               "protrusion": "spur"}  # Box.shape -> the printed-circuit-board defect type it is (PCB_TYPES)
+TYPE_SHAPES = {t: shape for shape, t in PCB_SHAPES.items()}  # PCB defect type -> the shape it is (training texts)
 
 
 def type_name(defect_type: str) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
-from assistant.wording import SUSPICION, evidence_text
+from assistant.wording import SUSPICION, TYPE_SHAPES, change_words, evidence_text
 from data_synth.build import read_manifest
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class Sample:
     evidence: str  # the verdict in words
 
 
-def load_samples(root: str | Path, max_refs: int) -> list[Sample]:
+def load_samples(root: str | Path, max_refs: int, changes: bool = False) -> list[Sample]:
     """Join manifest.jsonl and conversations.json of one data_synth folder."""
     root = Path(root)
     man, conv = root / "manifest.jsonl", root / "conversations.json"
@@ -45,8 +45,10 @@ def load_samples(root: str | Path, max_refs: int) -> list[Sample]:
             raise ValueError(f"{conv}: conversation {c['id']} has no manifest record")
         turns = _turns(c, conv)
         label = int(r["label"])
+        change = change_words(r.get("change") or "", TYPE_SHAPES.get(r.get("defect_type") or "", "")) \
+            if changes and r.get("aligned") else None  # lvlm.evidence_changes: the golden-sample change too
         ev = evidence_text(bool(label), SUSPICION.get(r.get("severity") or "", "suspicious"), r.get("position"),
-                           r.get("size"), r.get("area_fraction"), r.get("n_components") or None)
+                           r.get("size"), r.get("area_fraction"), r.get("n_components") or None, change)
         out.append(Sample(c["id"], root, r["image"], r.get("mask"), label, list(c.get("references", []))[:max_refs],
                           r["references"], turns, ev))
     return out
