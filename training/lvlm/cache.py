@@ -61,7 +61,9 @@ class SampleEncoder:
             key = tuple(str(s.root / r) for r in s.pool[:1] or s.refs[:1])
             if key not in self.states:
                 self.states[key] = self.expert.fit_references(self.tower, [load_image(p) for p in key])
-            return self.expert.predict(q_out, self.states[key], (img.size[1], img.size[0]))[0]
+            # the query image too: where the reference registers (a golden sample) the aligned path runs, as served
+            return self.expert.predict(q_out, self.states[key], (img.size[1], img.size[0]), images=[img],
+                                       tower=self.tower)[0]
         mask = load_mask(s.root / s.mask, img.size) if s.mask else np.zeros(img.size[::-1], bool)
         return pseudo_result(mask, np.random.default_rng(int(s.id) if s.id.isdigit() else 0))
 
