@@ -131,9 +131,7 @@ class LVLMConfig:
     pool_tokens: int = 4  # image tokens per side after pooling the patch grid (4 -> 16 tokens)
     projector_levels: list[int] | None = None  # indices into vision.levels fed to the projector (None = all)
     checkpoint: str | None = None  # directory with adapters + heads
-    # the evidence sentence also says an aligned result's strongest region's change and shape ("golden sample:
-    # missing (cut)"); an adapter is trained with or without it and served the same way
-    evidence_changes: bool = False
+    evidence_changes: bool = False  # evidence also says an aligned region's change ("golden sample: missing (cut)")
 
 
 @dataclass
