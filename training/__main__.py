@@ -7,6 +7,8 @@ import sys
 
 STAGES = {
     "expert": ("training.expert", "train the anomaly expert heads on synthesized anomalies (backbone frozen)"),
+    "defect-type": ("training.defect_type", "fit the defect-type classifier on the expert's regions of synthesized "
+                    "anomalies"),
     "lvlm": ("training.lvlm", "train projector, prompt learner, selector and LoRA on synthesized conversations"),
 }
 

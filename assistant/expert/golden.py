@@ -45,6 +45,8 @@ from assistant.expert.calibration import (
     estimate_threshold,
     masked_map,
 )
+from assistant.expert.defect_type import name_by_change
+from assistant.expert.describe import describe
 from assistant.expert.knn import normal_scale
 from assistant.expert.result import AnomalyResult, Box
 from assistant.expert.shape import box_pixels, change_shape, material_masks
@@ -337,6 +339,18 @@ def name_shapes(state: GoldenState, p: Parts, boxes: list[Box], map_size: tuple[
         box.shape = change_shape(ref, qry, box_pixels(box, map_size, side), box.change)
 
 
+def reference_estimate(state: GoldenState, p: Parts, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 grey: the registered reference on the query's grid at `size`, in the query's lighting: the
+    part without the defect, for the region descriptors (expert/describe.py)."""
+    t = state.templates[p.template]
+    rw, inside = warp_image(t.grey, p.registration.warp, p.query_grey.shape)
+    gain, offset = lighting(p.query_grey, rw, inside)  # query ~ gain x reference + offset
+    est = np.where(inside, gain * rw + offset, p.query_grey)
+    est = cv2.resize(np.clip(est * 255, 0, 255).astype(np.uint8), (int(size[1]), int(size[0])),
+                     interpolation=cv2.INTER_LINEAR)
+    return np.repeat(est[..., None], 3, axis=2)
+
+
 # ------------------------------------------------------------------ results
 def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[AnomalyResult], images, image_size,
                    make_result) -> list[AnomalyResult]:
@@ -370,6 +384,11 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
         r = make_result(amap, expert.image_score(amap), aligned_state, "aligned", golden.grid,
                         reference_median=res.reference_median)
         name_shapes(golden, p, r.boxes, tuple(image_size))
+        describe(r, img.convert("L").convert("RGB"), reference_estimate(golden, p, tuple(image_size)),
+                 classifier=expert.type_classifier)
+        for box in r.boxes:  # missing or extra material is that kind of defect, whatever the look
+            if box.descriptor is not None:
+                name_by_change(box.descriptor, box.change)
         out.append(dataclasses.replace(r, alignment="aligned", registration=p.registration,
                                        free_score=float(res.pred_score), free_threshold=float(res.threshold)))
     return out

@@ -35,6 +35,8 @@ from torch import nn
 
 from assistant.config import ExpertConfig, resolve_data_path
 from assistant.expert.calibration import NullModel, batch_split, judge, review_band
+from assistant.expert.defect_type import TypeClassifier, load_type_classifier
+from assistant.expert.describe import describe
 from assistant.expert.golden import golden_results
 from assistant.expert.heads import PrototypeHead, TextHead, prompt_text_features
 from assistant.expert.io import level_scale, read_checkpoint, trained_expert_dir, write_checkpoint
@@ -54,6 +56,7 @@ class AnomalyExpert(nn.Module):
         self.level_dims = list(level_dims)
         self.global_dim = int(global_dim)
         self.head: nn.Module | None = None
+        self.set_type_classifier(None)
         if cfg.zero_shot:
             if text_encoder is not None:
                 self.head = TextHead(self.level_dims, prompt_text_features(text_encoder, cfg.object_name))
@@ -85,8 +88,15 @@ class AnomalyExpert(nn.Module):
         expert.level_scale = level_scale(tower)
         if ckpt_dir is None:
             return expert
-        read_checkpoint(expert, resolve_data_path(ckpt_dir))  # checkpoints/... also from the package data
+        path = resolve_data_path(ckpt_dir)  # checkpoints/... also from the package data
+        read_checkpoint(expert, path)
+        expert.set_type_classifier(load_type_classifier(path))
         return expert.to(tower.device)
+
+    def set_type_classifier(self, clf: TypeClassifier | None) -> None:
+        """The defect-type classifier that names each region's kind; kept outside the module tree (a plain
+        attribute) so the expert's own weights and checkpoints do not change with it. It runs on the CPU."""
+        object.__setattr__(self, "type_classifier", clf)
 
     # -------------------------------------------------------------- maps
     def patch_features(self, out: VisionOutput) -> tuple[list[torch.Tensor], list[tuple[int, int]], tuple[int, int]]:
@@ -222,9 +232,11 @@ class AnomalyExpert(nn.Module):
             results = [self._result(amap, self.image_score(amap), state, "few-shot", grid, reference_median=med)
                        for amap, med in zip(maps, medians)]
             # golden-template inspection: the aligned path where a reference registers (expert.alignment)
-            return golden_results(self, state, query_out, raw, results, images, image_size, self._result)
+            return self.describe_all(golden_results(self, state, query_out, raw, results, images, image_size,
+                                                    self._result), images)
         if not self.self_calibrated():
-            return [self._result(amap, self.image_score(amap), state, "zero-shot", grid) for amap in maps]
+            return self.describe_all([self._result(amap, self.image_score(amap), state, "zero-shot", grid)
+                                      for amap in maps], images)
         if images is None or tower is None or len(images) != len(maps):
             raise ValueError(
                 f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
@@ -247,7 +259,16 @@ class AnomalyExpert(nn.Module):
                 },
             )
             out.append(self._result(amap, self.image_score(amap), st, "zero-shot", grid))
-        return out
+        return self.describe_all(out, images)
+
+    def describe_all(self, results: list[AnomalyResult], images: list[Image.Image] | None) -> list[AnomalyResult]:
+        """Measure the regions (expert/describe.py) of results whose boxes are not measured yet (the aligned path
+        measures its own against the reference) and name their type; nothing without the query images."""
+        if images is not None and len(images) == len(results):
+            for res, img in zip(results, images):
+                if res.boxes and all(b.descriptor is None for b in res.boxes):
+                    describe(res, img, classifier=self.type_classifier)
+        return results
 
     def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str, grid: tuple[int, int],
                 reference_median: float | None = None) -> AnomalyResult:

@@ -105,16 +105,17 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
 
 
 def carry_changes(old: list[Box], new: list[Box]) -> None:
-    """Give each new box the `change` and `shape` (aligned path) of the old box it overlaps most; "" where none
-    does (a region that appears only at the new threshold was not compared)."""
+    """Give each new box the `change` and `shape` (aligned path) and the `descriptor` of the old box it overlaps
+    most; "" / None where none does (a region that appears only at the new threshold was not compared or measured)."""
     for b in new:
         best, area = None, 0
         for o in old:
             w = min(b.x1, o.x1) - max(b.x0, o.x0)
             h = min(b.y1, o.y1) - max(b.y0, o.y0)
-            if w > 0 and h > 0 and w * h > area and o.change:
+            if w > 0 and h > 0 and w * h > area:
                 best, area = o, w * h
-        b.change, b.shape = (best.change, best.shape) if best is not None else ("", "")
+        if best is not None:
+            b.change, b.shape, b.descriptor = best.change, best.shape, best.descriptor
 
 
 def best_f1_threshold(values: np.ndarray, gt: np.ndarray) -> float:

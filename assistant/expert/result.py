@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assistant.expert.alignment import Registration
+from assistant.expert.describe import Descriptor
 from assistant.wording import mask_position, size_word, suspicion_word
 
 
@@ -23,6 +24,8 @@ class Box:
     # aligned path, missing/extra only: how the material changed (expert/shape.py SHAPES: cut, gone, hole, bite,
     # bridge, isolated, protrusion); "" when not judged
     shape: str = ""
+    # what the region looks like, measured on the image (expert/describe.py); None when not measured
+    descriptor: Descriptor | None = None
 
     @property
     def center(self) -> tuple[float, float]:
@@ -35,6 +38,8 @@ class Box:
             out["change"] = self.change
         if self.shape:
             out["shape"] = self.shape
+        if self.descriptor is not None:
+            out["descriptor"] = self.descriptor.to_dict()
         return out
 
 
