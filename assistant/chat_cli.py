@@ -4,7 +4,8 @@ Interactive multi-turn chat about one image in the terminal, answers streamed to
 `--question` (repeatable) it answers those questions in order and exits (non-interactive). Commands at the
 prompt: `:ref PATH` adds a reference, `:unref N` removes reference N (1-based), `:sens S` sets the
 sensitivity, `:result` prints the result JSON, `:quit` (or Ctrl+D) ends. `--profile NAME` judges with an inspection
-profile's references, labels and refitted threshold (and its config unless --config is given).
+profile's references, labels and refitted threshold (and its config unless --config is given); then `:good` and
+`:defective` add the image to the profile as a label and refit it, as the app's Mark buttons do.
 """
 from __future__ import annotations
 
@@ -12,11 +13,29 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from assistant.imaging import ImageError
+
+if TYPE_CHECKING:
+    from assistant.chat import ChatSession
+    from assistant.model import Assistant
+    from assistant.profile_fit import ActiveProfile
+
+COMMANDS = "commands: :ref PATH, :unref N, :sens S, :result, :good, :defective, :quit"
+
+
+@dataclass
+class Prompt:
+    """What the prompt's commands act on."""
+
+    session: ChatSession
+    assistant: Assistant  # its expert and tower refit the profile after a label
+    active: ActiveProfile | None = None  # the --profile in use (None without one)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,15 +93,36 @@ def _turn(session, question: str, out=None) -> float:
     return first if first is not None else time.perf_counter() - t0
 
 
-def _command(session, line: str) -> bool:
+def _mark(prompt: Prompt, label: str) -> bool:
+    """`:good` / `:defective`: the image joins the active profile as `label`, the profile is refitted (profile_fit.mark,
+    as the app's Mark buttons) and the image judged again; one sentence with the new threshold and rates. False
+    (and a message saying how to get a profile) when none is active."""
+    from assistant.profile_fit import mark
+    from assistant.wording import NO_PROFILE_TERMINAL, label_ack
+
+    if prompt.active is None:
+        print(NO_PROFILE_TERMINAL)
+        return False
+    a = prompt.assistant
+    active = prompt.active = mark(prompt.active, prompt.session.query, label, a.expert, a.tower)
+    prompt.session.set_references(active.images, state=active.state)
+    print(label_ack(label, active.profile.counts(), active.threshold, active.calibration))
+    return True
+
+
+def _command(prompt: Prompt, line: str) -> bool:
     """Handle a `:command`; returns False to quit."""
     from assistant.chat import ChatError
 
+    session = prompt.session
     cmd, _, arg = line[1:].partition(" ")
     try:
         if cmd in ("quit", "q", "exit"):
             return False
-        if cmd == "ref":
+        if cmd in ("good", "defective"):
+            if not _mark(prompt, cmd):
+                return True
+        elif cmd == "ref":
             session.add_reference(arg.strip())
         elif cmd == "unref":
             session.remove_reference(int(arg) - 1)
@@ -92,10 +132,10 @@ def _command(session, line: str) -> bool:
             print(json.dumps(session.summary(), indent=1))
             return True
         else:
-            print("commands: :ref PATH, :unref N, :sens S, :result, :quit")
+            print(COMMANDS)
             return True
         print(_verdict_line(session))
-    except (ChatError, ImageError, ValueError) as e:
+    except (ChatError, ImageError, ValueError, OSError) as e:  # ProfileError is a ValueError
         print(f"error: {e}")
     return True
 
@@ -112,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
     assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
     session = ChatSession(assistant, references=args.reference, sensitivity=args.sensitivity,
                           max_pixels=assistant.cfg.serve.max_pixels)
+    prompt = Prompt(session, assistant)
     if profile:
-        active = activate(profile, assistant.expert, assistant.tower)
+        prompt.active = active = activate(profile, assistant.expert, assistant.tower)
         session.set_references(active.images, state=active.state)
         print(f"profile: {profile.name} (threshold {active.threshold:.4g})", file=sys.stderr)
     session.set_query(args.image)
@@ -126,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
-        print("Ask about the image (:ref PATH adds a reference, :quit ends).", file=sys.stderr)
+        marks = ", :good / :defective label it in the profile" if prompt.active else ""
+        print(f"Ask about the image (:ref PATH adds a reference{marks}, :quit ends).", file=sys.stderr)
     while True:
         try:
             line = input("> " if interactive else "").strip()
@@ -135,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         if not line:
             continue
         if line.startswith(":"):
-            if not _command(session, line):
+            if not _command(prompt, line):
                 break
             _write_pictures(session, args)
             continue

@@ -3,7 +3,7 @@
     <root>/<name>/profile.json          name, description, config preset, created/updated (ISO UTC), schema_version
                   references/<sha>.png   reference normal images
                   labelled/good/<sha>.png, labelled/defective/<sha>.png   the user's labels
-                  labelled/masks/<sha>.png   optional defect mask of labelled/defective/<sha>.png
+                  labelled/defective/<sha>.mask.png   optional defect mask of labelled/defective/<sha>.png
                   calibration.json       the threshold refined by the labels (expert/labels.py) and how it was fitted
                   profile.lock           exclusive flock around every write
 
@@ -13,8 +13,8 @@ is there. Each image is validated (imaging.load_image), re-encoded as RGB PNG an
 *stored PNG bytes*, so the same picture added twice is one file and a stored file can always be checked against its
 name. Every file is written atomically (a `.tmp-*` file in the same folder, fsync, os.replace); listings ignore
 `.tmp-*` leftovers of a killed writer and the next locked write removes them. An image lives in one folder: adding
-it under another label moves it (the newest label wins); a labelled good image that is already a reference is a
-duplicate. No torch here, so `profile list` stays fast; fitting a profile is assistant/profile_fit.py.
+it under another label moves it (the newest label wins; a mask goes with its defective label); a labelled good
+image that is already a reference is a duplicate. No torch here, so `profile list` stays fast (fitting: profile_fit.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +42,7 @@ DEFAULT_COST_RATIO = 1.0  # miss : false reject, when a profile has no calibrati
 HOME_ENV = "INSPECTION_ASSISTANT_HOME"
 KINDS = ("references", "good", "defective")
 FOLDERS = {"references": "references", "good": "labelled/good", "defective": "labelled/defective"}
-MASKS = "labelled/masks"
+MASK_SUFFIX = ".mask.png"  # <sha>.mask.png beside labelled/defective/<sha>.png
 PROFILE_FILE, CALIBRATION_FILE, LOCK_FILE = "profile.json", "calibration.json", "profile.lock"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 MAX_NAME = 64
@@ -189,7 +189,7 @@ class Profile:
 
     def mask(self, image: Path) -> Path | None:
         """The defect mask stored for a labelled defective image, if any."""
-        p = self.path / MASKS / Path(image).name
+        p = mask_path(self.folder("defective") / Path(image).name)
         return p if p.is_file() else None
 
     def counts(self) -> dict[str, int]:
@@ -218,11 +218,13 @@ class Profile:
                 self._lock_depth = 0
 
     def add(self, good: Iterable[ImageInput] = (), defective: Iterable[ImageInput] = (),
-            references: Iterable[ImageInput] = (), masks: dict[int, ImageInput] | None = None) -> AddReport:
+            references: Iterable[ImageInput] = (), masks: Sequence[ImageInput] = ()) -> AddReport:
         """Store images under the lock. Every source is validated before anything is written (ImageError names the
-        bad one). `masks`: index into `defective` -> its defect mask (any image; stored as a grey PNG)."""
+        bad one). `masks`: defect masks paired in order with `defective`, none or one per image and each of its
+        image's size (ProfileError otherwise); stored as grey PNGs beside their images, replacing older ones."""
         batches = {"references": list(references), "good": list(good), "defective": list(defective)}
-        for src in [*(s for k in KINDS for s in batches[k]), *(masks or {}).values()]:
+        mask_pngs = self._mask_pngs(batches["defective"], list(masks))
+        for src in (s for k in KINDS for s in batches[k]):
             load_image(src)  # all validated first: a bad file in the batch adds nothing
         report = AddReport()
         with self.lock():
@@ -233,8 +235,8 @@ class Profile:
                 for i, src in enumerate(batches[kind]):
                     dest, status = self._store(kind, encode_png(load_image(src)))
                     getattr(report, status)[kind].append(dest)
-                    if kind == "defective" and masks and i in masks:
-                        atomic_write(self.path / MASKS / dest.name, encode_png(load_image(masks[i]).convert("L")))
+                    if kind == "defective" and mask_pngs:
+                        atomic_write(mask_path(dest), mask_pngs[i])
             if report.changed:
                 self._touch()
         return report
@@ -272,8 +274,23 @@ class Profile:
         for k in held:
             (self.folder(k) / name).unlink(missing_ok=True)
         if "defective" in held:
-            (self.path / MASKS / name).unlink(missing_ok=True)  # a mask belongs to a defective label
+            mask_path(self.folder("defective") / name).unlink(missing_ok=True)  # a mask belongs to a defective label
         return dest, ("moved" if held else "added")
+
+    def _mask_pngs(self, defective: list[ImageInput], masks: list[ImageInput]) -> list[bytes]:
+        """Grey PNG bytes of each mask, checked against its defective image: the same count (or no masks) and, pair by
+        pair, the same size; ProfileError naming the pair otherwise (nothing is written)."""
+        if masks and len(masks) != len(defective):
+            raise ProfileError(f"profile {self.name!r}: expected one mask per defective image, paired in order; got "
+                               f"{len(masks)} mask(s) for {len(defective)} defective image(s)")
+        pngs = []
+        for i, (image, mask) in enumerate(zip(defective, masks), 1):
+            (w, h), grey = load_image(image).size, load_image(mask).convert("L")
+            if grey.size != (w, h):
+                raise ProfileError(f"profile {self.name!r}: mask {source_name(mask, i)} is {grey.width}x{grey.height}; "
+                                   f"expected the size of its defective image {source_name(image, i)}, {w}x{h}")
+            pngs.append(encode_png(grey))
+        return pngs
 
     def _check_keeps_a_reference(self, batches: dict[str, list]) -> None:
         """ProfileError when labelling defective would move every reference out (the threshold needs one)."""
@@ -286,7 +303,7 @@ class Profile:
 
     def _sweep_temp(self) -> None:
         """Remove `.tmp-*` files of killed writers (every writer holds the lock, so none is in progress)."""
-        for d in [self.path, self.path / MASKS, *(self.folder(k) for k in KINDS)]:
+        for d in [self.path, *(self.folder(k) for k in KINDS)]:
             for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
                 p.unlink(missing_ok=True)
 
@@ -334,6 +351,16 @@ def load_stored(path: Path) -> Image.Image:
         return load_image(data)
     except ImageError as e:
         raise ProfileError(f"{path}: stored image unreadable ({e})") from None
+
+
+def mask_path(image: Path) -> Path:
+    """Where the mask of a stored defective image lives: <sha>.mask.png beside <sha>.png."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
+def source_name(src: ImageInput, number: int) -> str:
+    """A source in an error message: its path, else its place in the batch (from 1)."""
+    return str(src) if isinstance(src, (str, os.PathLike)) else f"#{number}"
 
 
 def stored_name(png: bytes) -> str:

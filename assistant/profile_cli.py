@@ -1,12 +1,13 @@
 """`python -m assistant profile create|add|show|list|remove`: inspection profiles (assistant/profile.py).
 
     profile create NAME --reference R [R ...] [--description TEXT] [--config PRESET]
-    profile add NAME [--good F ...] [--defective F ...] [--reference R ...] [--cost-ratio X]
+    profile add NAME [--good F ...] [--defective F ... [--mask M ...]] [--reference R ...] [--cost-ratio X]
     profile show NAME | profile list | profile remove NAME --yes
 
 `create` and `add` refit the profile's threshold (expert/labels.py: the references and labelled good images form
 the memory bank, the labels refine the calibrated threshold) and print it with its leave-one-out figures; `add`
-with no image only refits. `detect --profile NAME` judges parts with a profile.
+with no image only refits. `--mask` gives the defective images' defect masks, paired in order (folders expand
+sorted), each of its image's size. `detect --profile NAME` judges parts with a profile.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("--defective", "image(s) or folder(s) of parts labelled defective"),
                        ("--reference", "more reference normal image(s) or folder(s)")):
         a.add_argument(flag, nargs="+", action="extend", default=[], metavar="F", help=what)
+    a.add_argument("--mask", nargs="+", action="extend", default=[], metavar="M",
+                   help="defect mask(s) of the --defective images, paired in order (one per image, the same size)")
     a.add_argument("--cost-ratio", type=float, default=None,
                    help=f"cost of a miss / of a false reject (default: the profile's, else {DEFAULT_COST_RATIO:g})")
     s = sub.add_parser("show", help="counts, threshold and leave-one-out figures of one profile")
@@ -81,12 +84,12 @@ def create(args) -> int:
 
 
 def add(args) -> int:
+    if args.cost_ratio is not None and not args.cost_ratio > 0:  # checked before anything is stored
+        raise UsageError(f"--cost-ratio: expected a positive miss:false-reject cost ratio, got {args.cost_ratio}")
     profile = Profile.load(args.name)
     report = profile.add(good=expand_images(args.good), defective=expand_images(args.defective),
-                         references=expand_images(args.reference))
+                         references=expand_images(args.reference), masks=expand_images(args.mask))
     print(f"profile {profile.name!r}: {report.summary()}")
-    if args.cost_ratio is not None and args.cost_ratio <= 0:
-        raise UsageError(f"--cost-ratio: expected a positive miss:false-reject cost ratio, got {args.cost_ratio}")
     seed, cost_ratio = fit_settings(profile)
     fit_and_report(profile, args.cost_ratio or cost_ratio, seed)
     return 0
@@ -115,8 +118,9 @@ def show(args) -> int:
     if cal is not None:
         state = "current" if cal.get("images") == profile.fingerprint() else \
             f"stale: the images changed since; run `profile add {profile.name}` to refit"
+    masks = sum(profile.mask(p) is not None for p in profile.defective())
     rows = [("profile", profile.name), ("description", profile.description or "-"), ("config", profile.config),
-            *((k, str(counts[k])) for k in KINDS)]
+            *((k, str(counts[k])) for k in KINDS), ("defect masks", f"{masks} of {counts['defective']} defective")]
     if cal is not None:
         rows += [("threshold", f"{cal['threshold']:.4f}"), ("prior threshold", f"{cal['prior_threshold']:.4f}"),
                  ("leave-one-out", loo_words(cal)), ("cost ratio", f"{cal.get('cost_ratio', 0):g} (miss:false reject)"),

@@ -1,5 +1,6 @@
 """Fit a profile's threshold: its references and labels through expert.labels.fit_labels, into calibration.json;
-and a profile in use by a chat (ActiveProfile: `activate`, `mark` a part good or defective, refitted).
+and a profile in use by a chat (ActiveProfile: `activate`, `reactivate` unless unchanged, `mark` a part good or
+defective, refitted).
 
 Apart from assistant/profile.py (storage) so that the storage never imports the expert and torch.
 """
@@ -61,6 +62,11 @@ def fit_profile(profile: Profile, expert, tower, save: bool = False):
     return refit(profile, expert, tower, seed=seed, cost_ratio=cost_ratio, save=save)
 
 
+def stored_version(profile: Profile) -> tuple[str, int, float]:
+    """What fitting the profile depends on: its stored images (fingerprint) and its last fit's seed and cost ratio."""
+    return (profile.fingerprint(), *fit_settings(profile))
+
+
 def open_profile(name: str | None, references: Sequence = ()) -> Profile | None:
     """The Profile of a --profile flag (None without one); it brings its own references, so none may come with it."""
     if not name:
@@ -79,6 +85,7 @@ class ActiveProfile:
     images: list[Image.Image]  # references, then the labelled good images (fit_labels joins them in that order)
     state: object  # the expert's ReferenceState of those images, threshold refined by the labels
     calibration: dict  # LabelledCalibration.to_dict() of that fit (equal to calibration.json after a saved fit)
+    version: tuple = ()  # stored_version of the profile this state matches
 
     @property
     def threshold(self) -> float:
@@ -90,7 +97,16 @@ def activate(profile: Profile, expert, tower, save: bool = False) -> ActiveProfi
     with profile.lock(shared=not save):
         state = fit_profile(profile, expert, tower, save=save)
         images = [load_stored(p) for p in profile.references() + profile.good()]
-    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]))
+        version = stored_version(profile)
+    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]), version)
+
+
+def reactivate(name: str, expert, tower, cached: ActiveProfile | None = None) -> ActiveProfile:
+    """The named profile activated, or `cached` itself (no refit) when it is that profile and its stored images and
+    fit settings have not changed since (another session's label or `profile add` makes it refit)."""
+    if cached is not None and cached.profile.name == name and cached.version == stored_version(cached.profile):
+        return cached
+    return activate(Profile.load(name), expert, tower)
 
 
 def mark(active: ActiveProfile, image: ImageInput, label: str, expert, tower) -> ActiveProfile:
@@ -111,5 +127,6 @@ def mark(active: ActiveProfile, image: ImageInput, label: str, expert, tower) ->
         img = load_image(image)
         state, cal = add_label(expert, tower, active.state, img, label)  # one more label, no refit
         save_fit(profile, cal, len(profile.references()), fit_settings(profile)[0])
+        version = stored_version(profile)
     images = active.images + ([img] if label == "good" else [])
-    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]))
+    return ActiveProfile(profile, images, state, dict(state.calibration["labels"]), version)

@@ -11,8 +11,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from assistant import app
+from assistant import app, profile_fit
 from assistant.chat import ChatSession, image_fingerprint
+from assistant.profile import Profile
 from tests.test_chat import part_image, speaking_tiny_assistant
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,47 @@ def test_api_ask_follow_up_and_bad_uploads(server, images, assistant):
     fresh = Client(url, verbose=False)
     with pytest.raises(AppError, match="no image"):
         fresh.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
+
+
+def test_api_judges_with_a_named_profile_kept_loaded_per_client(server, images, assistant, tmp_path, monkeypatch):
+    """/inspect's optional last input: a profile's images and threshold judge the part; the client's loaded profile
+    is reused until the stored one changes; a bad or unknown name is a bad request and the app keeps serving."""
+    from tests.test_profile import save, texture  # textures do not register: the profile's threshold is in force
+
+    url, _ = server
+    monkeypatch.setenv("INSPECTION_ASSISTANT_HOME", str(tmp_path / "home"))
+    query, part = save(tmp_path, [5, 6], defect=True)
+    profile = Profile.create("washer", [texture(1), texture(2)], config="tiny")
+    profile_fit.refit(profile, assistant.expert, assistant.tower, save=True)
+    threshold = profile.calibration()["threshold"]
+    loads = []
+    activate = profile_fit.activate
+    monkeypatch.setattr(profile_fit, "activate", lambda *a, **kw: loads.append(1) or activate(*a, **kw))
+    client = Client(url, verbose=False)
+
+    def ask(image, question, name="washer", refs=()):
+        return client.predict(handle_file(image) if image else None, [handle_file(r) for r in refs], question, 0.0,
+                              name, api_name="/inspect")
+
+    _, first = ask(query, "Is there any anomaly?")
+    assert first["references"] == 2 and first["threshold"] == pytest.approx(threshold, abs=1e-4) and len(loads) == 1
+    _, again = ask(None, "Where is it?")  # a follow-up, then a new image: the loaded profile is reused
+    _, other = ask(part, "Is there any anomaly?")
+    assert again["query"] == first["query"] and other["references"] == 2 and len(loads) == 1
+    profile.add(good=[texture(3)])  # the stored profile changed (as by another session's label): loaded again
+    _, labelled = ask(None, "Is there any anomaly?")
+    assert labelled["references"] == 3 and labelled["query"] == other["query"] and len(loads) == 2
+    _, plain = ask(query, "Is there any anomaly?", name="", refs=[images["ref"]])  # no profile: as before
+    assert plain["references"] == 1 and len(loads) == 2
+    _, back = ask(None, "Where is it?")  # naming it on a follow-up judges the last image with it, still loaded
+    assert back["references"] == 3 and back["query"] == first["query"] and len(loads) == 2
+    for name, refs, message in [("../evil", (), "bad request: profile name: expected 1 to 64"),
+                                ("nope", (), "bad request: no profile named 'nope'"),
+                                ("washer", [images["ref"]], "bad request: profile 'washer' brings its own references")]:
+        with pytest.raises(AppError, match=message):
+            ask(part, "Is there any anomaly?", name=name, refs=refs)
+    _, after = ask(None, "How large is it?", name="")  # still serving; the client's session is unchanged
+    assert after["query"] == first["query"] and after["references"] == 3
 
 
 def _chat(client, text, path=None, refs=()):

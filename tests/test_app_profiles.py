@@ -3,15 +3,19 @@ mark as good/defective, typed corrections confirmed before they label, and the e
 config, CPU; profiles under tmp_path."""
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
 
+from assistant import profile_fit
 from assistant.app import handlers, profiles
 from assistant.cli import main
-from assistant.profile import Profile, stored_name
+from assistant.imaging import load_image
+from assistant.profile import Profile, ProfileError, stored_name
 from assistant.profile_fit import refit
-from assistant.wording import CANCELLED, NO_PART, NO_PROFILE, parse_correction
+from assistant.wording import CANCELLED, NO_PART, NO_PROFILE, NO_PROFILE_TERMINAL, parse_correction
 from tests.test_chat import speaking_tiny_assistant
 from tests.test_profile import texture
 
@@ -168,3 +172,34 @@ def test_chat_cli_with_a_profile(assistant, tmp_path, capsys):
     assert "profile: washer (threshold" in err and "3 reference(s)" in err
     assert main(["chat", "--config", "tiny", "--profile", "washer", "--reference", query, "--image", query]) == 2
     assert "brings its own references" in capsys.readouterr().err
+
+
+def test_chat_cli_good_and_defective_label_the_part_and_refit(assistant, tmp_path, capsys, monkeypatch):
+    p = stored_profile(assistant)
+    query = _save(texture(12, defect=True), tmp_path / "q.png")
+    monkeypatch.setattr("sys.stdin", io.StringIO(":defective\n:result\n:quit\n"))
+    assert main(["chat", "--config", "tiny", "--profile", "washer", "--image", query]) == 0
+    out, cal = capsys.readouterr().out, calibration(p)
+    stored = p.path / "labelled" / "defective" / stored_name(_png(load_image(query)))
+    assert cal["n_defective"] == 2 and stored.is_file()
+    said = re.search(r"Noted: this part is marked defective; the profile now has 1 good and 2 defective labels, "
+                     r"threshold (\S+), estimated overkill (\S+) and miss (\S+)\.\n", out)
+    assert said, out
+    assert float(said.group(1)) == pytest.approx(cal["threshold"], rel=1e-2)
+    assert float(said.group(2)) == pytest.approx(cal["expected_overkill"], abs=0.006)
+    result = json.loads(out[out.index("{"):out.index("\n}") + 2])  # judged again with the refitted profile
+    assert result["references"] == 3 and "3 reference(s)" in out  # 2 references + 1 good label
+    ref = _save(texture(13), tmp_path / "r.png")
+    monkeypatch.setattr("sys.stdin", io.StringIO(":good\n:result\n:quit\n"))  # no profile: said, and chat goes on
+    assert main(["chat", "--config", "tiny", "--reference", ref, "--image", query]) == 0
+    out = capsys.readouterr().out
+    assert NO_PROFILE_TERMINAL in out and '"references": 1' in out and len(p.good()) == 1
+
+    def fails(*_args, **_kw):
+        raise ProfileError("profile 'washer': profile.json is corrupt")
+
+    monkeypatch.setattr(profile_fit, "mark", fails)  # a failed label is said, and the chat goes on
+    monkeypatch.setattr("sys.stdin", io.StringIO(":good\n:result\n:quit\n"))
+    assert main(["chat", "--config", "tiny", "--profile", "washer", "--image", query]) == 0
+    out = capsys.readouterr().out
+    assert "error: profile 'washer': profile.json is corrupt" in out and '"references": 3' in out

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from assistant.cli import main
+from assistant.imaging import load_image
 from assistant.profile import (
     KINDS,
     SCHEMA_VERSION,
@@ -26,9 +27,11 @@ from assistant.profile import (
     Profile,
     ProfileError,
     check_name,
+    encode_png,
     list_profiles,
     load_stored,
     profile_root,
+    stored_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +89,7 @@ def test_round_trip_create_add_show_list_remove(tmp_path, capsys):
     assert not again.changed and sum(len(v) for v in again.duplicates.values()) == 3
     mask = tmp_path / "mask.png"
     Image.fromarray((np.arange(48 * 48).reshape(48, 48) % 7 == 0).astype(np.uint8) * 255).save(mask)
-    masked = profile.add(defective=[good[0]], masks={0: mask})  # relabelled: the newest label wins, one copy stays
+    masked = profile.add(defective=[good[0]], masks=[mask])  # relabelled: the newest label wins, one copy stays
     assert profile.mask(masked.moved["defective"][0]) is not None and profile.mask(profile.references()[0]) is None
     assert len(profile.good()) == 1 and len(profile.defective()) == 2
     assert cli("profile", "add", "part A") == 0  # nothing to add: refit only
@@ -114,6 +117,47 @@ def test_bad_names_are_refused(name, tmp_path, capsys):
         assert main(["profile", "create", name, "--reference", ref]) == 2
         assert "profile name: expected" in capsys.readouterr().err
     assert check_name("Part-7 top_v2.1") == "Part-7 top_v2.1"
+
+
+def square_mask(path: Path, side: int = 48) -> str:
+    """A white square on black, saved at `path`."""
+    m = np.zeros((side, side), np.uint8)
+    m[side // 3:side // 2, side // 3:side // 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(m).save(path)
+    return str(path)
+
+
+def test_defective_masks_are_paired_in_order_and_checked_before_any_write(tmp_path, capsys):
+    refs, good = save(tmp_path / "refs", [1, 2]), save(tmp_path / "good", [3])
+    bad = save(tmp_path / "bad", [5, 6], defect=True)
+    masks = [square_mask(tmp_path / "m" / f"{i}.png") for i in range(2)]
+    small = square_mask(tmp_path / "m" / "small.png", side=32)
+    Profile.create("m", refs, config="tiny")
+    before = snapshot(Profile.load("m").path)
+    refused = {("--defective", *bad, "--mask", masks[0]): "expected one mask per defective image, paired in order; "
+                                                          "got 1 mask(s) for 2 defective image(s)",
+               ("--good", *good, "--mask", masks[0]): "got 1 mask(s) for 0 defective image(s)",
+               ("--defective", *bad, "--mask", masks[0], small): f"mask {small} is 32x32; expected the size of its "
+                                                                  f"defective image {bad[1]}, 48x48",
+               ("--good", *good, "--cost-ratio", "0"): "--cost-ratio: expected a positive"}
+    for argv, words in refused.items():
+        assert cli("profile", "add", "m", *argv) == 2
+        assert words in capsys.readouterr().err and snapshot(Profile.load("m").path) == before
+    with pytest.raises(ProfileError, match=r"mask #1 is 32x32; expected the size of its defective image #1, 48x48"):
+        Profile.load("m").add(defective=[texture(7, defect=True)], masks=[Image.new("L", (32, 32))])
+    assert cli("profile", "add", "m", "--defective", *bad, "--mask", *masks, "--good", *good) == 0
+    profile = Profile.load("m")
+    names = [stored_name(encode_png(load_image(b))) for b in bad]
+    for name, mask in zip(names, masks):  # beside its image, as a grey PNG of the mask given with it
+        stored = profile.folder("defective") / name.replace(".png", ".mask.png")
+        assert profile.mask(profile.folder("defective") / name) == stored
+        assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(Image.open(mask)))
+    capsys.readouterr()
+    assert cli("profile", "show", "m") == 0 and "| defect masks | 2 of 2 defective |" in capsys.readouterr().out
+    profile.add(good=bad[:1])  # relabelled good: its mask goes with the defective label
+    assert profile.mask(profile.folder("defective") / names[0]) is None and len(profile.defective()) == 1
+    assert cli("profile", "show", "m") == 0 and "| defect masks | 1 of 1 defective |" in capsys.readouterr().out
 
 
 def test_existing_name_and_bad_images_are_refused(tmp_path, capsys):
@@ -205,7 +249,8 @@ def check_intact(profile: Profile) -> int:
     """Every visible file whole: stored images match their names, JSON parses, the rest are .tmp-* leftovers."""
     for p in profile.path.rglob("*"):
         if p.is_file() and not p.name.startswith(".tmp-"):
-            assert STORED_RE.fullmatch(p.name) or p.name in ("profile.json", "calibration.json", "profile.lock"), p
+            known = ("profile.json", "calibration.json", "profile.lock")
+            assert STORED_RE.fullmatch(p.name.replace(".mask.png", ".png")) or p.name in known, p
     for kind in KINDS:
         for p in profile.images(kind):
             assert load_stored(p).size == ((160, 160) if kind == "good" else (48, 48))

@@ -15,8 +15,10 @@ slider that moves the threshold relative to the calibrated one (re-label only, n
 inputs; a "New session" button. Per-user state lives in gr.State only (one ChatSession per browser tab / API
 client); the Assistant holds weights only.
 
-API (gradio_client): endpoint "/inspect" (query image file, reference image files, question, sensitivity)
--> (answer, result JSON). Calling it again with no image asks a follow-up about the client's last image.
+API (gradio_client): endpoint "/inspect" (query image file, reference image files, question, sensitivity, and
+optionally an inspection profile's name) -> (answer, result JSON). Calling it again with no image asks a follow-up
+about the client's last image. A named profile judges with its images and threshold instead of reference files; it
+stays loaded for the client's next calls while the stored profile is unchanged.
 """
 from assistant.app.evidence import evidence_outputs, verdict_badge
 from assistant.app.examples import DEFAULT_QUESTION, make_examples

@@ -5,12 +5,14 @@
     on_references   the reference gallery changed: re-judge the session's image (not while a profile is active)
     on_sensitivity  the slider moved: re-label only, no re-encode
     reset           "New session": empty chat, gallery, evidence
-    inspect         the /inspect API: a question about an image (none = follow-up on the client's last one)
+    inspect         the /inspect API: a question about an image (none = follow-up on the client's last one),
+                    optionally judged with an inspection profile (kept loaded in the client's ApiState)
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +21,8 @@ from assistant.app.evidence import evidence_outputs, no_text_answer
 from assistant.app.examples import DEFAULT_QUESTION
 from assistant.chat import ChatError, ChatSession
 from assistant.imaging import ImageError, load_image
+from assistant.profile import ProfileError
+from assistant.profile_fit import ActiveProfile, reactivate
 from assistant.wording import confirm_prompt, parse_correction
 
 SKIP_EVIDENCE = 5  # overlay, mask, badge, JSON, golden-sample comparison
@@ -194,18 +198,59 @@ def reset():
 
 
 # stateless-or-follow-up API ----------------------------------------------------------------------
-def inspect(assistant, image, references, question, sensitivity, session):
-    """Answer `question` about `image` (with `references`); image None = follow-up on the last one."""
-    question = (question or "").strip() or DEFAULT_QUESTION
-    try:
-        if image is not None:
-            session = new_session(assistant)
-            session.set_references([file_path(r) for r in (references or [])])
-            session.set_query(file_path(image))
-        elif session is None:
+@dataclass
+class ApiState:
+    """One /inspect client's state (its gr.State)."""
+
+    session: ChatSession | None = None  # the client's last image, for follow-ups
+    loaded: ActiveProfile | None = None  # the last profile it named, kept loaded while the stored one is unchanged
+    in_use: ActiveProfile | None = None  # the profile the session's image is judged with (None: the references sent)
+
+
+def _judge_with_profile(assistant, image, references, name: str, state: ApiState) -> ApiState:
+    """The client's state after a call naming profile `name`: loaded (or reused), a new image judged with it, or the
+    last image judged again when it was judged otherwise."""
+    loaded = reactivate(name, assistant.expert, assistant.tower, state.loaded)
+    session, in_use = state.session, state.in_use
+    if image is not None:
+        if references:
+            raise ChatError(f"profile {name!r} brings its own references: expected no reference files with it, got "
+                            f"{len(references)}")
+        session = new_session(assistant)
+        session.set_references(loaded.images, state=loaded.state)
+        session.set_query(file_path(image))
+    elif session is None:
+        raise ChatError("no image: send a query image with the first question")
+    elif in_use is not loaded:
+        session.set_references(loaded.images, state=loaded.state)
+    return ApiState(session, loaded, loaded)
+
+
+def _judge(assistant, image, references, state: ApiState) -> ApiState:
+    """The client's state after a call naming no profile: a new image judged with `references`, else a follow-up
+    (the last image, judged as before)."""
+    if image is None:
+        if state.session is None:
             raise ChatError("no image: send a query image with the first question")
-        session.set_sensitivity(float(sensitivity or 0.0))
-    except (ImageError, ChatError, RuntimeError) as e:
+        return state
+    session = new_session(assistant)
+    session.set_references([file_path(r) for r in (references or [])])
+    session.set_query(file_path(image))
+    return ApiState(session, state.loaded, None)
+
+
+def inspect(assistant, image, references, question, sensitivity, profile, state):
+    """Answer `question` about `image` (with `references`, or with the inspection profile named `profile`: its images,
+    labels and refitted threshold); image None = follow-up on the last one."""
+    question = (question or "").strip() or DEFAULT_QUESTION
+    name, state = (profile or "").strip(), state or ApiState()
+    try:
+        if name:
+            state = _judge_with_profile(assistant, image, references, name, state)
+        else:
+            state = _judge(assistant, image, references, state)
+        state.session.set_sensitivity(float(sensitivity or 0.0))
+    except (ImageError, ChatError, ProfileError, RuntimeError, OSError) as e:
         paths = [file_path(image), *(file_path(r) for r in (references or []))]
         raise gr.Error(f"bad request: {clean_error(e, *paths)}", print_exception=False) from None
-    return session.answer(question), session.summary(), session
+    return state.session.answer(question), state.session.summary(), state

@@ -71,6 +71,7 @@ class ApiInputs:
     refs: gr.File
     question: gr.Textbox
     sens: gr.Number
+    profile: gr.Textbox  # optional: an inspection profile's name ("" = none)
     answer: gr.Textbox
     result: gr.JSON
     button: gr.Button
@@ -148,6 +149,7 @@ def api_inputs() -> ApiInputs:
         return ApiInputs(image=gr.File(label="image", file_types=None, type="filepath"),
                          refs=gr.File(label="references", file_count="multiple", type="filepath"),
                          question=gr.Textbox(label="question"), sens=gr.Number(label="sensitivity", value=0.0),
+                         profile=gr.Textbox(label="profile", value=""),
                          answer=gr.Textbox(label="answer"), result=gr.JSON(label="result"),
                          button=gr.Button("inspect"))
 
@@ -188,7 +190,8 @@ def wire(assistant, chat: ChatPanel, ev: EvidencePanel, pp: ProfilePanel, api: A
     chat.new_btn.click(handlers.reset, None,
                        [chat.chatbot, chat.box, ev.gallery, session, api_session, ev.sens, *ev.outputs],
                        api_name="new_session", **hidden)
-    api.button.click(bind(handlers.inspect, assistant), [api.image, api.refs, api.question, api.sens, api_session],
+    api.button.click(bind(handlers.inspect, assistant),
+                     [api.image, api.refs, api.question, api.sens, api.profile, api_session],
                      [api.answer, api.result, api_session], api_name="inspect")
     wire_profiles(assistant, chat, ev, pp, session)
 
@@ -199,9 +202,9 @@ def build_demo(assistant, example_dir: str | os.PathLike | None = None, profile=
     example_dir = Path(example_dir or tempfile.mkdtemp(prefix="inspection-examples-"))
     examples = make_examples(example_dir)
     with gr.Blocks(title="Inspection assistant") as demo:
-        # per-user sessions (images, features, history); dropped after an idle hour
+        # per-user sessions (images, features, history; an API client's loaded profile); dropped after an idle hour
         session = gr.State(None, time_to_live=SESSION_TTL_S)
-        api_session = gr.State(None, time_to_live=SESSION_TTL_S)
+        api_session = gr.State(None, time_to_live=SESSION_TTL_S)  # handlers.ApiState
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=3):

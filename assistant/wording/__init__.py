@@ -279,6 +279,7 @@ from assistant.wording.profiles import (  # noqa: E402,F401 (re-exported: one pl
     LABELS,
     NO_PART,
     NO_PROFILE,
+    NO_PROFILE_TERMINAL,
     confirm_prompt,
     confirm_question,
     label_ack,

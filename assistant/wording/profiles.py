@@ -11,6 +11,8 @@ import re
 LABELS = ("good", "defective")
 NO_PROFILE = ("No inspection profile is active: choose one in the profile panel, or save these references as a "
               "profile first; then the part can be marked good or defective.")
+NO_PROFILE_TERMINAL = ("No inspection profile is active, so nothing was marked: start the chat with --profile NAME "
+                       "(`profile create NAME --reference R` makes one) to mark parts good or defective.")
 NO_PART = "Please upload a photo of the part first; then it can be marked good or defective."
 CANCELLED = "Cancelled: nothing was labelled."
 
@@ -80,10 +82,13 @@ def profile_status(name: str, counts: dict, cal: dict) -> str:
             f"overkill {_rate(cal.get('expected_overkill'))}, miss {_rate(cal.get('expected_miss'))}.")
 
 
-def label_ack(label: str, counts: dict, threshold: float) -> str:
-    """The one-sentence acknowledgement of a label."""
+def label_ack(label: str, counts: dict, threshold: float, rates: dict | None = None) -> str:
+    """The one-sentence acknowledgement of a label; with `rates` (the fit's calibration), its estimated overkill and
+    miss too (the app shows them in the status line instead)."""
+    estimated = (f", estimated overkill {_rate(rates.get('expected_overkill'))} and miss "
+                 f"{_rate(rates.get('expected_miss'))}" if rates is not None else "")
     return (f"Noted: this part is marked {label}; the profile now has {counts['good']} good and "
-            f"{counts['defective']} defective labels, threshold {threshold:.3g}.")
+            f"{counts['defective']} defective labels, threshold {threshold:.3g}{estimated}.")
 
 
 def confirm_question(label: str, name: str) -> str:
