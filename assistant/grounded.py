@@ -1,5 +1,6 @@
 """Questions the expert's evidence answers outright: what a golden-template comparison found missing or extra, and
-which defect type the shape of that change is.
+which defect type the shape of that change is; and, on any part, what kind of defect a flagged region is and what
+it looks like, from its measured descriptor (expert/describe.py) and type estimate (expert/defect_type.py).
 
 The LM is conditioned on the verdict, position and size (wording.result_evidence); the aligned path adds each
 region's polarity (`Box.change`) and shape (`Box.shape`), which the shipped adapter was not trained to read. So a
@@ -9,6 +10,13 @@ question, and any of these the evidence cannot settle, goes to the LM. Domain wo
 open, mousebite, pin hole, short, spur, spurious copper) are used when the conversation or the options speak of
 boards; otherwise the shape is said in plain words. A region whose change is neither clearly missing nor extra is
 said to be so: the type is not guessed.
+
+Without an aligned reference, "What kind of defect is it?", "Describe it.", "What colour is it?" and "Is it a
+scratch or a crack?" about a flagged part are answered from the strongest region's descriptor: the type is named
+only when the classifier cleared its threshold, else what was measured is said with the closest type. A
+multiple-choice type, position or size question (MMAD) picks the option the evidence supports: the type option with
+the highest probability, the expert's position and size words; when the verdict is normal, the answer says so and
+picks from the strongest deviation (`AnomalyResult.peak`), as the question presupposes a defect.
 """
 from __future__ import annotations
 
@@ -25,13 +33,27 @@ from assistant.wording import (
     polarity_lead,
     position_phrase,
     position_word,
+    size_word,
     type_choice_answer,
     type_option,
+)
+from assistant.wording.defects import (
+    between_sentence,
+    colour_sentence,
+    looks,
+    option_type,
+    type_sentence,
+    type_words_in,
 )
 
 TYPE_QUESTION = re.compile(r"\b(?:what|which)\s+(?:kind|type|sort|class)\b|\bclassify\b|\bwhat\s+defect\b", re.I)
 MISSING_QUESTION = re.compile(r"\b(?:missing|absent|lost|gone)\b", re.I)
 EXTRA_QUESTION = re.compile(r"\b(?:extra|added|excess|surplus)\b", re.I)
+OBJECT_QUESTION = re.compile(r"\b(?:kind|type|sort|class)\s+of\s+(?:object|part|product|item)\b", re.I)
+WHERE_QUESTION = re.compile(r"\bwhere\b|\blocat|\bposition\b", re.I)
+SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\b", re.I)
+DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
+COLOUR_QUESTION = re.compile(r"\bcolou?rs?\b", re.I)
 OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s+(.+?)\s*$", re.M)  # "F. short" lines of a multiple-choice prompt
 
 
@@ -58,10 +80,14 @@ def box_position(box: Box, result: AnomalyResult) -> str:
 
 def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tuple[str, str]] = ()) -> str | None:
     """The answer the evidence gives to `question`, or None when the LM should answer it."""
-    if result.alignment != "aligned" or not question:
+    if not question:
         return None
     options = prompt_options(question)
     ask = OPTION_LINE.sub(" ", question)  # the question without its option lines
+    if OBJECT_QUESTION.search(ask):  # what the part is, not its defect: the LM's
+        return None
+    if result.alignment != "aligned":
+        return defect_answer(result, ask, options)
     pcb = speaks_of_boards(ask, history, options)
     if TYPE_QUESTION.search(ask):
         return type_answer(result, options, pcb)
@@ -113,3 +139,73 @@ def golden_note(result: AnomalyResult, question: str, history: Sequence[tuple[st
         return None
     pcb = speaks_of_boards(question, history, {})
     return golden_sentence(top.change, top.shape, box_position(top, result), pcb)
+
+
+# ------------------------------------------------------------------ any part: measured descriptors and type
+def focus(result: AnomalyResult) -> Box | None:
+    """The region a defect question is about: the strongest flagged one, else the strongest deviation (peak)."""
+    if result.pred_label and result.boxes:
+        return max(result.boxes, key=lambda b: b.score)
+    return result.peak
+
+
+def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> str | None:
+    """Type / description / colour questions (and multiple-choice type, position, size) from the descriptors; None
+    for every other question, and for a free-form one about a part judged normal (the LM says it is normal)."""
+    box = focus(result)
+    if box is None or box.descriptor is None:
+        return None
+    where = position_phrase(box_position(box, result))
+    if options:
+        return choice_answer(result, box, ask, options, where)
+    if not result.pred_label:
+        return None
+    d = box.descriptor
+    asked = type_words_in(ask) if re.search(r"\bor\b", ask, re.I) else []
+    if len(asked) >= 2:
+        return between_sentence(d, asked, where)
+    if TYPE_QUESTION.search(ask):
+        return type_sentence(d, where)
+    if DESCRIBE_QUESTION.search(ask):
+        return describe_answer(result)
+    if COLOUR_QUESTION.search(ask):
+        return colour_sentence(d)
+    return None
+
+
+def describe_answer(result: AnomalyResult) -> str:
+    """Up to three flagged regions, strongest first, each in measured words with its type when named."""
+    boxes = sorted((b for b in result.boxes if b.descriptor is not None), key=lambda b: -b.score)
+    said = []
+    for b in boxes[:3]:
+        d, where = b.descriptor, position_phrase(box_position(b, result))
+        kind = f" (it looks like {'an' if d.defect_type[0] in 'aeiou' else 'a'} {d.defect_type})" \
+            if d.defect_type else ""
+        said.append(f"{where[0].upper()}{where[1:]} there is {looks(d)}{kind}.")
+    more = len(result.boxes) - len(said)
+    return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))
+
+
+def choice_answer(result: AnomalyResult, box: Box, ask: str, options: dict[str, str], where: str) -> str | None:
+    """A multiple-choice type, position or size question: the letter the evidence supports, then why."""
+    def said(sentence: str) -> str:
+        if result.pred_label:
+            return sentence
+        return f"I find no defect that clears the threshold. Of the strongest deviation: {sentence}"
+
+    if TYPE_QUESTION.search(ask):
+        probs = box.descriptor.type_probs
+        scored = {k: probs.get(t, 0.0) for k, v in options.items() if (t := option_type(v)) in probs}
+        if not scored:
+            return None
+        letter = max(scored, key=scored.get)
+        return type_choice_answer(letter, options[letter], said(type_sentence(box.descriptor, where)))
+    if WHERE_QUESTION.search(ask):
+        want = box_position(box, result)
+        letter = next((k for k, v in options.items() if " ".join(v.lower().rstrip(".").split()) == want), None)
+        return type_choice_answer(letter, options[letter], said(f"It is {where}.")) if letter else None
+    if SIZE_QUESTION.search(ask):
+        want = size_word(result.area_fraction if result.pred_label else box.area_fraction)
+        letter = next((k for k, v in options.items() if v.lower().rstrip(".").strip() == want), None)
+        return type_choice_answer(letter, options[letter], said(f"It is {want}.")) if letter else None
+    return None

@@ -96,12 +96,29 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
     label = bool(result.pred_score > threshold)
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.score_topk)
     boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.box_merge_px) if label else []
-    carry_changes(result.boxes, boxes)
+    carry_changes(result.boxes + ([result.peak] if result.peak is not None else []), boxes)
+    peak = None if label else (max(result.boxes, key=lambda b: b.score) if result.boxes else result.peak)
     verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
     low, high = review_band(threshold, result.threshold_sigma, review_confidence)
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),
                                pixel_threshold=float(pixel_threshold), verdict=verdict, confidence=confidence,
-                               threshold_low=low, threshold_high=high, review_confidence=review_confidence, **changes)
+                               threshold_low=low, threshold_high=high, review_confidence=review_confidence,
+                               peak=peak, **changes)
+
+
+def peak_region(result: AnomalyResult) -> tuple[Box, np.ndarray] | None:
+    """The strongest region (its Box and (H, W) bool pixels) of the mask the result would have if it were
+    flagged: what a normal verdict's strongest deviation is. None for an empty map."""
+    if not result.anomaly_map.size:
+        return None
+    mask = verdict_mask(result.anomaly_map, True, result.pixel_threshold, result.score_topk)
+    boxes = mask_boxes(mask, result.anomaly_map, 0.0, result.box_merge_px)
+    if not boxes:
+        return None
+    box = max(boxes, key=lambda b: b.score)
+    region = np.zeros_like(mask)
+    region[box.y0:box.y1, box.x0:box.x1] = mask[box.y0:box.y1, box.x0:box.x1]
+    return box, region
 
 
 def carry_changes(old: list[Box], new: list[Box]) -> None:

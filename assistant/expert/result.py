@@ -84,6 +84,9 @@ class AnomalyResult:
     registration: Registration | None = None  # the best reference's registration (aligned, or why auto fell back)
     free_score: float | None = None  # aligned path: the free path's score and threshold, for comparison
     free_threshold: float | None = None
+    # verdict normal: the strongest region had the part been flagged, measured (its descriptor), so a question that
+    # presupposes a defect can be answered about the strongest deviation; None when flagged or not measured
+    peak: Box | None = None
 
     def __post_init__(self):
         if not self.verdict:
@@ -130,6 +133,7 @@ class AnomalyResult:
             "reference_mismatch": bool(self.reference_mismatch),
             "alignment": self.alignment,
             "registration": self.registration.to_dict() if self.registration is not None else None,
+            "peak": self.peak.to_dict() if self.peak is not None else None,
             "map_shape": list(self.anomaly_map.shape),
             "extras": self.provenance(),
         }

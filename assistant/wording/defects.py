@@ -1,0 +1,113 @@
+"""Defect words: what a region looks like (its measured Descriptor, expert/describe.py) and what kind of defect
+it is (the type vocabulary, expert/defect_type.py), in sentences; and which vocabulary word a question or a
+multiple-choice option names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+TYPE_WORDS = {
+    "crack": ("crack", "cracked", "fissure", "fracture"),
+    "scratch": ("scratch", "scratches", "scratched", "cut", "scrape", "abrasion", "line", "thread"),
+    "hole": ("hole", "holes", "blowhole", "pinhole", "pin hole", "poke", "pit", "pore", "puncture"),
+    "dent": ("dent", "dented", "squeeze", "squeezed", "bent", "dimple", "depression"),
+    "stain": ("stain", "stains", "contamination", "contaminated", "spot", "spots", "dirt", "glue", "oil",
+              "liquid", "print", "smudge", "residue"),
+    "missing part": ("missing", "missing part", "broken", "break", "chip", "chipped", "fray", "frayed", "damaged",
+                     "torn", "tear", "gap"),
+    "discolouration": ("discolouration", "discoloration", "color", "colour", "uneven", "faded", "burn", "burnt",
+                       "rust", "oxidation", "tint"),
+    "deformation": ("deformation", "deformed", "misplaced", "warped", "bend", "flip", "rough"),
+    "foreign object": ("foreign object", "foreign", "debris", "particle", "extra", "fabric", "hair", "fiber",
+                       "fibre", "metal contamination"),
+}  # vocabulary word -> words of option texts and questions that name it (also MVTec/VisA folder names)
+
+FORM_NOUNS = {"line": "thin line", "elongated": "elongated mark", "compact": "compact spot"}
+TONE_ADJECTIVES = {"darker": "dark", "brighter": "bright", "similar": ""}
+NEUTRAL_COLOURS = ("black", "dark grey", "grey", "light grey", "white", "dark brown")
+MAX_PIECES = 4  # more pieces than this are said as "many small marks" (a count that high is not worth stating)
+ORIENTATION_ADVERBS = {"horizontal": "horizontally", "vertical": "vertically", "diagonal": "diagonally"}
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", str(text).lower()).split())
+
+
+def type_words_in(text: str) -> list[str]:
+    """Vocabulary words a text names, in the order they first appear ('is it a scratch or a crack?' ->
+    ['scratch', 'crack']); a longer alias wins over a word inside it ('metal contamination')."""
+    t = f" {_norm(text)} "
+    found: dict[str, int] = {}
+    for word, aliases in TYPE_WORDS.items():
+        for a in sorted(aliases, key=len, reverse=True):
+            i = t.find(f" {a} ")
+            if i >= 0:
+                found[word] = min(found.get(word, i), i)
+    return sorted(found, key=found.get)
+
+
+def option_type(text: str) -> str | None:
+    """The vocabulary word a multiple-choice option names: the one its text is most specifically about (the
+    longest alias found); None when it names none."""
+    t = f" {_norm(text)} "
+    best, length = None, 0
+    for word, aliases in TYPE_WORDS.items():
+        for a in aliases:
+            if f" {a} " in t and len(a) > length:
+                best, length = word, len(a)
+    return best
+
+
+def looks(d) -> str:
+    """A Descriptor in words: 'a dark thin line about 40 px long, running diagonally, with a sharp edge'."""
+    n = max(1, int(round(d.length_px if d.form != "compact" else math.sqrt(d.length_px * d.width_px))))
+    size = f"about {n} px {'long' if d.form != 'compact' else 'across'}"
+    tone = "" if d.colour in NEUTRAL_COLOURS else TONE_ADJECTIVES.get(d.tone, "")  # "black" already says "dark"
+    adjectives = [a for a in (tone, d.colour) if a]
+    noun = " ".join([*adjectives, FORM_NOUNS.get(d.form, "mark")])
+    said = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} {size}"
+    if d.orientation in ORIENTATION_ADVERBS:
+        said += f", running {ORIENTATION_ADVERBS[d.orientation]}"
+    if 1 < d.count <= MAX_PIECES:
+        said += f", in {d.count} pieces"
+    elif d.count > MAX_PIECES:
+        said += ", broken up into many small marks"
+    return f"{said}, with a {d.edge} edge"
+
+
+def colour_sentence(d) -> str:
+    """'It is red and darker than the surface around it.' / 'It has no distinct colour; it is darker ...'."""
+    tone = {"darker": "darker than", "brighter": "brighter than", "similar": "about as light as"}[d.tone]
+    if d.colour:
+        return f"It is {d.colour} and {tone} the surface around it."
+    return f"It has no distinct colour of its own; it is {tone} the surface around it."
+
+
+def type_sentence(d, where: str) -> str:
+    """What kind of defect a measured region is, with abstention: the classifier's word when it named one, else
+    what was measured and the best guess with its probability. `where` is a position phrase ('in the top left')."""
+    if d.defect_type:
+        return f"It looks like {_article(d.defect_type)} {d.defect_type} {where}: {looks(d)}."
+    guess = max(d.type_probs, key=d.type_probs.get) if d.type_probs else ""
+    hint = f" (closest: {d.type_probs[guess]:.0%} {guess})" if guess else ""
+    return f"I cannot name the type with confidence{hint}; {where} I measured {looks(d)}."
+
+
+def between_sentence(d, asked: list[str], where: str) -> str:
+    """'Is it a scratch or a crack?': which of the asked words the region is closer to, and how sure."""
+    p = {w: float(d.type_probs.get(w, 0.0)) for w in asked}
+    best = max(p, key=p.get)
+    if d.defect_type and d.defect_type not in asked:
+        return (f"Neither, it looks more like {_article(d.defect_type)} {d.defect_type} {where}: "
+                f"{looks(d)}.")
+    if d.defect_type == best:
+        return f"It looks like {_article(best)} {best} {where}: {looks(d)}."
+    odds = " vs ".join(f"{p[w]:.0%} {w}" for w in asked)
+    return (f"It is closer to {_article(best)} {best} ({odds}), but I am not confident; {where} I measured "
+            f"{looks(d)}.")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
