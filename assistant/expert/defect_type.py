@@ -35,10 +35,10 @@ CONFIG_NAME = "defect_type.json"
 class TypeClassifier(nn.Module):
     """Standardised descriptor features (F,) -> probabilities over `types` (K,), softmax of one linear layer."""
 
-    def __init__(self, types: tuple[str, ...] = VOCABULARY, threshold: float = 1.0):
+    def __init__(self, types: tuple[str, ...] = VOCABULARY, threshold: float = 1.01):
         super().__init__()
         self.types = tuple(types)
-        self.threshold = float(threshold)  # named only at or above this top probability (1.0: never)
+        self.threshold = float(threshold)  # named only at or above this top probability (above 1: never)
         self.register_buffer("mean", torch.zeros(len(FEATURES)))
         self.register_buffer("std", torch.ones(len(FEATURES)))
         self.linear = nn.Linear(len(FEATURES), len(self.types))
@@ -88,8 +88,12 @@ def load_type_classifier(folder: str | Path) -> TypeClassifier | None:
     if tuple(cfg.get("features", ())) != FEATURES:
         raise TypeClassifierError(f"defect-type classifier {folder}: its features {cfg.get('features')} differ "
                                   f"from this version's {list(FEATURES)}; retrain it (python -m training defect-type)")
-    clf = TypeClassifier(tuple(cfg["types"]), float(cfg["threshold"]))
-    clf.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    try:
+        clf = TypeClassifier(tuple(cfg["types"]), float(cfg["threshold"]))
+        clf.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TypeClassifierError(f"defect-type classifier {folder}: expected 'types' and 'threshold' in "
+                                  f"{CONFIG_NAME} matching the weights in {WEIGHTS_NAME} ({e})") from e
     return clf
 
 

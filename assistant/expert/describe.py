@@ -124,9 +124,10 @@ def refine(diff: np.ndarray, region: np.ndarray, min_pixels: int) -> np.ndarray:
     if top <= 0:
         return region
     u8 = np.clip(vals / top * 255, 0, 255).astype(np.uint8)
-    otsu = cv2.threshold(u8.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0] / 255.0 * top
-    level = max(otsu, NOISE_FACTOR * float(np.median(vals)))
-    out = region & (diff > level)
+    otsu = cv2.threshold(u8.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
+    # Otsu's foreground is u8 > otsu, i.e. vals >= (otsu + 1) / 255 * top: the same cut on the unrounded values
+    level = max((otsu + 1.0) / 255.0 * top, NOISE_FACTOR * float(np.median(vals)))
+    out = region & (diff >= level)
     return out if out.sum() >= min_pixels else region
 
 
