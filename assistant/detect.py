@@ -23,6 +23,7 @@ import numpy as np
 
 from assistant.config import UsageError, add_config_arguments
 from assistant.wording import alignment_sentence, change_phrase, profile_words, registration_figures, verdict_words
+from assistant.wording.defects import descriptor_words
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -175,10 +176,13 @@ def print_alignment(result) -> None:
 
 
 def print_regions(result) -> None:
-    """One line per region (map pixels): its box, score and, on the aligned path, its change and shape in words."""
+    """One line per region (map pixels): its box, score and, on the aligned path, its change and shape in words;
+    then what it looks like (expert/describe.py) and its type, or "type not named" when the classifier abstained."""
     for i, b in enumerate(result.boxes):
         change = f" {change_phrase(b.change, b.shape)};" if b.change else ""
         print(f"region #{i + 1}:{change} box x {b.x0}-{b.x1}, y {b.y0}-{b.y1}, score {b.score:.3f}")
+        if b.descriptor is not None:
+            print(f"  looks: {descriptor_words(b.descriptor)}")
 
 
 def summary_row(path: Path, stem: str, r) -> dict:

@@ -39,13 +39,13 @@ def type_words_in(text: str) -> list[str]:
     """Vocabulary words a text names, in the order they first appear ('is it a scratch or a crack?' ->
     ['scratch', 'crack']); a longer alias wins over a word inside it ('metal contamination')."""
     t = f" {_norm(text)} "
-    found: dict[str, int] = {}
-    for word, aliases in TYPE_WORDS.items():
-        for a in sorted(aliases, key=len, reverse=True):
-            i = t.find(f" {a} ")
-            if i >= 0:
-                found[word] = min(found.get(word, i), i)
-    return sorted(found, key=found.get)
+    spans = [(i, i + len(a), word) for word, aliases in TYPE_WORDS.items() for a in aliases
+             if (i := t.find(f" {a} ")) >= 0]
+    taken: list[tuple[int, int, str]] = []
+    for start, end, word in sorted(spans, key=lambda s: s[0] - s[1]):  # longest first
+        if all(end <= s or start >= e for s, e, _ in taken):
+            taken.append((start, end, word))
+    return list(dict.fromkeys(w for _, _, w in sorted(taken)))
 
 
 def option_type(text: str) -> str | None:
@@ -111,3 +111,13 @@ def between_sentence(d, asked: list[str], where: str) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+def descriptor_words(d) -> str:
+    """One line for logs and the detect CLI: what was measured, and the type (or that none was named)."""
+    kind = f"type {d.defect_type} ({d.type_confidence:.0%})" if d.defect_type else (
+        f"type not named (closest {max(d.type_probs, key=d.type_probs.get)}, {d.type_confidence:.0%})"
+        if d.type_probs else "type not estimated")
+    colour = f"; colour {d.colour}" if d.colour else ""
+    tone = {"darker": "darker than", "brighter": "brighter than"}.get(d.tone, "about as light as")
+    return f"{looks(d)}; {tone} around it (contrast {d.contrast:+.0f} L*){colour}; {kind}"

@@ -1,0 +1,145 @@
+"""Defect questions answered from the measured descriptors (assistant/grounded.py, wording/defects.py): the type
+is named only when the classifier named it, else what was measured is said with the closest type; multiple-choice
+type, position and size questions pick the option the evidence supports; a normal verdict leaves free-form
+questions to the LM and answers multiple choice about the strongest deviation (AnomalyResult.peak)."""
+import numpy as np
+
+from assistant.evaluation.data.mmad import build_prompt
+from assistant.expert.describe import Descriptor
+from assistant.expert.postprocess import peak_region, relabel
+from assistant.expert.result import AnomalyResult, Box
+from assistant.grounded import grounded_answer
+from assistant.wording import parse_choice
+from assistant.wording.defects import descriptor_words, looks, option_type, type_words_in
+
+TYPE_OPTIONS = {"A": "crack", "B": "cut", "C": "hole", "D": "print"}
+PROBS = {"crack": 0.2, "scratch": 0.6, "hole": 0.05, "stain": 0.1, "foreign object": 0.05}
+
+
+def desc(defect_type: str = "", **kw) -> Descriptor:
+    base = dict(area_px=300, length_px=40.0, width_px=8.0, elongation=5.0, form="line", orientation="diagonal",
+                centroid=(0.1, 0.1), core_px=60, core_width_px=2.0, core_elongation=20.0, count=1, tone="darker",
+                contrast=-20.0, chroma=1.0, colour="", edge="sharp", edge_px=1.5, defect_type=defect_type,
+                type_confidence=PROBS["scratch"], type_probs=dict(PROBS))
+    return Descriptor(**{**base, **kw})
+
+
+def box(d: Descriptor | None, x: int = 5, y: int = 5, score: float = 2.0, area: float = 0.01) -> Box:
+    return Box(x, y, x + 10, y + 10, score, area, descriptor=d)
+
+
+def result(*boxes: Box, anomalous: bool = True, peak: Box | None = None) -> AnomalyResult:
+    mask = np.zeros((90, 90), bool)
+    if anomalous:
+        mask[5:15, 5:15] = True  # 100 / 8100 of the image: "small"
+    return AnomalyResult(anomaly_map=np.zeros((90, 90), np.float32), pred_score=3.0 if anomalous else 0.5,
+                         pred_label=anomalous, pred_mask=mask, boxes=list(boxes), threshold=1.0, alignment="free",
+                         peak=peak)
+
+
+def test_named_type_is_said_with_what_was_measured():
+    said = grounded_answer(result(box(desc("scratch"))), "What kind of defect is it?")
+    assert said.startswith("It looks like a scratch in the top left:")
+    assert "dark thin line about 40 px long, running diagonally" in said
+
+
+def test_unnamed_type_says_what_was_measured_and_the_closest_type():
+    said = grounded_answer(result(box(desc(""))), "What type of defect is this?")
+    assert "cannot name the type" in said and "closest: 60% scratch" in said
+    assert "thin line about 40 px long" in said and "It looks like" not in said
+
+
+def test_describe_says_up_to_three_regions_strongest_first():
+    boxes = [box(desc("", tone="brighter", form="compact", orientation="", length_px=12, width_px=12), x=70, y=70,
+                 score=3.0), box(desc("crack"), score=2.0), box(desc(""), x=40, y=40, score=1.5),
+             box(desc(""), x=5, y=70, score=1.0)]
+    said = grounded_answer(result(*boxes), "Describe it.")
+    assert said.startswith("In the bottom right there is a bright compact spot about 12 px across")
+    assert "(it looks like a crack)" in said and said.endswith("1 smaller region not described.")
+    assert said.index("bottom right") < said.index("top left") < said.index("center")
+
+
+def test_colour_is_named_or_said_absent():
+    red = grounded_answer(result(box(desc("", colour="red", chroma=30.0))), "What colour is it?")
+    assert red == "It is red and darker than the surface around it."
+    grey = grounded_answer(result(box(desc(""))), "What color is the defect?")
+    assert grey.startswith("It has no distinct colour of its own")
+
+
+def test_either_or_question_compares_the_asked_types():
+    r = result(box(desc("")))
+    unsure = grounded_answer(r, "Is it a scratch or a crack?")
+    assert "closer to a scratch (60% scratch vs 20% crack), but I am not confident" in unsure
+    assert grounded_answer(result(box(desc("scratch"))), "Is it a crack or a scratch?").startswith(
+        "It looks like a scratch")
+    neither = grounded_answer(result(box(desc("foreign object"))), "Is it a scratch or a crack?")
+    assert neither.startswith("Neither, it looks more like a foreign object")
+
+
+def test_multiple_choice_type_picks_the_most_probable_option_the_vocabulary_maps():
+    prompt = build_prompt("What type of defect is present on the object?", TYPE_OPTIONS)
+    said = grounded_answer(result(box(desc(""))), prompt)
+    assert parse_choice(said, TYPE_OPTIONS) == "B"  # "cut" names a scratch, the most probable type offered
+    odd = {"A": "bottle", "B": "screw"}  # no option names a defect type: the LM answers
+    assert grounded_answer(result(box(desc(""))), build_prompt("What type of defect is it?", odd)) is None
+
+
+def test_multiple_choice_position_and_size_follow_the_expert():
+    options = {"A": "center", "B": "top left", "C": "bottom", "D": "right"}
+    said = grounded_answer(result(box(desc(""))), build_prompt("Where is the defect located in the image?", options))
+    assert parse_choice(said, options) == "B"
+    sizes = {"A": "tiny", "B": "small", "C": "medium", "D": "large"}
+    said = grounded_answer(result(box(desc(""))), build_prompt("How large is the defective area?", sizes))
+    assert parse_choice(said, sizes) == "B"
+
+
+def test_normal_verdict_leaves_free_form_to_the_lm_and_answers_choices_about_the_peak():
+    r = result(anomalous=False, peak=box(desc("scratch"), x=70, y=70, area=0.001))
+    assert grounded_answer(r, "What kind of defect is it?") is None
+    assert grounded_answer(r, "Describe it.") is None
+    said = grounded_answer(r, build_prompt("What type of defect is present?", TYPE_OPTIONS))
+    assert parse_choice(said, TYPE_OPTIONS) == "B" and "no defect that clears the threshold" in said
+    sizes = {"A": "tiny", "B": "small", "C": "medium", "D": "large"}
+    assert parse_choice(grounded_answer(r, build_prompt("How large is it?", sizes)), sizes) == "A"
+    assert grounded_answer(result(anomalous=False), build_prompt("What type of defect?", TYPE_OPTIONS)) is None
+
+
+def test_questions_about_the_object_and_others_go_to_the_lm():
+    r = result(box(desc("scratch")))
+    objects = {"A": "hazelnut", "B": "screw", "C": "cable"}
+    assert grounded_answer(r, build_prompt("What kind of object is shown in the image?", objects)) is None
+    assert grounded_answer(r, "Where is it?") is None
+    assert grounded_answer(r, "Is there any anomaly in the image?") is None
+    assert grounded_answer(result(box(None)), "What kind of defect is it?") is None  # not measured
+
+
+def test_vocabulary_words_in_questions_and_options():
+    assert type_words_in("Is it a scratch or a crack?") == ["scratch", "crack"]
+    assert type_words_in("any metal_contamination?") == ["foreign object"]
+    assert option_type("Broken large") == "missing part" and option_type("faulty-imprint") is None
+    assert option_type("blowhole") == "hole" and option_type("discoloration.") == "discolouration"
+
+
+def test_words_for_pieces_colour_and_the_detect_line():
+    assert looks(desc("", count=3)).endswith("in 3 pieces, with a sharp edge")
+    assert "many small marks" in looks(desc("", count=12))
+    assert looks(desc("", colour="black")).startswith("a black thin line")  # no "dark black"
+    assert descriptor_words(desc("scratch")).endswith("type scratch (60%)")
+    assert "type not named (closest scratch, 60%)" in descriptor_words(desc(""))
+
+
+def test_peak_region_and_relabel_keep_the_strongest_deviation_of_a_normal_verdict():
+    amap = np.zeros((40, 40), np.float32)
+    amap[5:9, 5:9], amap[25:35, 25:35] = 0.8, 0.5
+    r = AnomalyResult(anomaly_map=amap, pred_score=0.9, pred_label=False, pred_mask=np.zeros_like(amap, bool),
+                      threshold=1.0, pixel_threshold=0.3)
+    found = peak_region(r)
+    assert found is not None
+    pbox, region = found
+    assert (pbox.x0, pbox.y0, pbox.x1, pbox.y1) == (5, 5, 9, 9) and region.sum() == 16
+    pbox.descriptor = desc("scratch")
+    flagged = relabel(AnomalyResult(**{**r.__dict__, "peak": pbox}), 0.5, 0.3)
+    assert flagged.pred_label and flagged.peak is None
+    assert any(b.descriptor is pbox.descriptor for b in flagged.boxes)  # measured once, carried
+    normal_again = relabel(flagged, 1.0, 0.3)
+    assert not normal_again.pred_label and normal_again.peak is not None
