@@ -9,14 +9,17 @@ spaced) are opened in a ChatSession with one reference from train/good (random.R
   detect "Is there any anomaly in the image?", where "Where is it?", size "How large is it?",
   ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?",
   compare "Compare it with the reference.", good "Is this part good?", usable "Can this part be used?",
-  scrap "Should it be thrown away?" (the last two worded unlike any training question).
+  scrap "Should it be thrown away?" (the last two worded unlike any training question), type "What kind of defect
+  is it?", describe "Describe it.".
 A borderline verdict (threshold uncertain) must be said once, with the first answer, and a clear one never.
 An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
 the language side; the expert's own accuracy is `evaluate`'s job):
-  detect/where/size/count on a normal verdict: the answer says there is no defect;
+  detect/where/size/count/type/describe on a normal verdict: the answer says there is no defect;
   detect: yes/no = the verdict; where: the position word = the expert's; size: the percentage = the mask's area
   as the evidence states it;
   count: the number of regions = the evidence's, in agreeing English ("There are 1 ..." / "There is 2 ..." fail);
+  type: the strongest region's type when the classifier named one (else "cannot name the type"), with its
+  measured form, length and position (expert/describe.py); describe: that region's form, length and position first;
   compare: on an anomalous verdict a difference at the expert's position word and nothing that calls the part
   normal, on a normal one "it matches" / "no differences" with no position;
   ship, good, usable (yes = normal), reject, scrap (yes = anomalous): nothing calling the part normal when it is
@@ -42,14 +45,15 @@ QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where 
              ("size", "How large is it?"), ("ship", "Is it safe to ship?"),
              ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
              ("compare", "Compare it with the reference."), ("good", "Is this part good?"),
-             ("usable", "Can this part be used?"), ("scrap", "Should it be thrown away?")]
+             ("usable", "Can this part be used?"), ("scrap", "Should it be thrown away?"),
+             ("type", "What kind of defect is it?"), ("describe", "Describe it.")]
 # accept/reject questions, by what "yes" means; "usable" and "scrap" are worded unlike any training question
 # (data_synth ACCEPT_Q / REJECT_Q), to see whether answers stay truthful to a new wording
 YES_MEANS_NORMAL = {"ship": True, "good": True, "usable": True, "reject": False, "scrap": False}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 
 
-KINDS = ("detect", "where", "size", "count", "compare", *YES_MEANS_NORMAL)
+KINDS = ("detect", "where", "size", "count", "compare", "type", "describe", *YES_MEANS_NORMAL)
 
 
 def parse_ask(items: list[str]) -> list[tuple[str, str]]:
@@ -93,10 +97,42 @@ def expected(result) -> dict:
     ev = result_evidence(result)
     pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
     regions = re.search(r"regions: (\d+)", ev)
+    top = max(result.boxes, key=lambda b: b.score) if result.pred_label and result.boxes else None
     return {"anomalous": bool(result.pred_label), "borderline": result.verdict == "borderline",
-            "position": pos.group(1) if pos else None,
+            "position": pos.group(1) if pos else None, "region": region_facts(top, result),
             "percent": percent(result.area_fraction) if result.size else None,
             "regions": int(regions.group(1)) if regions else None, "evidence": ev}
+
+
+def region_facts(box, result) -> dict | None:
+    """The strongest flagged region's measured facts (expert/describe.py) as the answers word them."""
+    if box is None or box.descriptor is None:
+        return None
+    from assistant.grounded import box_position
+    from assistant.wording.defects import FORM_NOUNS
+
+    d = box.descriptor
+    n = round(d.length_px if d.form != "compact" else (d.length_px * d.width_px) ** 0.5)
+    return {"type": d.defect_type, "form": FORM_NOUNS[d.form], "length": f"about {max(1, n)} px",
+            "position": box_position(box, result)}
+
+
+def says_region(kind: str, answer: str, region: dict | None) -> bool:
+    """type: the named type (or, unnamed, that it cannot be named) with the region's measured form, length and
+    position; describe: the strongest region's form, length and position first."""
+    from assistant.wording import parse_position
+    from assistant.wording.defects import type_words_in
+
+    if region is None:
+        return False
+    said = answer.split(".")[0] if kind == "describe" else answer
+    measured = region["form"] in said and region["length"] in said and parse_position(said) == region["position"]
+    if kind == "describe":
+        return measured
+    named = type_words_in(answer.split(":")[0])
+    if region["type"]:
+        return named[:1] == [region["type"]] and measured
+    return "cannot name the type" in answer and measured
 
 
 def says_same(answer: str) -> bool:
@@ -146,8 +182,10 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
                 and parse_position(answer) == fact["position"])
     if kind == "detect":
         return verdict is bad
-    if not bad:  # where / size / count on a normal part: nothing to locate, measure or count
+    if not bad:  # where / size / count / type / describe on a normal part: nothing to locate, measure or count
         return verdict is False or says_count(answer) == 0
+    if kind in ("type", "describe"):
+        return says_region(kind, answer, fact["region"])
     if kind == "where":
         return fact["position"] is not None and parse_position(answer) == fact["position"]
     if kind == "size":

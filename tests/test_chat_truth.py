@@ -114,3 +114,33 @@ def test_borderline_is_said_once_with_the_first_answer_and_never_for_a_clear_ver
     assert ct.says_borderline_once(note, border, first=True)
     assert not ct.says_borderline_once("Yes, there is an anomaly.", border, first=True)  # the note is missing
     assert not ct.says_borderline_once(note, border, first=False)  # said again on a follow-up
+
+
+def _described(defect_type: str) -> AnomalyResult:
+    from assistant.expert.describe import Descriptor
+
+    r = _result(True)
+    r.boxes[0].descriptor = Descriptor(
+        area_px=200, length_px=20.0, width_px=10.0, elongation=2.0, form="elongated", orientation="horizontal",
+        centroid=(0.1, 0.8), core_px=50, core_width_px=3.0, core_elongation=6.0, count=1, tone="darker",
+        contrast=-15.0, chroma=2.0, colour="", edge="sharp", edge_px=1.0, defect_type=defect_type,
+        type_confidence=0.9 if defect_type else 0.4, type_probs={"scratch": 0.9 if defect_type else 0.4, "crack": 0.1})
+    return r
+
+
+@pytest.mark.parametrize("named", ["scratch", ""])
+def test_type_and_describe_answers_are_checked_against_the_descriptor(named):
+    from assistant.grounded import grounded_answer
+
+    r = _described(named)
+    fact = ct.expected(r)
+    for kind, q in (("type", "What kind of defect is it?"), ("describe", "Describe it.")):
+        assert ct.truthful(kind, grounded_answer(r, q), fact), kind
+    wrong = "It looks like a crack at the top right: a dark elongated mark about 20 px long."
+    assert not ct.truthful("type", wrong, fact)
+    assert not ct.truthful("describe", "At the top right there is a dark compact spot about 20 px across.", fact)
+    assert not ct.truthful("type", "It looks like a scratch at the bottom: a dark elongated mark about 20 px long.",
+                           fact)
+    normal = ct.expected(_result(False))
+    assert ct.truthful("type", "There is no defect, so there is nothing to measure.", normal)
+    assert not ct.truthful("describe", "At the top right there is a dark elongated mark about 20 px long.", normal)
