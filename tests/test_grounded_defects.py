@@ -143,3 +143,27 @@ def test_peak_region_and_relabel_keep_the_strongest_deviation_of_a_normal_verdic
     assert any(b.descriptor is pbox.descriptor for b in flagged.boxes)  # measured once, carried
     normal_again = relabel(flagged, 1.0, 0.3)
     assert not normal_again.pred_label and normal_again.peak is not None
+
+
+def test_describe_results_measures_boxes_or_the_peak_and_names_types():
+    from PIL import Image
+
+    from assistant.expert.defect_type import TypeClassifier
+    from assistant.expert.postprocess import describe_results
+
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:30, 10:50] = 1.0
+    img = np.full((64, 64, 3), 150, np.uint8)
+    img[24:26, 12:48] = 40  # a dark line under the map's region
+    normal = AnomalyResult(anomaly_map=amap, pred_score=0.5, pred_label=False, pred_mask=np.zeros_like(amap, bool),
+                           threshold=1.0, pixel_threshold=0.5)
+    flagged = relabel(normal, 0.1, 0.5)
+    clf = TypeClassifier(threshold=0.0)
+    describe_results([normal, flagged], [Image.fromarray(img)] * 2, clf)
+    assert normal.peak is not None and normal.peak.descriptor.tone == "darker"
+    assert normal.peak.descriptor.defect_type in clf.types
+    assert flagged.peak is None and flagged.boxes[0].descriptor.form != "compact"
+    assert relabel(normal, 0.1, 0.5).boxes[0].descriptor is normal.peak.descriptor  # measured once, carried
+    untouched = relabel(AnomalyResult(**{**normal.__dict__, "peak": None}), 0.1, 0.5)
+    describe_results([untouched], None, clf)  # no images: nothing measured
+    assert untouched.boxes[0].descriptor is None

@@ -36,12 +36,11 @@ from torch import nn
 from assistant.config import ExpertConfig, resolve_data_path
 from assistant.expert.calibration import NullModel, batch_split, judge, review_band
 from assistant.expert.defect_type import TypeClassifier, load_type_classifier
-from assistant.expert.describe import describe, describe_region, image_rgb
 from assistant.expert.golden import golden_results
 from assistant.expert.heads import PrototypeHead, TextHead, prompt_text_features
 from assistant.expert.io import level_scale, read_checkpoint, trained_expert_dir, write_checkpoint
 from assistant.expert.knn import aggregate, nn_distance, self_nn_distance
-from assistant.expert.postprocess import image_score, mask_boxes, peak_region, relabel, upsample, verdict_mask
+from assistant.expert.postprocess import describe_results, image_score, mask_boxes, relabel, upsample, verdict_mask
 from assistant.expert.references import ReferenceState, fit_references, self_threshold
 from assistant.expert.result import AnomalyResult, Box
 from assistant.vision.base import VisionOutput
@@ -232,11 +231,11 @@ class AnomalyExpert(nn.Module):
             results = [self._result(amap, self.image_score(amap), state, "few-shot", grid, reference_median=med)
                        for amap, med in zip(maps, medians)]
             # golden-template inspection: the aligned path where a reference registers (expert.alignment)
-            return self.describe_all(golden_results(self, state, query_out, raw, results, images, image_size,
-                                                    self._result), images)
+            return describe_results(golden_results(self, state, query_out, raw, results, images, image_size,
+                                                   self._result), images, self.type_classifier)
         if not self.self_calibrated():
-            return self.describe_all([self._result(amap, self.image_score(amap), state, "zero-shot", grid)
-                                      for amap in maps], images)
+            return describe_results([self._result(amap, self.image_score(amap), state, "zero-shot", grid)
+                                     for amap in maps], images, self.type_classifier)
         if images is None or tower is None or len(images) != len(maps):
             raise ValueError(
                 f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
@@ -259,23 +258,7 @@ class AnomalyExpert(nn.Module):
                 },
             )
             out.append(self._result(amap, self.image_score(amap), st, "zero-shot", grid))
-        return self.describe_all(out, images)
-
-    def describe_all(self, results: list[AnomalyResult], images: list[Image.Image] | None) -> list[AnomalyResult]:
-        """Measure the regions (expert/describe.py) of results whose boxes are not measured yet (the aligned path
-        measures its own against the reference) and name their type; a result with no region gets its strongest
-        deviation measured as `peak`. Nothing without the query images."""
-        if images is not None and len(images) == len(results):
-            for res, img in zip(results, images):
-                if res.boxes and all(b.descriptor is None for b in res.boxes):
-                    describe(res, img, classifier=self.type_classifier)
-                elif not res.boxes and res.peak is None and (found := peak_region(res)) is not None:
-                    box, region = found
-                    box.descriptor = describe_region(image_rgb(img, res.anomaly_map.shape), region)
-                    if self.type_classifier is not None:
-                        self.type_classifier.name(box.descriptor)
-                    res.peak = box
-        return results
+        return describe_results(out, images, self.type_classifier)
 
     def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str, grid: tuple[int, int],
                 reference_median: float | None = None) -> AnomalyResult:

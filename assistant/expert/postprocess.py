@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from assistant.expert.calibration import judge, review_band
+from assistant.expert.describe import describe, describe_region, image_rgb
 from assistant.expert.result import AnomalyResult, Box
 
 SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then resized (AnomalyExpert.upsample)
@@ -119,6 +120,24 @@ def peak_region(result: AnomalyResult) -> tuple[Box, np.ndarray] | None:
     region = np.zeros_like(mask)
     region[box.y0:box.y1, box.x0:box.x1] = mask[box.y0:box.y1, box.x0:box.x1]
     return box, region
+
+
+def describe_results(results: list[AnomalyResult], images: list | None, classifier=None) -> list[AnomalyResult]:
+    """Measure the regions (expert/describe.py) of results whose boxes are not measured yet (the aligned path
+    measures its own against the reference) and name their type with `classifier` (expert/defect_type.py); a result
+    with no region gets its strongest deviation measured as `peak`. Nothing without the query images."""
+    if images is None or len(images) != len(results):
+        return results
+    for res, img in zip(results, images):
+        if res.boxes and all(b.descriptor is None for b in res.boxes):
+            describe(res, img, classifier=classifier)
+        elif not res.boxes and res.peak is None and (found := peak_region(res)) is not None:
+            box, region = found
+            box.descriptor = describe_region(image_rgb(img, res.anomaly_map.shape), region)
+            if classifier is not None:
+                classifier.name(box.descriptor)
+            res.peak = box
+    return results
 
 
 def carry_changes(old: list[Box], new: list[Box]) -> None:
