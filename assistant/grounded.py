@@ -14,9 +14,11 @@ said to be so: the type is not guessed.
 Without an aligned reference, "What kind of defect is it?", "Describe it.", "What colour is it?" and "Is it a
 scratch or a crack?" about a flagged part are answered from the strongest region's descriptor: the type is named
 only when the classifier cleared its threshold, else what was measured is said with the closest type. A
-multiple-choice type, position or size question (MMAD) picks the option the evidence supports: the type option with
-the highest probability, the expert's position and size words; when the verdict is normal, the answer says so and
-picks from the strongest deviation (`AnomalyResult.peak`), as the question presupposes a defect.
+multiple-choice question (MMAD) picks the option the evidence supports: "Is there any defect?" the verdict's yes or
+no; a type question the option naming the type the classifier named (none named: the LM answers, as a ranking it is
+unsure of picks whichever offered word maps to the vocabulary at all); position and size the expert's words (the
+nearest offered grid word when the expert's is not offered). When the verdict is normal, type, position and size
+are answered about the strongest deviation (`AnomalyResult.peak`), saying that it does not clear the threshold.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from assistant.wording import (
     NOT_NAMED,
     PCB_SHAPES,
     PCB_WORDS,
+    POSITION_WORDS,
     TYPE_ALIASES,
     golden_sentence,
     polarity_lead,
@@ -50,6 +53,8 @@ TYPE_QUESTION = re.compile(r"\b(?:what|which)\s+(?:kind|type|sort|class)\b|\bcla
 MISSING_QUESTION = re.compile(r"\b(?:missing|absent|lost|gone)\b", re.I)
 EXTRA_QUESTION = re.compile(r"\b(?:extra|added|excess|surplus)\b", re.I)
 OBJECT_QUESTION = re.compile(r"\b(?:kind|type|sort|class)\s+of\s+(?:object|part|product|item)\b", re.I)
+DETECT_QUESTION = re.compile(r"^\s*(?:is|are|does|do|has)\b.*\b(?:defects?|defective|anomal\w*|damaged?|flaws?)\b",
+                             re.I | re.S)  # a yes/no question about the part having a defect
 WHERE_QUESTION = re.compile(r"\bwhere\b|\blocat|\bposition\b", re.I)
 SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\b", re.I)
 DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
@@ -86,6 +91,8 @@ def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tupl
     ask = OPTION_LINE.sub(" ", question)  # the question without its option lines
     if OBJECT_QUESTION.search(ask):  # what the part is, not its defect: the LM's
         return None
+    if options and DETECT_QUESTION.search(ask):
+        return detection_choice(result, options)
     if result.alignment != "aligned":
         return defect_answer(result, ask, options)
     pcb = speaks_of_boards(ask, history, options)
@@ -141,6 +148,17 @@ def golden_note(result: AnomalyResult, question: str, history: Sequence[tuple[st
     return golden_sentence(top.change, top.shape, box_position(top, result), pcb)
 
 
+def detection_choice(result: AnomalyResult, options: dict[str, str]) -> str | None:
+    """'Is there any defect?' with Yes / No options: the option of the expert's verdict (None without such options)."""
+    want = "yes" if result.pred_label else "no"
+    letter = next((k for k, v in options.items() if re.match(rf"\s*{want}\b", v, re.I)), None)
+    if letter is None:
+        return None
+    said = "there is a defect" if result.pred_label else "I find no defect"
+    where = f" {position_phrase(result.position)}" if result.pred_label and result.position else ""
+    return type_choice_answer(letter, options[letter], f"{said[0].upper()}{said[1:]}{where}.")
+
+
 # ------------------------------------------------------------------ any part: measured descriptors and type
 def focus(result: AnomalyResult) -> Box | None:
     """The region a defect question is about: the strongest flagged one, else the strongest deviation (peak)."""
@@ -193,19 +211,38 @@ def choice_answer(result: AnomalyResult, box: Box, ask: str, options: dict[str, 
             return sentence
         return f"I find no defect that clears the threshold. Of the strongest deviation: {sentence}"
 
-    if TYPE_QUESTION.search(ask):
-        probs = box.descriptor.type_probs
-        scored = {k: probs.get(t, 0.0) for k, v in options.items() if (t := option_type(v)) in probs}
-        if not scored:
-            return None
-        letter = max(scored, key=scored.get)
-        return type_choice_answer(letter, options[letter], said(type_sentence(box.descriptor, where)))
+    if TYPE_QUESTION.search(ask):  # only a named type: an unsure ranking picks whichever option maps at all
+        named = box.descriptor.defect_type
+        letter = next((k for k, v in options.items() if named and option_type(v) == named), None)
+        return type_choice_answer(letter, options[letter], said(type_sentence(box.descriptor, where))) \
+            if letter else None
     if WHERE_QUESTION.search(ask):
-        want = box_position(box, result)
-        letter = next((k for k, v in options.items() if " ".join(v.lower().rstrip(".").split()) == want), None)
-        return type_choice_answer(letter, options[letter], said(f"It is {where}.")) if letter else None
+        letter = nearest_position(box_position(box, result), options)
+        if letter is None:
+            return None
+        exact = options[letter].lower().rstrip(".").strip() == box_position(box, result)
+        note = "" if exact else f" (closest offered: {options[letter]})"
+        return type_choice_answer(letter, options[letter], said(f"It is {where}{note}."))
     if SIZE_QUESTION.search(ask):
         want = size_word(result.area_fraction if result.pred_label else box.area_fraction)
         letter = next((k for k, v in options.items() if v.lower().rstrip(".").strip() == want), None)
         return type_choice_answer(letter, options[letter], said(f"It is {want}.")) if letter else None
     return None
+
+
+def grid_cell(word: str) -> tuple[int, int] | None:
+    """(row, column) of a 3x3 grid word, None for other text."""
+    for r, row in enumerate(POSITION_WORDS):
+        for c, w in enumerate(row):
+            if w == word:
+                return r, c
+    return None
+
+
+def nearest_position(want: str, options: dict[str, str]) -> str | None:
+    """The letter of the grid-word option nearest to `want` (the same word first); None when no option is one."""
+    target = grid_cell(want)
+    cells = {k: cell for k, v in options.items() if (cell := grid_cell(" ".join(v.lower().rstrip(".").split())))}
+    if target is None or not cells:
+        return None
+    return min(cells, key=lambda k: (abs(cells[k][0] - target[0]) + abs(cells[k][1] - target[1]), k))

@@ -76,18 +76,31 @@ def test_either_or_question_compares_the_asked_types():
     assert neither.startswith("Neither, it looks more like a foreign object")
 
 
-def test_multiple_choice_type_picks_the_most_probable_option_the_vocabulary_maps():
+def test_multiple_choice_type_answers_only_a_named_type():
     prompt = build_prompt("What type of defect is present on the object?", TYPE_OPTIONS)
-    said = grounded_answer(result(box(desc(""))), prompt)
-    assert parse_choice(said, TYPE_OPTIONS) == "B"  # "cut" names a scratch, the most probable type offered
+    said = grounded_answer(result(box(desc("scratch"))), prompt)
+    assert parse_choice(said, TYPE_OPTIONS) == "B"  # "cut" names a scratch
+    assert grounded_answer(result(box(desc(""))), prompt) is None  # unsure: not picked from the ranking
+    assert grounded_answer(result(box(desc("dent"))), prompt) is None  # named, but no option says it
     odd = {"A": "bottle", "B": "screw"}  # no option names a defect type: the LM answers
-    assert grounded_answer(result(box(desc(""))), build_prompt("What type of defect is it?", odd)) is None
+    assert grounded_answer(result(box(desc("scratch"))), build_prompt("What type of defect is it?", odd)) is None
+
+
+def test_multiple_choice_detection_follows_the_verdict():
+    yes_no = {"A": "No.", "B": "Yes."}
+    prompt = build_prompt("Is there any defect in the object?", yes_no)
+    assert parse_choice(grounded_answer(result(box(desc(""))), prompt), yes_no) == "B"
+    assert parse_choice(grounded_answer(result(anomalous=False), prompt), yes_no) == "A"
+    assert grounded_answer(result(box(desc(""))), "Is there any defect in the object?") is None  # free form: LM
 
 
 def test_multiple_choice_position_and_size_follow_the_expert():
     options = {"A": "center", "B": "top left", "C": "bottom", "D": "right"}
     said = grounded_answer(result(box(desc(""))), build_prompt("Where is the defect located in the image?", options))
     assert parse_choice(said, options) == "B"
+    far = {"A": "bottom right", "B": "top", "C": "right"}  # top left not offered: the nearest grid word
+    said = grounded_answer(result(box(desc(""))), build_prompt("Where is the defect located?", far))
+    assert parse_choice(said, far) == "B" and "closest offered: top" in said
     sizes = {"A": "tiny", "B": "small", "C": "medium", "D": "large"}
     said = grounded_answer(result(box(desc(""))), build_prompt("How large is the defective area?", sizes))
     assert parse_choice(said, sizes) == "B"
