@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from assistant.expert.result import AnomalyResult, Box
 from assistant.wording import (
+    CHANGE_WORDS,
     NOT_NAMED,
     PCB_SHAPES,
     PCB_WORDS,
@@ -93,18 +94,15 @@ def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tupl
         return None
     if options and DETECT_QUESTION.search(ask):
         return detection_choice(result, options)
-    if result.alignment != "aligned":
-        return defect_answer(result, ask, options)
-    pcb = speaks_of_boards(ask, history, options)
-    if TYPE_QUESTION.search(ask):
-        return type_answer(result, options, pcb)
-    if options:
-        return None
-    if MISSING_QUESTION.search(ask):
-        return polarity_answer(result, "missing", pcb)
-    if EXTRA_QUESTION.search(ask):
-        return polarity_answer(result, "extra", pcb)
-    return None
+    if result.alignment == "aligned":
+        pcb = speaks_of_boards(ask, history, options)
+        if TYPE_QUESTION.search(ask):
+            return type_answer(result, options, pcb)
+        if not options and MISSING_QUESTION.search(ask):
+            return polarity_answer(result, "missing", pcb)
+        if not options and EXTRA_QUESTION.search(ask):
+            return polarity_answer(result, "extra", pcb)
+    return defect_answer(result, ask, options)
 
 
 def type_answer(result: AnomalyResult, options: dict[str, str], pcb: bool) -> str | None:
@@ -199,6 +197,8 @@ def describe_answer(result: AnomalyResult) -> str:
         d, where = b.descriptor, position_phrase(box_position(b, result))
         kind = f" (it looks like {'an' if d.defect_type[0] in 'aeiou' else 'a'} {d.defect_type})" \
             if d.defect_type else ""
+        if b.change in CHANGE_WORDS:  # aligned: the change of material says more than the type word
+            kind = f" ({b.change}: {CHANGE_WORDS[b.change]})"
         said.append(f"{where[0].upper()}{where[1:]} there is {looks(d)}{kind}.")
     more = len(result.boxes) - len(said)
     return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))

@@ -180,3 +180,14 @@ def test_describe_results_measures_boxes_or_the_peak_and_names_types():
     untouched = relabel(AnomalyResult(**{**normal.__dict__, "peak": None}), 0.1, 0.5)
     describe_results([untouched], None, clf)  # no images: nothing measured
     assert untouched.boxes[0].descriptor is None
+
+
+def test_aligned_results_describe_with_their_change_of_material():
+    b = box(desc("foreign object"))
+    b.change, b.shape = "extra", "bridge"
+    r = result(b)
+    r.alignment = "aligned"
+    said = grounded_answer(r, "Describe it.")
+    assert said.startswith("In the top left there is a dark thin line") and "extra: material the golden" in said
+    assert grounded_answer(r, "What kind of defect is it?").startswith("Compared with the golden sample, there is "
+                                                                      "extra material")
