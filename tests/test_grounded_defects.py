@@ -191,3 +191,9 @@ def test_aligned_results_describe_with_their_change_of_material():
     assert said.startswith("In the top left there is a dark thin line") and "extra: material the golden" in said
     assert grounded_answer(r, "What kind of defect is it?").startswith("Compared with the golden sample, there is "
                                                                       "extra material")
+
+
+def test_either_or_says_neither_when_both_are_far_from_the_closest_type():
+    d = desc("", type_probs={"scratch": 0.01, "crack": 0.02, "missing part": 0.4})
+    said = grounded_answer(result(box(d)), "Is it a scratch or a crack?")
+    assert said.startswith("Neither looks likely (1% scratch vs 2% crack); the closest type is a missing part (40%)")

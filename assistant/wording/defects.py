@@ -105,6 +105,10 @@ def between_sentence(d, asked: list[str], where: str) -> str:
     if d.defect_type == best:
         return f"It looks like {_article(best)} {best} {where}: {looks(d)}."
     odds = " vs ".join(f"{p[w]:.0%} {w}" for w in asked)
+    top = max(d.type_probs, key=d.type_probs.get) if d.type_probs else best
+    if top not in asked and p[best] < d.type_probs[top] / 2:  # the asked words are both far from the closest type
+        return (f"Neither looks likely ({odds}); the closest type is {_article(top)} {top} "
+                f"({d.type_probs[top]:.0%}), but I am not confident; {where} I measured {looks(d)}.")
     return (f"It is closer to {_article(best)} {best} ({odds}), but I am not confident; {where} I measured "
             f"{looks(d)}.")
 
