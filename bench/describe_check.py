@@ -26,7 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from golden import DEFAULT_PAIRS, folder_items, pair_items
+from golden import DEFAULT_PAIRS, expert_arguments, expert_from_arguments, folder_items, pair_items
 
 DEFAULT_DATA = ["../shared/realdata/mvtec-indknn__hazelnut", "../shared/realdata/mtd__magnetic_tile",
                 "../shared/realdata/l4v-cookie__cookie"]
@@ -167,20 +167,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="*", default=DEFAULT_DATA, help="MVTec-layout folders with ground-truth masks")
     p.add_argument("--pairs", nargs="*", default=[DEFAULT_PAIRS], help="question files pairing queries with templates")
-    p.add_argument("--seeds", default="0,1,2", help="reference draws for --data folders")
-    p.add_argument("--config", default="offline-small")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=2)
+    expert_arguments(p, seeds="0,1,2")
     args = p.parse_args(argv)
-    import cv2
-    import torch
-
-    from assistant.config import load_config
-    from assistant.expert import load_expert
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    tower, expert = load_expert(load_config(args.config, args.overrides))
+    tower, expert = expert_from_arguments(args)
     if expert.type_classifier is None:
         print("warning: the expert has no defect-type classifier; no type is named", file=sys.stderr)
     seeds = [int(s) for s in args.seeds.split(",")]

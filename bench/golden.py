@@ -184,30 +184,37 @@ def metrics(items: list[dict], run: dict) -> dict:
     return out
 
 
+def expert_arguments(p: argparse.ArgumentParser, seeds: str) -> None:
+    """The options the expert benches share: reference draws, config, overrides, threads."""
+    p.add_argument("--seeds", default=seeds, help="reference draws for --data folders")
+    p.add_argument("--config", default="offline-small")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def expert_from_arguments(args) -> tuple:
+    """(tower, expert) of --config with --set overrides, torch and OpenCV on --threads threads."""
+    import cv2
+    import torch
+
+    from assistant.config import load_config
+    from assistant.expert import load_expert
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    return load_expert(load_config(args.config, args.overrides))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", nargs="*", default=None, help=f"question files pairing queries with templates "
                                                             f"(default {DEFAULT_PAIRS})")
     p.add_argument("--data", nargs="*", default=[], help="MVTec-layout folders without aligned references")
-    p.add_argument("--seeds", default="0", help="reference draws for --data folders")
-    p.add_argument("--config", default="offline-small")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=2)
+    expert_arguments(p, seeds="0")
     args = p.parse_args(argv)
     import numpy as np
-    import torch
 
-    from assistant.config import load_config
-    from assistant.expert import build_expert
-    from assistant.vision import build_vision_tower
-
-    torch.set_num_threads(args.threads)
-    import cv2
-
-    cv2.setNumThreads(args.threads)
-    cfg = load_config(args.config, args.overrides)
-    tower = build_vision_tower(cfg.vision)
-    expert = build_expert(cfg, tower).eval()
+    tower, expert = expert_from_arguments(args)
     pairs = [Path(x) for x in (args.pairs if args.pairs is not None else [DEFAULT_PAIRS])]
     sets = [(jl.parent.name, pair_items(jl), 0) for jl in pairs]
     sets += [(Path(d).name, folder_items(Path(d), int(s)), int(s)) for d in args.data for s in args.seeds.split(",")]
