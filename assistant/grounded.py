@@ -192,6 +192,8 @@ def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> s
 def describe_answer(result: AnomalyResult) -> str:
     """Up to three flagged regions, strongest first, each in measured words with its type when named."""
     boxes = sorted((b for b in result.boxes if b.descriptor is not None), key=lambda b: -b.score)
+    if not boxes and (top := focus(result)) is not None:  # a flagged mask too small for a box: its peak region
+        boxes = [top]
     said = []
     for b in boxes[:3]:
         d, where = b.descriptor, position_phrase(box_position(b, result))
@@ -200,7 +202,7 @@ def describe_answer(result: AnomalyResult) -> str:
         if b.change in CHANGE_WORDS:  # aligned: the change of material says more than the type word
             kind = f" ({b.change}: {CHANGE_WORDS[b.change]})"
         said.append(f"{where[0].upper()}{where[1:]} there is {looks(d)}{kind}.")
-    more = len(result.boxes) - len(said)
+    more = max(0, len(result.boxes) - len(said))
     return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))
 
 

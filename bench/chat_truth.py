@@ -97,7 +97,9 @@ def expected(result) -> dict:
     ev = result_evidence(result)
     pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
     regions = re.search(r"regions: (\d+)", ev)
-    top = max(result.boxes, key=lambda b: b.score) if result.pred_label and result.boxes else None
+    from assistant.grounded import focus
+
+    top = focus(result) if result.pred_label else None
     return {"anomalous": bool(result.pred_label), "borderline": result.verdict == "borderline",
             "position": pos.group(1) if pos else None, "region": region_facts(top, result),
             "percent": percent(result.area_fraction) if result.size else None,

@@ -197,3 +197,10 @@ def test_either_or_says_neither_when_both_are_far_from_the_closest_type():
     d = desc("", type_probs={"scratch": 0.01, "crack": 0.02, "missing part": 0.4})
     said = grounded_answer(result(box(d)), "Is it a scratch or a crack?")
     assert said.startswith("Neither looks likely (1% scratch vs 2% crack); the closest type is a missing part (40%)")
+
+
+def test_a_flagged_mask_too_small_for_a_box_is_described_by_its_peak():
+    r = result(anomalous=True, peak=box(desc("", form="compact", orientation="", length_px=5, width_px=5)))
+    said = grounded_answer(r, "Describe it.")
+    assert said == "In the top left there is a dark compact spot about 5 px across, with a sharp edge."
+    assert "cannot name the type" in grounded_answer(r, "What kind of defect is it?")

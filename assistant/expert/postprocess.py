@@ -98,7 +98,7 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
     mask = verdict_mask(result.anomaly_map, label, pixel_threshold, result.score_topk)
     boxes = mask_boxes(mask, result.anomaly_map, min_box_area, result.box_merge_px) if label else []
     carry_changes(result.boxes + ([result.peak] if result.peak is not None else []), boxes)
-    peak = None if label else (max(result.boxes, key=lambda b: b.score) if result.boxes else result.peak)
+    peak = None if boxes else (max(result.boxes, key=lambda b: b.score) if result.boxes else result.peak)
     verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
     low, high = review_band(threshold, result.threshold_sigma, review_confidence)
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),

@@ -84,8 +84,9 @@ class AnomalyResult:
     registration: Registration | None = None  # the best reference's registration (aligned, or why auto fell back)
     free_score: float | None = None  # aligned path: the free path's score and threshold, for comparison
     free_threshold: float | None = None
-    # verdict normal: the strongest region had the part been flagged, measured (its descriptor), so a question that
-    # presupposes a defect can be answered about the strongest deviation; None when flagged or not measured
+    # no region (verdict normal, or a flagged mask too small for a box): the strongest region had the part been
+    # flagged, measured (its descriptor), so a question about the defect can be answered about the strongest
+    # deviation; None when there are regions or nothing was measured
     peak: Box | None = None
 
     def __post_init__(self):
