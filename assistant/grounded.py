@@ -60,6 +60,7 @@ WHERE_QUESTION = re.compile(r"\bwhere\b|\blocat|\bposition\b", re.I)
 SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\b", re.I)
 DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
 COLOUR_QUESTION = re.compile(r"\bcolou?rs?\b", re.I)
+COMPARE_QUESTION = re.compile(r"\bcompare\b|\bdiffer(?:s|ent|ence|ences)?\b", re.I)
 OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s+(.+?)\s*$", re.M)  # "F. short" lines of a multiple-choice prompt
 
 
@@ -166,8 +167,9 @@ def focus(result: AnomalyResult) -> Box | None:
 
 
 def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> str | None:
-    """Type / description / colour questions (and multiple-choice type, position, size) from the descriptors; None
-    for every other question, and for a free-form one about a part judged normal (the LM says it is normal)."""
+    """Type / description / colour / comparison questions (and multiple-choice type, position, size) from the
+    descriptors; None for every other question, and for a free-form one about a part judged normal (the LM says it
+    is normal)."""
     box = focus(result)
     if box is None or box.descriptor is None:
         return None
@@ -186,7 +188,21 @@ def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> s
         return describe_answer(result)
     if COLOUR_QUESTION.search(ask):
         return colour_sentence(d)
+    if COMPARE_QUESTION.search(ask) and result.shots > 0:
+        return compare_answer(result, box)
     return None
+
+
+def compare_answer(result: AnomalyResult, box: Box) -> str:
+    """'Compare it with the reference.' on a flagged part: where it differs (the mask's position, as the evidence
+    says it), then the strongest difference in measured words, and the change of material when aligned."""
+    where = position_phrase(result.position or box_position(box, result))
+    said = f"Compared with the reference, this part differs {where}: {looks(box.descriptor)}"
+    if box.change in CHANGE_WORDS:
+        said += f" ({box.change}: {CHANGE_WORDS[box.change]})"
+    more = len(result.boxes) - 1
+    tail = f"; {more} more region{'s' if more > 1 else ''} differ{'' if more > 1 else 's'}" if more > 0 else ""
+    return f"{said}{tail}. The rest matches."
 
 
 def describe_answer(result: AnomalyResult) -> str:

@@ -134,7 +134,9 @@ def test_type_and_describe_answers_are_checked_against_the_descriptor(named):
 
     r = _described(named)
     fact = ct.expected(r)
-    for kind, q in (("type", "What kind of defect is it?"), ("describe", "Describe it.")):
+    r.shots = 1
+    for kind, q in (("type", "What kind of defect is it?"), ("describe", "Describe it."),
+                    ("compare", "Compare it with the reference.")):
         assert ct.truthful(kind, grounded_answer(r, q), fact), kind
     wrong = "It looks like a crack at the top right: a dark elongated mark about 20 px long."
     assert not ct.truthful("type", wrong, fact)

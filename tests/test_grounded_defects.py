@@ -204,3 +204,16 @@ def test_a_flagged_mask_too_small_for_a_box_is_described_by_its_peak():
     said = grounded_answer(r, "Describe it.")
     assert said == "In the top left there is a dark compact spot about 5 px across, with a sharp edge."
     assert "cannot name the type" in grounded_answer(r, "What kind of defect is it?")
+
+
+def test_comparison_of_a_flagged_part_says_where_and_what_and_needs_a_reference():
+    r = result(box(desc("")), box(desc(""), x=70, y=70, score=1.0))
+    r.shots = 1
+    said = grounded_answer(r, "Compare it with the reference.")
+    assert said.startswith("Compared with the reference, this part differs in the top left: a dark thin line")
+    assert said.endswith("; 1 more region differs. The rest matches.")
+    r.shots = 0  # no reference: the LM says so
+    assert grounded_answer(r, "Compare it with the reference.") is None
+    normal = result(anomalous=False, peak=box(desc("")))
+    normal.shots = 1
+    assert grounded_answer(normal, "Compare it with the reference.") is None  # the LM: it matches
