@@ -371,3 +371,21 @@ def test_shipped_classifier_reads_this_version_features():
     clf.name(d)
     assert sum(d.type_probs.values()) == pytest.approx(1.0, abs=1e-5)
     assert d.defect_type in ("", *VOCABULARY)
+
+
+def test_measure_reads_a_large_image_at_the_reporting_side():
+    from assistant.expert.describe import measure
+
+    small = np.full((256, 256, 3), 150, np.uint8)
+    cv2.line(small, (60, 128), (180, 128), (40, 40, 40), 2)
+    region = np.zeros((256, 256), bool)
+    region[118:139, 50:191] = True
+    big = cv2.resize(small, (1024, 1024), interpolation=cv2.INTER_NEAREST)
+    big_region = cv2.resize(region.astype(np.uint8), (1024, 1024), interpolation=cv2.INTER_NEAREST).astype(bool)
+    a, b = measure(small, region), measure(big, big_region)
+    assert a.form == b.form != "compact" and a.orientation == b.orientation == "horizontal"
+    assert a.tone == b.tone == "darker"
+    assert b.length_px == pytest.approx(a.length_px, abs=2) and b.area_px == pytest.approx(a.area_px, rel=0.05)
+    thin = np.zeros((1024, 1024), bool)
+    thin[500, 100:900] = True  # one pixel wide at 1024 px: a quarter pixel at 256, still a region
+    assert measure(big, thin).area_px > 0

@@ -218,17 +218,30 @@ def box_region(mask: np.ndarray, box) -> np.ndarray:
     return region
 
 
+def measure(image: Image.Image | np.ndarray, region: np.ndarray, reference: np.ndarray | None = None) -> Descriptor:
+    """describe_region of a bool (H, W) region of the anomaly map (an image of any size), measured with the longer
+    side at most SIDE: lengths are reported at SIDE anyway, the tower saw the part at about that size, and the
+    inpainting's cost grows with the region's pixels times its radius (seconds at 2048 px). `reference`: the aligned
+    golden sample at the map's size."""
+    h, w = region.shape
+    s = min(1.0, SIDE / max(h, w))
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    if size != (h, w):
+        cover = cv2.resize(region.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        region = cover >= 0.5 if (cover >= 0.5).any() else cover > 0  # a region thinner than a pixel stays
+        if reference is not None:
+            reference = cv2.resize(reference, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return describe_region(image_rgb(image, size), region, reference)
+
+
 def describe(result, image: Image.Image | np.ndarray, reference: np.ndarray | None = None, classifier=None) -> None:
     """Set `descriptor` on each of the result's boxes (in place); `reference` as in describe_region, at the map's
     size; `classifier` (expert/defect_type.py TypeClassifier) names the type. Boxes whose region is empty keep
     None."""
-    if not result.boxes:
-        return
-    rgb = image_rgb(image, result.anomaly_map.shape)
     for box in result.boxes:
         region = box_region(result.pred_mask, box)
         if region.any():
-            box.descriptor = describe_region(rgb, region, reference)
+            box.descriptor = measure(image, region, reference)
             if classifier is not None:
                 classifier.name(box.descriptor)
 

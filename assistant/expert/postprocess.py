@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from assistant.expert.calibration import judge, review_band
-from assistant.expert.describe import describe, describe_region, image_rgb
+from assistant.expert.describe import describe, measure
 from assistant.expert.result import AnomalyResult, Box
 
 SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then resized (AnomalyExpert.upsample)
@@ -133,7 +133,7 @@ def describe_results(results: list[AnomalyResult], images: list | None, classifi
             describe(res, img, classifier=classifier)
         elif not res.boxes and res.peak is None and (found := peak_region(res)) is not None:
             box, region = found
-            box.descriptor = describe_region(image_rgb(img, res.anomaly_map.shape), region)
+            box.descriptor = measure(img, region)
             if classifier is not None:
                 classifier.name(box.descriptor)
             res.peak = box
