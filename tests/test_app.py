@@ -272,3 +272,20 @@ def test_verdict_badge_cautions_a_reference_of_another_part():
     badge = app.verdict_badge(summary)
     assert "reference-caution" in badge and "same part, view and lighting" in badge and "cut 2.37" in badge
     assert "reference-caution" not in app.verdict_badge({**summary, "reference_mismatch": False})
+
+
+def test_verdict_badge_says_what_the_strongest_region_looks_like():
+    """A flagged part's badge carries its strongest measured region in words; a normal one does not."""
+    from assistant.expert.describe import Descriptor
+
+    d = Descriptor(area_px=300, length_px=40.0, width_px=8.0, elongation=5.0, form="line", orientation="diagonal",
+                   centroid=(0.2, 0.2), core_px=60, core_width_px=2.0, core_elongation=20.0, count=1, tone="darker",
+                   contrast=-20.0, chroma=1.0, colour="", edge="sharp", edge_px=1.5, type_confidence=0.4,
+                   type_probs={"scratch": 0.4, "crack": 0.3})
+    summary = {"pred_label": True, "pred_score": 0.8, "threshold": 0.5, "size": "small", "position": "center",
+               "references": 1, "extras": {},
+               "boxes": [{"score": 0.7, "descriptor": d.to_dict()}, {"score": 0.9}]}
+    badge = app.verdict_badge(summary)
+    assert "Strongest region: a dark thin line about 40 px long, running diagonally" in badge
+    assert "type not named (closest scratch, 40%)" in badge
+    assert "region-note" not in app.verdict_badge({**summary, "pred_label": False})

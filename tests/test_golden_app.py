@@ -141,4 +141,5 @@ def test_detect_prints_the_alignment_and_each_regions_change(tmp_path, capsys):
     assert res["alignment"] == "aligned" and res["registration"]["good"] and res["boxes"][0]["change"] == "missing"
     shape = res["boxes"][0].get("shape", "")
     assert f"region #1: {change_phrase('missing', shape)}; box x" in printed
+    assert "\n  looks: " in printed and "descriptor" in res["boxes"][0]  # each region measured
 

@@ -9,8 +9,10 @@ from PIL import Image
 
 from assistant.chat import ChatSession
 from assistant.expert.alignment import register
+from assistant.expert.describe import Descriptor
 from assistant.overlay import render_comparison, render_mask, render_overlay
 from assistant.wording import alignment_sentence
+from assistant.wording.defects import descriptor_words
 
 DISPLAY_MIN_SIDE = 256  # smaller query images are enlarged for the overlay
 DISPLAY_MAX_SIDE = 1024  # larger ones are shrunk for the overlay and mask pictures
@@ -43,6 +45,17 @@ def _alignment_note(summary: dict) -> str:
     return f"<br><span id='alignment-note' style='font-weight:400'>{html.escape(sentence)}</span>"
 
 
+def _region_note(summary: dict) -> str:
+    """HTML line under the badge of a flagged part: what its strongest region looks like and its type (measured,
+    expert/describe.py); nothing when not flagged or not measured."""
+    boxes = [b for b in summary.get("boxes", []) if b.get("descriptor")] if summary.get("pred_label") else []
+    if not boxes:
+        return ""
+    d = dict(max(boxes, key=lambda b: b["score"])["descriptor"])
+    words = descriptor_words(Descriptor(**{**d, "centroid": tuple(d["centroid"])}))
+    return f"<br><span id='region-note' style='font-weight:400'>Strongest region: {html.escape(words)}</span>"
+
+
 def verdict_badge(summary: dict | None) -> str:
     """HTML badge with verdict, score, threshold (and the calibrated one when the slider moved it)."""
     if not summary:
@@ -60,7 +73,8 @@ def verdict_badge(summary: dict | None) -> str:
     return (f"<div id='verdict-badge' class='badge' style='background:{colour};color:white;padding:8px 12px;"
             f"border-radius:8px;font-weight:600'>{word}{html.escape(where)}<br><span style='font-weight:400'>"
             f"score {summary['pred_score']:.3g} · threshold {summary['threshold']:.3g}{cal_txt} · "
-            f"{summary['references']} reference(s)</span>{_alignment_note(summary)}{_cautions(summary)}</div>")
+            f"{summary['references']} reference(s)</span>{_region_note(summary)}{_alignment_note(summary)}"
+            f"{_cautions(summary)}</div>")
 
 
 def display_image(image: Image.Image) -> Image.Image:
