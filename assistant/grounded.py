@@ -33,6 +33,7 @@ from assistant.wording import (
     PCB_WORDS,
     POSITION_WORDS,
     TYPE_ALIASES,
+    article,
     golden_sentence,
     polarity_lead,
     position_phrase,
@@ -40,12 +41,14 @@ from assistant.wording import (
     size_word,
     type_choice_answer,
     type_option,
+    yes_no_option,
 )
 from assistant.wording.defects import (
     between_sentence,
     colour_sentence,
     looks,
     option_type,
+    plain,
     type_sentence,
     type_words_in,
 )
@@ -61,6 +64,7 @@ SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\
 DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
 COLOUR_QUESTION = re.compile(r"\bcolou?rs?\b", re.I)
 COMPARE_QUESTION = re.compile(r"\bcompare\b|\bdiffer(?:s|ent|ence|ences)?\b", re.I)
+GRID_CELLS = {w: (r, c) for r, row in enumerate(POSITION_WORDS) for c, w in enumerate(row)}  # word -> (row, col)
 OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s+(.+?)\s*$", re.M)  # "F. short" lines of a multiple-choice prompt
 
 
@@ -149,13 +153,12 @@ def golden_note(result: AnomalyResult, question: str, history: Sequence[tuple[st
 
 def detection_choice(result: AnomalyResult, options: dict[str, str]) -> str | None:
     """'Is there any defect?' with Yes / No options: the option of the expert's verdict (None without such options)."""
-    want = "yes" if result.pred_label else "no"
-    letter = next((k for k, v in options.items() if re.match(rf"\s*{want}\b", v, re.I)), None)
+    letter = yes_no_option(options, result.pred_label)
     if letter is None:
         return None
-    said = "there is a defect" if result.pred_label else "I find no defect"
-    where = f" {position_phrase(result.position)}" if result.pred_label and result.position else ""
-    return type_choice_answer(letter, options[letter], f"{said[0].upper()}{said[1:]}{where}.")
+    where = f" {position_phrase(result.position)}" if result.position else ""
+    return type_choice_answer(letter, options[letter], f"There is a defect{where}." if result.pred_label
+                              else "I find no defect.")
 
 
 # ------------------------------------------------------------------ any part: measured descriptors and type
@@ -213,8 +216,7 @@ def describe_answer(result: AnomalyResult) -> str:
     said = []
     for b in boxes[:3]:
         d, where = b.descriptor, position_phrase(box_position(b, result))
-        kind = f" (it looks like {'an' if d.defect_type[0] in 'aeiou' else 'a'} {d.defect_type})" \
-            if d.defect_type else ""
+        kind = f" (it looks like {article(d.defect_type)} {d.defect_type})" if d.defect_type else ""
         if b.change in CHANGE_WORDS:  # aligned: the change of material says more than the type word
             kind = f" ({b.change}: {CHANGE_WORDS[b.change]})"
         said.append(f"{where[0].upper()}{where[1:]} there is {looks(d)}{kind}.")
@@ -238,29 +240,20 @@ def choice_answer(result: AnomalyResult, box: Box, ask: str, options: dict[str, 
         letter = nearest_position(box_position(box, result), options)
         if letter is None:
             return None
-        exact = options[letter].lower().rstrip(".").strip() == box_position(box, result)
+        exact = plain(options[letter]) == box_position(box, result)
         note = "" if exact else f" (closest offered: {options[letter]})"
         return type_choice_answer(letter, options[letter], said(f"It is {where}{note}."))
     if SIZE_QUESTION.search(ask):
         want = size_word(result.area_fraction if result.pred_label else box.area_fraction)
-        letter = next((k for k, v in options.items() if v.lower().rstrip(".").strip() == want), None)
+        letter = next((k for k, v in options.items() if plain(v) == want), None)
         return type_choice_answer(letter, options[letter], said(f"It is {want}.")) if letter else None
-    return None
-
-
-def grid_cell(word: str) -> tuple[int, int] | None:
-    """(row, column) of a 3x3 grid word, None for other text."""
-    for r, row in enumerate(POSITION_WORDS):
-        for c, w in enumerate(row):
-            if w == word:
-                return r, c
     return None
 
 
 def nearest_position(want: str, options: dict[str, str]) -> str | None:
     """The letter of the grid-word option nearest to `want` (the same word first); None when no option is one."""
-    target = grid_cell(want)
-    cells = {k: cell for k, v in options.items() if (cell := grid_cell(" ".join(v.lower().rstrip(".").split())))}
+    target = GRID_CELLS.get(want)
+    cells = {k: GRID_CELLS[plain(v)] for k, v in options.items() if plain(v) in GRID_CELLS}
     if target is None or not cells:
         return None
     return min(cells, key=lambda k: (abs(cells[k][0] - target[0]) + abs(cells[k][1] - target[1]), k))

@@ -111,11 +111,10 @@ def region_facts(box, result) -> dict | None:
     if box is None or box.descriptor is None:
         return None
     from assistant.grounded import box_position
-    from assistant.wording.defects import FORM_NOUNS
+    from assistant.wording.defects import FORM_NOUNS, length_words
 
     d = box.descriptor
-    n = round(d.length_px if d.form != "compact" else (d.length_px * d.width_px) ** 0.5)
-    return {"type": d.defect_type, "form": FORM_NOUNS[d.form], "length": f"about {max(1, n)} px",
+    return {"type": d.defect_type, "form": FORM_NOUNS[d.form], "length": length_words(d).rsplit(" ", 1)[0],
             "position": box_position(box, result)}
 
 

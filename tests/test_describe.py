@@ -41,12 +41,12 @@ from assistant.expert.describe import (
     features,
     geometry,
     image_rgb,
-    length_words,
     rect,
     to_lab,
 )
 from assistant.expert.postprocess import apply_sensitivity, carry_changes, mask_boxes
 from assistant.expert.result import AnomalyResult, Box
+from assistant.wording.defects import length_words
 
 DARK, BRIGHT = (60, 60, 60), (235, 235, 235)
 HALO = 15  # the map's region is the defect dilated by this kernel (px): wider than the defect, as map cells are

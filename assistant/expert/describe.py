@@ -241,12 +241,12 @@ def describe(result, image: Image.Image | np.ndarray, reference: np.ndarray | No
     for box in result.boxes:
         region = box_region(result.pred_mask, box)
         if region.any():
-            box.descriptor = measure(image, region, reference)
-            if classifier is not None:
-                classifier.name(box.descriptor)
+            describe_box(box, image, region, reference, classifier)
 
 
-def length_words(d: Descriptor) -> str:
-    """'about 40 px long' (line/elongated) or 'about 12 px across' (compact)."""
-    n = max(1, int(round(d.length_px if d.form != "compact" else math.sqrt(d.length_px * d.width_px))))
-    return f"about {n} px {'long' if d.form != 'compact' else 'across'}"
+def describe_box(box, image: Image.Image | np.ndarray, region: np.ndarray, reference: np.ndarray | None = None,
+                 classifier=None) -> None:
+    """Set one Box's `descriptor` from its bool (H, W) region of the map (measure) and name its type."""
+    box.descriptor = measure(image, region, reference)
+    if classifier is not None:
+        classifier.name(box.descriptor)

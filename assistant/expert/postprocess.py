@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from assistant.expert.calibration import judge, review_band
-from assistant.expert.describe import describe, measure
+from assistant.expert.describe import box_region, describe, describe_box
 from assistant.expert.result import AnomalyResult, Box
 
 SMOOTH_SIDE = 1024  # maps for larger images are smoothed at this side, then resized (AnomalyExpert.upsample)
@@ -117,9 +117,7 @@ def peak_region(result: AnomalyResult) -> tuple[Box, np.ndarray] | None:
     if not boxes:
         return None
     box = max(boxes, key=lambda b: b.score)
-    region = np.zeros_like(mask)
-    region[box.y0:box.y1, box.x0:box.x1] = mask[box.y0:box.y1, box.x0:box.x1]
-    return box, region
+    return box, box_region(mask, box)
 
 
 def describe_results(results: list[AnomalyResult], images: list | None, classifier=None) -> list[AnomalyResult]:
@@ -132,11 +130,8 @@ def describe_results(results: list[AnomalyResult], images: list | None, classifi
         if res.boxes and all(b.descriptor is None for b in res.boxes):
             describe(res, img, classifier=classifier)
         elif not res.boxes and res.peak is None and (found := peak_region(res)) is not None:
-            box, region = found
-            box.descriptor = measure(img, region)
-            if classifier is not None:
-                classifier.name(box.descriptor)
-            res.peak = box
+            res.peak, region = found
+            describe_box(res.peak, img, region, classifier=classifier)
     return results
 
 

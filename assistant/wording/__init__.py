@@ -54,6 +54,12 @@ from assistant.wording.grid import (  # noqa: F401 (re-exported: one place for e
 )
 
 DETECT_QUESTION = "Is there any anomaly in the image?"
+
+
+def yes_no_option(options: dict[str, str], yes: bool) -> str | None:
+    """The letter of the option whose text opens with "Yes" (`yes`) or "No", None when none does."""
+    want = "yes" if yes else "no"
+    return next((k for k, v in options.items() if re.match(rf"\s*{want}\b", v, re.I)), None)
 WHERE_QUESTION = "Where is it?"
 
 SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+from assistant.wording.grid import article
+
 TYPE_WORDS = {
     "crack": ("crack", "cracked", "fissure", "fracture"),
     "scratch": ("scratch", "scratches", "scratched", "cut", "scrape", "abrasion", "line", "thread"),
@@ -31,14 +33,16 @@ MAX_PIECES = 4  # more pieces than this are said as "many small marks" (a count 
 ORIENTATION_ADVERBS = {"horizontal": "horizontally", "vertical": "vertically", "diagonal": "diagonally"}
 
 
-def _norm(text: str) -> str:
+def plain(text: str) -> str:
+    """Lower-case words without punctuation: how option texts and questions are compared ('Top-left.' ->
+    'top left')."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", str(text).lower()).split())
 
 
 def type_words_in(text: str) -> list[str]:
     """Vocabulary words a text names, in the order they first appear ('is it a scratch or a crack?' ->
     ['scratch', 'crack']); a longer alias wins over a word inside it ('metal contamination')."""
-    t = f" {_norm(text)} "
+    t = f" {plain(text)} "
     spans = [(i, i + len(a), word) for word, aliases in TYPE_WORDS.items() for a in aliases
              if (i := t.find(f" {a} ")) >= 0]
     taken: list[tuple[int, int, str]] = []
@@ -51,7 +55,7 @@ def type_words_in(text: str) -> list[str]:
 def option_type(text: str) -> str | None:
     """The vocabulary word a multiple-choice option names: the one its text is most specifically about (the
     longest alias found); None when it names none."""
-    t = f" {_norm(text)} "
+    t = f" {plain(text)} "
     best, length = None, 0
     for word, aliases in TYPE_WORDS.items():
         for a in aliases:
@@ -60,14 +64,18 @@ def option_type(text: str) -> str | None:
     return best
 
 
+def length_words(d) -> str:
+    """'about 40 px long' (line/elongated) or 'about 12 px across' (compact) of a Descriptor."""
+    n = max(1, int(round(d.length_px if d.form != "compact" else math.sqrt(d.length_px * d.width_px))))
+    return f"about {n} px {'long' if d.form != 'compact' else 'across'}"
+
+
 def looks(d) -> str:
     """A Descriptor in words: 'a dark thin line about 40 px long, running diagonally, with a sharp edge'."""
-    n = max(1, int(round(d.length_px if d.form != "compact" else math.sqrt(d.length_px * d.width_px))))
-    size = f"about {n} px {'long' if d.form != 'compact' else 'across'}"
     tone = "" if d.colour in NEUTRAL_COLOURS else TONE_ADJECTIVES.get(d.tone, "")  # "black" already says "dark"
     adjectives = [a for a in (tone, d.colour) if a]
     noun = " ".join([*adjectives, FORM_NOUNS.get(d.form, "mark")])
-    said = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} {size}"
+    said = f"{article(noun)} {noun} {length_words(d)}"
     if d.orientation in ORIENTATION_ADVERBS:
         said += f", running {ORIENTATION_ADVERBS[d.orientation]}"
     if 1 < d.count <= MAX_PIECES:
@@ -89,7 +97,7 @@ def type_sentence(d, where: str) -> str:
     """What kind of defect a measured region is, with abstention: the classifier's word when it named one, else
     what was measured and the best guess with its probability. `where` is a position phrase ('in the top left')."""
     if d.defect_type:
-        return f"It looks like {_article(d.defect_type)} {d.defect_type} {where}: {looks(d)}."
+        return f"It looks like {article(d.defect_type)} {d.defect_type} {where}: {looks(d)}."
     guess = max(d.type_probs, key=d.type_probs.get) if d.type_probs else ""
     hint = f" (closest: {d.type_probs[guess]:.0%} {guess})" if guess else ""
     return f"I cannot name the type with confidence{hint}; {where} I measured {looks(d)}."
@@ -100,21 +108,17 @@ def between_sentence(d, asked: list[str], where: str) -> str:
     p = {w: float(d.type_probs.get(w, 0.0)) for w in asked}
     best = max(p, key=p.get)
     if d.defect_type and d.defect_type not in asked:
-        return (f"Neither, it looks more like {_article(d.defect_type)} {d.defect_type} {where}: "
+        return (f"Neither, it looks more like {article(d.defect_type)} {d.defect_type} {where}: "
                 f"{looks(d)}.")
     if d.defect_type == best:
-        return f"It looks like {_article(best)} {best} {where}: {looks(d)}."
+        return f"It looks like {article(best)} {best} {where}: {looks(d)}."
     odds = " vs ".join(f"{p[w]:.0%} {w}" for w in asked)
     top = max(d.type_probs, key=d.type_probs.get) if d.type_probs else best
     if top not in asked and p[best] < d.type_probs[top] / 2:  # the asked words are both far from the closest type
-        return (f"Neither looks likely ({odds}); the closest type is {_article(top)} {top} "
+        return (f"Neither looks likely ({odds}); the closest type is {article(top)} {top} "
                 f"({d.type_probs[top]:.0%}), but I am not confident; {where} I measured {looks(d)}.")
-    return (f"It is closer to {_article(best)} {best} ({odds}), but I am not confident; {where} I measured "
+    return (f"It is closer to {article(best)} {best} ({odds}), but I am not confident; {where} I measured "
             f"{looks(d)}.")
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def descriptor_words(d) -> str:

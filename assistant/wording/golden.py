@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from assistant.wording.defects import plain
 from assistant.wording.grid import position_phrase
 
 PCB_TYPES = {"open": "missing", "mousebite": "missing", "pin_hole": "missing", "short": "extra", "spur": "extra",
@@ -159,8 +160,5 @@ def type_choice_answer(letter: str, text: str, sentence: str) -> str:
 
 def type_option(pcb_type: str, options: dict[str, str]) -> str | None:
     """The letter of the option that names `pcb_type` (TYPE_ALIASES), None when no option does."""
-    names = {a.replace("-", " ") for a in TYPE_ALIASES.get(pcb_type, ())}
-    for letter, text in options.items():
-        if " ".join(text.lower().replace("_", " ").replace("-", " ").split()).rstrip(".") in names:
-            return letter
-    return None
+    names = {plain(a) for a in TYPE_ALIASES.get(pcb_type, ())}
+    return next((letter for letter, text in options.items() if plain(text) in names), None)

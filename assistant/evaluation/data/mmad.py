@@ -23,6 +23,7 @@ import numpy as np
 
 from assistant.evaluation.data.jsonl import QAItem, QuestionFileError
 from assistant.evaluation.expert.metrics import graded_balanced_accuracy
+from assistant.wording import yes_no_option
 
 MMAD_TYPES = [
     "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
@@ -117,11 +118,7 @@ def build_prompt(question: str, options: dict[str, str] | None) -> str:
 
 def detection_choice(options: dict[str, str], anomalous: bool) -> str | None:
     """The option a detector's verdict picks for an Anomaly Detection question ("Yes"/"No" texts)."""
-    want = "yes" if anomalous else "no"
-    for k, v in options.items():
-        if v.strip().lower().startswith(want):
-            return k
-    return None
+    return yes_no_option(options, anomalous)
 
 
 @dataclass
