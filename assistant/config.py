@@ -132,6 +132,7 @@ class LVLMConfig:
     projector_levels: list[int] | None = None  # indices into vision.levels fed to the projector (None = all)
     checkpoint: str | None = None  # directory with adapters + heads
     evidence_changes: bool = False  # evidence also says an aligned region's change ("golden sample: missing (cut)")
+    evidence_looks: bool = False  # evidence also says the strongest region's look and type ("looks: ...; type: crack")
 
 
 @dataclass

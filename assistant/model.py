@@ -128,6 +128,11 @@ class Assistant:
 
         return apply_sensitivity(evidence.result, sensitivity, self.cfg.expert.min_box_area)
 
+    def _visual_inputs(self, evidence: Evidence, result: AnomalyResult):
+        """The LM's visual inputs: the features and the result, with the evidence words the config asks for."""
+        lv = self.cfg.lvlm
+        return visual_inputs(evidence.features, result, changes=lv.evidence_changes, looks=lv.evidence_looks)
+
     def _need_lvlm(self) -> LVLM:
         if self.lvlm is None:
             raise RuntimeError("this Assistant was loaded with load_lvlm=False: it can detect but not answer")
@@ -143,7 +148,7 @@ class Assistant:
         if said is not None:
             yield said
             return
-        vis = visual_inputs(evidence.features, result, changes=self.cfg.lvlm.evidence_changes)
+        vis = self._visual_inputs(evidence, result)
         yield from lvlm.stream(vis, question, list(history), max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def answer(self, evidence: Evidence, question: str, history: Sequence[tuple[str, str]] = (),
@@ -153,7 +158,7 @@ class Assistant:
         said = grounded_answer(result, question, history)
         if said is not None:
             return said
-        vis = visual_inputs(evidence.features, result, changes=self.cfg.lvlm.evidence_changes)
+        vis = self._visual_inputs(evidence, result)
         return lvlm.generate([vis], [question], [list(history)], max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def answer_batch(self, evidences: Sequence[Evidence], questions: Sequence[str],
@@ -166,8 +171,7 @@ class Assistant:
         out = [grounded_answer(e.result, q, h) for e, q, h in zip(evidences, questions, histories)]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            vis = [visual_inputs(evidences[i].features, evidences[i].result, changes=self.cfg.lvlm.evidence_changes)
-                   for i in todo]
+            vis = [self._visual_inputs(evidences[i], evidences[i].result) for i in todo]
             said = lvlm.generate(vis, [questions[i] for i in todo], [histories[i] for i in todo],
                                  max_new_tokens=max_new_tokens)
             for i, a in zip(todo, said):

@@ -2,6 +2,7 @@
 
   build   --normal DIR [DIR ...] | --source procedural,textiles,skimage,gimp,aligned  --out OUT --n N --seed S
           [--methods nsa,cutpaste,...] [--size 256] [--anomaly-ratio 0.5] [--multi-ratio 0] [--refs 4] [--workers 2]
+          [--opener-ratio 0] [--compare-last-ratio 0] [--descriptor-answers]
           [--synth max_area=0.2 min_contrast=20 ...]   (SynthConfig fields)
   preview OUT [--grid 6x6] [-o preview.png]
   check   OUT      (independent re-computation of positions/areas from the masks vs. the texts)
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-last-ratio", type=float, default=0.0,
                    help="fraction of conversations whose comparison is asked last, after the follow-ups (a deeper "
                         "turn; raise train.max_len so it is not cut); changes only conversations.json")
+    b.add_argument("--descriptor-answers", action="store_true",
+                   help="measure every defect as the expert measures its regions (looks in the manifest) and answer "
+                        "what kind / describe / colour / either-or questions by it; conversation-only, like the "
+                        "ratios (lvlm.evidence_looks trains on it)")
     b.add_argument("--refs", type=int, default=4, help="reference normals written per category")
     b.add_argument("--workers", type=int, default=1, help="processes (output is identical for any number)")
     b.add_argument("--synth", nargs="*", default=[], metavar="KEY=VALUE",
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             settings = BuildSettings(seed=args.seed, size=args.size, methods=methods,
                                      anomaly_ratio=args.anomaly_ratio, n_refs=args.refs, multi_ratio=args.multi_ratio,
-                                     opener_ratio=args.opener_ratio, compare_last_ratio=args.compare_last_ratio)
+                                     opener_ratio=args.opener_ratio, compare_last_ratio=args.compare_last_ratio,
+                                     descriptor_answers=args.descriptor_answers)
             cfg = synth_config(args.synth)
             t = time.time()
             summary = build(sources, args.out, args.n, settings, cfg=cfg, workers=args.workers,

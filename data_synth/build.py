@@ -9,7 +9,8 @@ Manifest line (paths relative to OUT):
   id, image, mask (null for normal), label 0/1, source, category, noun, is_object, method, defect_type,
   bbox [x0, y0, x1, y1] (exclusive ends), area_fraction, n_components, position (3x3 grid word of the
   mask centroid), size (tiny/small/medium/large), severity (minor/moderate/severe), contrast, params,
-  description, references (the normal reference pool of the same category).
+  description, references (the normal reference pool of the same category); with --descriptor-answers also
+  looks (data_synth/looks.py: the mask's measured Descriptor and the type the evidence names; null when normal).
 Aligned samples (--source aligned) add `aligned: true` and `change` (missing | extra | "" when normal); their
 references are their own golden (OUT/goldens/ID.png), the method is "aligned", params hold the kind and the warp.
 """
@@ -48,9 +49,11 @@ class BuildSettings:
     multi_ratio: float = 0.0  # fraction of anomalous samples with 2-3 separate defects (synthesize_multi)
     opener_ratio: float = 0.0  # fraction of conversations opened by a follow-up question (count, where, ship, ...)
     compare_last_ratio: float = 0.0  # fraction of conversations whose comparison turn is asked last (a deeper turn)
+    descriptor_answers: bool = False  # measure each defect (data_synth/looks.py) and answer type/look questions by it
 
 
-CONVERSATION_ONLY = ("opener_ratio", "compare_last_ratio")  # settings that shape only conversations.json
+# settings that shape only conversations.json (and the manifest's measured `looks`, added to finished samples)
+CONVERSATION_ONLY = ("opener_ratio", "compare_last_ratio", "descriptor_answers")
 
 
 def _images_only(settings: dict) -> dict:
@@ -301,6 +304,14 @@ def _samples(todo: list[int], state: tuple, workers: int):
             yield make_sample(i)
 
 
+def add_looks(out: Path, recs: list[dict], seed: int) -> list[dict]:
+    """The records with `looks` measured where it is missing (data_synth/looks.py; about 20 ms a defect)."""
+    from data_synth.looks import record_looks
+
+    return [r if "looks" in r else {**r, "looks": record_looks(out, r, seed)}
+            for r in tqdm(recs, desc="measuring defects", disable=len(recs) < 100)]
+
+
 def write_final(out: Path, done: dict[int, str], n: int, s: BuildSettings) -> list[dict]:
     """The final files: the manifest in id order (only ids < n), then the conversations; returns the records."""
     man = out / "manifest.jsonl"
@@ -309,7 +320,12 @@ def write_final(out: Path, done: dict[int, str], n: int, s: BuildSettings) -> li
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, man)
     recs = [json.loads(line) for line in keep]
-    convs = [conversation_for(r, s.seed, s.opener_ratio, s.compare_last_ratio) for r in recs]
+    if s.descriptor_answers and any("looks" not in r for r in recs):
+        recs = add_looks(out, recs, s.seed)
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        os.replace(tmp, man)
+    said = recs if s.descriptor_answers else [{k: v for k, v in r.items() if k != "looks"} for r in recs]
+    convs = [conversation_for(r, s.seed, s.opener_ratio, s.compare_last_ratio) for r in said]
     tmp = out / "conversations.tmp"
     tmp.write_text(json.dumps(convs, indent=1) + "\n")
     os.replace(tmp, out / "conversations.json")

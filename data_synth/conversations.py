@@ -15,6 +15,9 @@ import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
 from assistant.wording import TYPE_PHRASES, article, change_sentence, percent, position_phrase, type_name
+from assistant.wording.defects import colour_sentence, describe_sentence, either_sentence, type_sentence
+from assistant.expert.defect_type import METHOD_TYPES
+from data_synth.looks import descriptor_of, other_type
 from data_synth.text import describe, material_noun, pick
 
 DETECT_Q = [
@@ -59,6 +62,9 @@ COUNT_Q = ["How many defects are there?", "How many defective regions do you see
 DESCRIBE_Q = ["Describe the defect.", "What does it look like?", "Can you describe what you see?"]
 SEVERITY_Q = ["How severe is it?", "How serious is the problem?"]
 TYPE_Q = ["What kind of defect is it?", "Which type of defect is this?", "What kind of difference is it?"]
+COLOUR_Q = ["What colour is it?", "What color is the defect?", "Which colour does the mark have?"]
+EITHER_Q = ["Is it {a_art} {a} or {b_art} {b}?", "Is this {a_art} {a} or {b_art} {b}?",
+            "Would you call it {a_art} {a} or {b_art} {b}?"]
 MISSING_Q = ["Is something missing?", "Is anything missing compared with the golden sample?",
              "Is any material missing?"]  # aligned samples only: the answer states the polarity either way
 
@@ -105,8 +111,38 @@ def _open_with(turns: list[tuple[str, str]], kind: str, record: dict) -> list[tu
     return [first] + [t for t in turns if t is not first]
 
 
-def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
-    t, pos = type_name(m["defect_type"]), position_phrase(m["position"])
+def _looks_turns(m: dict, pos: str, rng) -> dict:
+    """The follow-ups a measured sample's evidence answers (build --descriptor-answers): describe it, what kind,
+    what colour, and an either-or question of its type (half the time) and another word, or two other words."""
+    d = descriptor_of(m["looks"])
+    truth = m["looks"]["type"] or type_words(m)
+    a = truth if rng.random() < 0.5 else other_type(rng, truth)
+    b = other_type(rng, a)
+    asked = [a, b] if rng.random() < 0.5 else [b, a]
+    fields = {"a": asked[0], "b": asked[1], "a_art": article(asked[0]), "b_art": article(asked[1])}
+    return {"describe": describe_sentence(d, pos), "type": type_sentence(d, pos), "colour": colour_sentence(d),
+            "either": (either_sentence(d, asked, pos), fields)}
+
+
+def type_words(m: dict) -> str:
+    """The vocabulary word of a record's synthesis method ("defect" when it has none)."""
+    return METHOD_TYPES.get(m.get("method") or "", "defect")
+
+
+def _measured(m: dict) -> bool:
+    """A non-aligned anomalous record with measured looks: its answers say the type only as the evidence does."""
+    return bool(m.get("looks")) and not m.get("aligned")
+
+
+def said_type(m: dict) -> str:
+    """The defect's name in answers: the evidence's type ("defect" when it names none) for a measured record,
+    else the synthesis type's name."""
+    return (m["looks"]["type"] or "defect") if _measured(m) else type_name(m["defect_type"])
+
+
+def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple]:
+    measured = _measured(m)
+    t, pos = said_type(m), position_phrase(m["position"])
     size, pct, sev = m["size"], percent(m["area_fraction"]), m["severity"]
     turns = [("detect", f"Yes, there is an anomaly: {article(t)} {t} {pos} of the image.")]
     if rng.random() < 0.9:
@@ -130,8 +166,11 @@ def _anomalous_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         "describe": describe(m, noun, rng),
         "severity": f"It is {article(sev)} {sev} defect: {size}, about {pct} of the image.",
     }
-    for key in rng.permutation(list(extra))[: int(rng.integers(2, 4))]:
-        turns.append((str(key), extra[str(key)]))
+    if measured:
+        extra.update(_looks_turns(m, pos, rng))
+    for key in rng.permutation(list(extra))[: int(rng.integers(2, 6 if measured else 4))]:
+        said = extra[str(key)]
+        turns.append((str(key), *said) if isinstance(said, tuple) else (str(key), said))
     return turns
 
 
@@ -163,6 +202,9 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
         "describe": f"There is no defect to describe; the {noun} looks normal.",
         "severity": "There is no defect, so there is no severity to report.",
     }
+    if "looks" in m:  # a build with descriptor answers asks its normal samples these too
+        extra.update({"type": "There is no defect, so there is no type to name.",
+                      "colour": f"There is no defect; the {noun} shows no off-colour mark."})
     if m.get("aligned"):
         turns += _aligned_turns(m, rng)
     for key in rng.permutation(list(extra))[: int(rng.integers(1, 4))]:
@@ -171,7 +213,7 @@ def _normal_turns(m: dict, noun: str, k: int, rng) -> list[tuple[str, str]]:
 
 
 QUESTIONS = {"locate": LOCATE_Q, "size": SIZE_Q, "ship": SHIP_Q, "count": COUNT_Q, "describe": DESCRIBE_Q,
-             "severity": SEVERITY_Q, "type": TYPE_Q, "missing": MISSING_Q}
+             "severity": SEVERITY_Q, "type": TYPE_Q, "missing": MISSING_Q, "colour": COLOUR_Q, "either": EITHER_Q}
 
 
 OPENERS = ("count", "locate", "ship", "size", "severity")  # follow-ups whose answers also stand as a first answer
@@ -195,7 +237,7 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
     if compare_last_ratio > 0 and rng.random() < compare_last_ratio:  # (no draw at 0, as above)
         turns = [t for t in turns if t[0] != "compare"] + [t for t in turns if t[0] == "compare"]
     msgs, named = [], False
-    for i, (kind, answer) in enumerate(turns):
+    for i, (kind, answer, *fields) in enumerate(turns):  # fields: the words an either-or question asks about
         if kind == "detect":
             pool = DETECT_Q + (DETECT_REF_Q if k > 0 else [])
         elif kind == "compare":
@@ -207,9 +249,9 @@ def make_conversation(record: dict, noun: str, references: list[str], rng: np.ra
             answer = pick(rng, RECOMMEND[anomalous])
             if anomalous:
                 sev = record["severity"]
-                answer = answer.format(sev_a=article(sev), sev=sev, t=type_name(record["defect_type"]))
+                answer = answer.format(sev_a=article(sev), sev=sev, t=said_type(record))
         named = named or "{noun}" in template
-        q = template.format(noun=noun, ref=_ref_word(k))
+        q = template.format(noun=noun, ref=_ref_word(k), **(fields[0] if fields else {}))
         answer = answer.replace("{noun}", noun if named else "object")
         if k == 1:
             q = q.replace("reference show", "reference shows")

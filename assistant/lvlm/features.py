@@ -117,9 +117,10 @@ def resize_map(anomaly_map: np.ndarray, pred_mask: np.ndarray) -> tuple[torch.Te
     return amap, mask
 
 
-def visual_inputs(feats: ImageFeatures, result, evidence: str | None = None, changes: bool = False) -> VisualInputs:
+def visual_inputs(feats: ImageFeatures, result, evidence: str | None = None, changes: bool = False,
+                  looks: bool = False) -> VisualInputs:
     """Combine features with an AnomalyResult (its map, mask, threshold and verdict in words; `changes`:
-    lvlm.evidence_changes)."""
+    lvlm.evidence_changes, `looks`: lvlm.evidence_looks)."""
     amap, mask = resize_map(result.anomaly_map, result.pred_mask)
     return VisualInputs(feats.query, feats.look, feats.global_token, feats.refs, feats.crop, amap, mask,
-                        float(result.threshold), result_evidence(result, changes) if evidence is None else evidence)
+                        float(result.threshold), result_evidence(result, changes, looks) if evidence is None else evidence)

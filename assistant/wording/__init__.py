@@ -42,6 +42,7 @@ from assistant.wording.golden import (  # noqa: F401 (re-exported: one place for
     type_name,
     type_option,
 )
+from assistant.wording.defects import evidence_looks
 from assistant.wording.grid import (  # noqa: F401 (re-exported: one place for every word)
     POSITION_WORDS,
     SIZE_WORDS,
@@ -81,9 +82,12 @@ def evidence_text(
     area_fraction: float | None = None,
     regions: int | None = None,
     change: str | None = None,
+    looks: str | None = None,
 ) -> str:
     """The expert's verdict in words: one sentence the LM can copy truthful facts from. `change`: the strongest
-    golden-template region's change in words (`change_words`), said only by configs with lvlm.evidence_changes."""
+    golden-template region's change in words (`change_words`), said only by configs with lvlm.evidence_changes;
+    `looks`: the strongest region's measured look and type (`defects.evidence_looks`), only with
+    lvlm.evidence_looks."""
     if not anomalous:
         return "Expert evidence: no suspicious features."
     parts = [f"Expert evidence: {suspicion or 'suspicious'} features"]
@@ -95,6 +99,8 @@ def evidence_text(
         parts.append(f"regions: {regions}")
     if change:
         parts.append(f"golden sample: {change}")
+    if looks:
+        parts.append(looks)
     return "; ".join(parts) + "."
 
 
@@ -105,9 +111,10 @@ def change_words(change: str, shape: str = "") -> str | None:
     return f"{change} ({shape})" if shape in SHAPE_PHRASES else change
 
 
-def result_evidence(result, changes: bool = False) -> str:
+def result_evidence(result, changes: bool = False, looks: bool = False) -> str:
     """evidence_text for an AnomalyResult; an empty mask falls back to the map maximum for the location. With
-    `changes` an aligned result's strongest region's change and shape are said too."""
+    `changes` an aligned result's strongest region's change and shape are said too; with `looks` the strongest
+    measured region's look and type (the peak's when no region was flagged)."""
     if not result.pred_label:
         return evidence_text(False)
     pos = result.position
@@ -115,9 +122,10 @@ def result_evidence(result, changes: bool = False) -> str:
         r, c = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
         pos = position_word((r + 0.5) / result.anomaly_map.shape[0], (c + 0.5) / result.anomaly_map.shape[1])
     change = None
+    top = max(result.boxes, key=lambda b: b.score) if result.boxes else result.peak
     if changes and result.alignment == "aligned" and result.boxes:
-        top = max(result.boxes, key=lambda b: b.score)
         change = change_words(top.change, top.shape)
+    said = evidence_looks(top.descriptor) if looks and top is not None and top.descriptor is not None else None
     return evidence_text(
         True,
         result.severity,
@@ -126,6 +134,7 @@ def result_evidence(result, changes: bool = False) -> str:
         result.area_fraction if result.size else None,
         len(result.boxes) or (1 if result.size else None),
         change,
+        said,
     )
 
 

@@ -121,6 +121,31 @@ def between_sentence(d, asked: list[str], where: str) -> str:
             f"{looks(d)}.")
 
 
+NOT_NAMED_TYPE = "not named"  # the evidence's type when the classifier abstained
+
+
+def evidence_looks(d) -> str:
+    """The evidence clause of a measured region (lvlm.evidence_looks): 'looks: a dark thin line about 40 px long,
+    running vertically, with a sharp edge; type: crack' ('type: not named' when the classifier abstained)."""
+    return f"looks: {looks(d)}; type: {d.defect_type or NOT_NAMED_TYPE}"
+
+
+def describe_sentence(d, where: str) -> str:
+    """'Describe it.': 'In the top left there is a dark thin line about 40 px long, ...'."""
+    return f"{where[:1].upper()}{where[1:]} there is {looks(d)}."
+
+
+def either_sentence(d, asked: list[str], where: str) -> str:
+    """'Is it a scratch or a crack?' answered from the evidence's words alone (the type it names, or none):
+    the form a trained LM learns (between_sentence also weighs the classifier's probabilities)."""
+    if d.defect_type in asked:
+        return f"It looks like {article(d.defect_type)} {d.defect_type} {where}: {looks(d)}."
+    if d.defect_type:
+        return f"Neither, it looks more like {article(d.defect_type)} {d.defect_type} {where}: {looks(d)}."
+    said = " or ".join(f"{article(w)} {w}" for w in asked)
+    return f"I cannot tell with confidence whether it is {said}; {where} I measured {looks(d)}."
+
+
 def descriptor_words(d) -> str:
     """One line for logs and the detect CLI: what was measured, and the type (or that none was named)."""
     kind = f"type {d.defect_type} ({d.type_confidence:.0%})" if d.defect_type else (

@@ -11,7 +11,9 @@ import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
 from assistant.wording import SUSPICION, TYPE_SHAPES, change_words, evidence_text
+from assistant.wording.defects import evidence_looks
 from data_synth.build import read_manifest
+from data_synth.looks import descriptor_of
 
 if TYPE_CHECKING:
     from assistant.lvlm import LVLM, VisualInputs
@@ -30,8 +32,9 @@ class Sample:
     evidence: str  # the verdict in words
 
 
-def load_samples(root: str | Path, max_refs: int, changes: bool = False) -> list[Sample]:
-    """Join manifest.jsonl and conversations.json of one data_synth folder."""
+def load_samples(root: str | Path, max_refs: int, changes: bool = False, looks: bool = False) -> list[Sample]:
+    """Join manifest.jsonl and conversations.json of one data_synth folder. `changes` / `looks`:
+    lvlm.evidence_changes / lvlm.evidence_looks (the latter needs a build with --descriptor-answers)."""
     root = Path(root)
     man, conv = root / "manifest.jsonl", root / "conversations.json"
     if not man.is_file() or not conv.is_file():
@@ -48,10 +51,19 @@ def load_samples(root: str | Path, max_refs: int, changes: bool = False) -> list
         change = change_words(r.get("change") or "", TYPE_SHAPES.get(r.get("defect_type") or "", "")) \
             if changes and r.get("aligned") else None  # lvlm.evidence_changes: the golden-sample change too
         ev = evidence_text(bool(label), SUSPICION.get(r.get("severity") or "", "suspicious"), r.get("position"),
-                           r.get("size"), r.get("area_fraction"), r.get("n_components") or None, change)
+                           r.get("size"), r.get("area_fraction"), r.get("n_components") or None, change,
+                           _looks_words(r, root) if looks and label else None)
         out.append(Sample(c["id"], root, r["image"], r.get("mask"), label, list(c.get("references", []))[:max_refs],
                           r["references"], turns, ev))
     return out
+
+
+def _looks_words(record: dict, root: Path) -> str | None:
+    """The evidence's looks clause of an anomalous record (None when its mask was empty)."""
+    if "looks" not in record:
+        raise ValueError(f"{root}: lvlm.evidence_looks needs the measured looks of every defect; rebuild the "
+                         "conversations with `python -m data_synth build ... --descriptor-answers` (same --out)")
+    return evidence_looks(descriptor_of(record["looks"])) if record["looks"] else None
 
 
 def _turns(conversation: dict, path: Path) -> list[tuple[str, str]]:

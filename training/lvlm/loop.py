@@ -108,7 +108,8 @@ def run(args) -> int:
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     t_start = time.time()
-    samples = [s for d in args.data for s in load_samples(d, args.max_refs, cfg.lvlm.evidence_changes)]
+    samples = [s for d in args.data for s in load_samples(d, args.max_refs, cfg.lvlm.evidence_changes,
+                                                              cfg.lvlm.evidence_looks)]
     if len(samples) <= args.heldout:
         raise ValueError(f"{len(samples)} samples in {args.data}: need more than --heldout {args.heldout}")
     use, held, train_idx = split_samples(len(samples), args.max_samples, args.heldout, tc.seed)
