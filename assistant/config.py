@@ -133,6 +133,7 @@ class LVLMConfig:
     checkpoint: str | None = None  # directory with adapters + heads
     evidence_changes: bool = False  # evidence also says an aligned region's change ("golden sample: missing (cut)")
     evidence_looks: bool = False  # evidence also says the strongest region's look and type ("looks: ...; type: crack")
+    grounded: bool = True  # questions the evidence answers in fixed words (grounded.py) skip the LM; false: LM only
 
 
 @dataclass

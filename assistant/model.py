@@ -128,6 +128,11 @@ class Assistant:
 
         return apply_sensitivity(evidence.result, sensitivity, self.cfg.expert.min_box_area)
 
+    def _grounded(self, result: AnomalyResult, question: str, history) -> str | None:
+        """The evidence's own answer (grounded.py), or None for the LM; every question goes to the LM when
+        lvlm.grounded is off (to measure what the LM says by itself)."""
+        return grounded_answer(result, question, history) if self.cfg.lvlm.grounded else None
+
     def _visual_inputs(self, evidence: Evidence, result: AnomalyResult):
         """The LM's visual inputs: the features and the result, with the evidence words the config asks for."""
         lv = self.cfg.lvlm
@@ -144,7 +149,7 @@ class Assistant:
         grounded.py)."""
         lvlm = self._need_lvlm()
         result = self._result(evidence, sensitivity)
-        said = grounded_answer(result, question, history)
+        said = self._grounded(result, question, history)
         if said is not None:
             yield said
             return
@@ -155,7 +160,7 @@ class Assistant:
                sensitivity: float = 0.0, max_new_tokens: int | None = None, **generate_kwargs) -> str:
         lvlm = self._need_lvlm()
         result = self._result(evidence, sensitivity)
-        said = grounded_answer(result, question, history)
+        said = self._grounded(result, question, history)
         if said is not None:
             return said
         vis = self._visual_inputs(evidence, result)
@@ -168,7 +173,7 @@ class Assistant:
         not generated."""
         lvlm = self._need_lvlm()
         histories = list(histories) if histories is not None else [[] for _ in questions]
-        out = [grounded_answer(e.result, q, h) for e, q, h in zip(evidences, questions, histories)]
+        out = [self._grounded(e.result, q, h) for e, q, h in zip(evidences, questions, histories)]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
             vis = [self._visual_inputs(evidences[i], evidences[i].result) for i in todo]

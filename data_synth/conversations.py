@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
+from assistant.expert.defect_type import METHOD_TYPES
 from assistant.wording import TYPE_PHRASES, article, change_sentence, percent, position_phrase, type_name
 from assistant.wording.defects import colour_sentence, describe_sentence, either_sentence, type_sentence
-from assistant.expert.defect_type import METHOD_TYPES
 from data_synth.looks import descriptor_of, other_type
 from data_synth.text import describe, material_noun, pick
 

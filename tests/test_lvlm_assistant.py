@@ -57,6 +57,19 @@ def test_assistant_from_checkpoint_analyze_answer_stream(ckpt):
     assert asst.answer_batch([ev, ev], [q, q], max_new_tokens=6) == [ans, ans]
     # sensitivity changes only the verdict inputs; zero-shot works without references (expert permitting)
     assert isinstance("".join(asst.stream_answer(ev, q, sensitivity=1.0, max_new_tokens=3)), str)
+    # a measured flagged region: the evidence answers its type, or (lvlm.grounded off) the LM, told its looks
+    import dataclasses
+
+    from assistant.grounded import grounded_answer
+    from tests.test_grounded_defects import box, desc, result
+
+    flagged = dataclasses.replace(ev, result=result(box(desc("crack"))))
+    kind = "What kind of defect is it?"
+    assert asst.answer(flagged, kind) == grounded_answer(flagged.result, kind)
+    asst.cfg.lvlm.grounded, asst.cfg.lvlm.evidence_looks = False, True
+    told = visual_inputs(ev.features, flagged.result, looks=True)
+    assert "type: crack" in told.evidence
+    assert asst.answer(flagged, kind, max_new_tokens=6) == trained.generate([told], [kind], max_new_tokens=6)[0]
 
 
 def test_assistant_missing_heads_is_a_clear_error(tiny_lm_dir, tmp_path):

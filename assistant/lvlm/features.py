@@ -122,5 +122,6 @@ def visual_inputs(feats: ImageFeatures, result, evidence: str | None = None, cha
     """Combine features with an AnomalyResult (its map, mask, threshold and verdict in words; `changes`:
     lvlm.evidence_changes, `looks`: lvlm.evidence_looks)."""
     amap, mask = resize_map(result.anomaly_map, result.pred_mask)
+    said = result_evidence(result, changes, looks) if evidence is None else evidence
     return VisualInputs(feats.query, feats.look, feats.global_token, feats.refs, feats.crop, amap, mask,
-                        float(result.threshold), result_evidence(result, changes, looks) if evidence is None else evidence)
+                        float(result.threshold), said)

@@ -14,6 +14,7 @@ from difflib import get_close_matches
 
 import numpy as np
 
+from assistant.wording.defects import evidence_looks
 from assistant.wording.golden import (  # noqa: F401 (re-exported: one place for every word)
     CHANGE_TAGS,
     CHANGE_WORDS,
@@ -42,7 +43,6 @@ from assistant.wording.golden import (  # noqa: F401 (re-exported: one place for
     type_name,
     type_option,
 )
-from assistant.wording.defects import evidence_looks
 from assistant.wording.grid import (  # noqa: F401 (re-exported: one place for every word)
     POSITION_WORDS,
     SIZE_WORDS,
