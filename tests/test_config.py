@@ -33,6 +33,20 @@ def test_preset_contents():
     assert big.vision.name == "openclip:ViT-L-14-336/openai" and big.lm.load_in_4bit
 
 
+def test_offline_small_preset_tells_the_shipped_adapter_what_it_was_trained_on():
+    """`--config offline-small` loads the shipped adapter (lvlm.checkpoint), so its evidence words must be the ones
+    that adapter was trained with (the checkpoint's config.json), or the LM reads a sentence it never saw."""
+    import json
+
+    from assistant.config import resolve_data_path
+
+    shipped = json.loads((resolve_data_path("checkpoints/offline-small") / "config.json").read_text())["lvlm"]
+    small = load_config("offline-small").lvlm
+    assert small.checkpoint == "checkpoints/offline-small"
+    for key in ("evidence_changes", "evidence_looks", "projector_levels", "n_prompts", "pool_tokens"):
+        assert getattr(small, key) == shipped.get(key, getattr(type(small)(), key)), key
+
+
 def test_defaults_are_the_embedded_default():
     assert Config().vision.name == "efficientnet-lite0" and Config().lm.name == "smollm2-135m-instruct"
 
