@@ -367,8 +367,10 @@ def test_shipped_classifier_reads_this_version_features():
     clf = load_type_classifier(folder)
     assert clf is not None and clf.types == VOCABULARY and 0 < clf.threshold < 1
     assert json.loads((folder / CONFIG_NAME).read_text())["features"] == list(FEATURES)
+    if clf.tower_dims:  # trained on this checkpoint's tower: its levels' widths
+        assert list(clf.tower_dims) == json.loads((folder / "expert_config.json").read_text())["level_dims"]
     d = descriptor()
-    clf.name(d)
+    clf.name(d, np.zeros(sum(clf.tower_dims), np.float32) if clf.tower_dims else None)
     assert sum(d.type_probs.values()) == pytest.approx(1.0, abs=1e-5)
     assert d.defect_type in ("", *VOCABULARY)
 

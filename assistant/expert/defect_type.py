@@ -1,4 +1,6 @@
-"""Defect-type estimate with abstention: a linear (softmax) classifier over a region's measured descriptors.
+"""Defect-type estimate with abstention: a linear (softmax) classifier over a region's measured descriptors and,
+when trained with them, the vision tower's patch tokens averaged over the region (what the region looks like to the
+tower; they carry what a handful of measurements cannot, e.g. a crack's branching).
 
 It is trained (training/defect_type.py) on the regions the expert flags in data_synth samples, each labelled with
 the user-facing word of the synthesis method that made it (METHOD_TYPES). It names a type only when its top
@@ -32,29 +34,59 @@ WEIGHTS_NAME = "defect_type.safetensors"
 CONFIG_NAME = "defect_type.json"
 
 
-class TypeClassifier(nn.Module):
-    """Standardised descriptor features (F,) -> probabilities over `types` (K,), softmax of one linear layer."""
+def region_tokens(out, region: np.ndarray, index: int = 0) -> np.ndarray:
+    """(sum of C_l,) float32: each tower level's patch tokens of image `index` of a VisionOutput averaged over a
+    bool (H, W) region (area-weighted patch cells; the region's strongest cell when it is smaller than one)."""
+    import cv2
 
-    def __init__(self, types: tuple[str, ...] = VOCABULARY, threshold: float = 1.01):
+    h, w = out.grid
+    cells = cv2.resize(region.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
+    if cells.sum() <= 0:  # a region too thin for the resize: its bounding cell
+        ys, xs = np.nonzero(region)
+        cells = np.zeros(h * w, np.float32)
+        cells[int(ys.mean() * h / region.shape[0]) * w + int(xs.mean() * w / region.shape[1])] = 1.0
+    weights = torch.from_numpy(cells / cells.sum())
+    return torch.cat([weights @ t[index].float().cpu() for t in out.patch_tokens]).numpy().astype(np.float32)
+
+
+class TypeClassifier(nn.Module):
+    """Standardised descriptor features (F,) [+ region tokens (T,)] -> probabilities over `types` (K,), softmax of
+    one linear layer. `tower_dims`: the tower levels' channel counts the region tokens come from (empty: none)."""
+
+    def __init__(self, types: tuple[str, ...] = VOCABULARY, threshold: float = 1.01, tower_dims: tuple = ()):
         super().__init__()
         self.types = tuple(types)
         self.threshold = float(threshold)  # named only at or above this top probability (above 1: never)
-        self.register_buffer("mean", torch.zeros(len(FEATURES)))
-        self.register_buffer("std", torch.ones(len(FEATURES)))
-        self.linear = nn.Linear(len(FEATURES), len(self.types))
+        self.tower_dims = tuple(int(c) for c in tower_dims)
+        width = len(FEATURES) + sum(self.tower_dims)
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+        self.linear = nn.Linear(width, len(self.types))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, F) raw features -> (N, K) probabilities."""
+        """(N, F [+ T]) raw inputs -> (N, K) probabilities."""
         return torch.softmax(self.linear((x - self.mean) / self.std), dim=-1)
 
+    def inputs(self, d: Descriptor, tokens: np.ndarray | None) -> np.ndarray:
+        """The (F [+ T],) input of one region: its descriptor features, then its region tokens when trained with
+        them (a token vector of another width is refused, naming both: another tower)."""
+        if not self.tower_dims:
+            return features(d)
+        if tokens is None or tokens.shape != (sum(self.tower_dims),):
+            raise TypeClassifierError(f"defect-type classifier: expected region tokens of {sum(self.tower_dims)} "
+                                      f"channels (tower levels {list(self.tower_dims)}), got "
+                                      f"{None if tokens is None else tokens.shape}; retrain it for this tower")
+        return np.concatenate([features(d), tokens]).astype(np.float32)
+
     @torch.no_grad()
-    def probabilities(self, d: Descriptor) -> dict[str, float]:
-        probs = self(torch.from_numpy(features(d))[None])[0]
+    def probabilities(self, d: Descriptor, tokens: np.ndarray | None = None) -> dict[str, float]:
+        probs = self(torch.from_numpy(self.inputs(d, tokens))[None])[0]
         return {t: float(p) for t, p in zip(self.types, probs)}
 
-    def name(self, d: Descriptor) -> None:
-        """Set the descriptor's type_probs, type_confidence and defect_type ("" below the threshold), in place."""
-        probs = self.probabilities(d)
+    def name(self, d: Descriptor, tokens: np.ndarray | None = None) -> None:
+        """Set the descriptor's type_probs, type_confidence and defect_type ("" below the threshold), in place;
+        `tokens`: region_tokens of the region, needed when trained with them."""
+        probs = self.probabilities(d, tokens)
         best = max(probs, key=probs.get)
         d.type_probs, d.type_confidence = probs, probs[best]
         d.defect_type = best if probs[best] >= self.threshold else ""
@@ -65,7 +97,8 @@ class TypeClassifier(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        cfg = {"types": list(self.types), "features": list(FEATURES), "threshold": self.threshold, **(meta or {})}
+        cfg = {"types": list(self.types), "features": list(FEATURES), "tower_dims": list(self.tower_dims),
+               "threshold": self.threshold, **(meta or {})}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
@@ -89,7 +122,7 @@ def load_type_classifier(folder: str | Path) -> TypeClassifier | None:
         raise TypeClassifierError(f"defect-type classifier {folder}: its features {cfg.get('features')} differ "
                                   f"from this version's {list(FEATURES)}; retrain it (python -m training defect-type)")
     try:
-        clf = TypeClassifier(tuple(cfg["types"]), float(cfg["threshold"]))
+        clf = TypeClassifier(tuple(cfg["types"]), float(cfg["threshold"]), tuple(cfg.get("tower_dims", ())))
         clf.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise TypeClassifierError(f"defect-type classifier {folder}: expected 'types' and 'threshold' in "
@@ -104,14 +137,15 @@ def name_by_change(d: Descriptor, change: str) -> None:
         d.defect_type, d.type_confidence, d.type_probs = kind, 1.0, {kind: 1.0}
 
 
-def fit_probabilities(x: np.ndarray, y: np.ndarray, types: tuple[str, ...], c: float = 1.0) -> TypeClassifier:
+def fit_probabilities(x: np.ndarray, y: np.ndarray, types: tuple[str, ...], c: float = 1.0,
+                      tower_dims: tuple = ()) -> TypeClassifier:
     """A TypeClassifier with the weights of a multinomial logistic regression (scikit-learn, class-balanced) fitted
-    on (N, F) features and (N,) indices into `types`; the threshold is set by the caller."""
+    on (N, F [+ T]) inputs and (N,) indices into `types`; the threshold is set by the caller."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = x.mean(0), x.std(0) + 1e-6
     lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit((x - mean) / std, y)
-    clf = TypeClassifier(types)
+    clf = TypeClassifier(types, tower_dims=tower_dims)
     w = np.zeros((len(types), x.shape[1]), np.float32)
     b = np.full(len(types), -30.0, np.float32)  # a type absent from the training data is never likely
     if len(lr.classes_) == 2:  # binary: one row of weights for the second class against the first

@@ -234,19 +234,25 @@ def measure(image: Image.Image | np.ndarray, region: np.ndarray, reference: np.n
     return describe_region(image_rgb(image, size), region, reference)
 
 
-def describe(result, image: Image.Image | np.ndarray, reference: np.ndarray | None = None, classifier=None) -> None:
+def describe(result, image: Image.Image | np.ndarray, reference: np.ndarray | None = None, classifier=None,
+             out=None, index: int = 0) -> None:
     """Set `descriptor` on each of the result's boxes (in place); `reference` as in describe_region, at the map's
-    size; `classifier` (expert/defect_type.py TypeClassifier) names the type. Boxes whose region is empty keep
+    size; `classifier` (expert/defect_type.py TypeClassifier) names the type, reading the region's tower tokens from
+    `out` (the query's VisionOutput, image `index`) when it was trained with them. Boxes whose region is empty keep
     None."""
     for box in result.boxes:
         region = box_region(result.pred_mask, box)
         if region.any():
-            describe_box(box, image, region, reference, classifier)
+            describe_box(box, image, region, reference, classifier, out, index)
 
 
 def describe_box(box, image: Image.Image | np.ndarray, region: np.ndarray, reference: np.ndarray | None = None,
-                 classifier=None) -> None:
-    """Set one Box's `descriptor` from its bool (H, W) region of the map (measure) and name its type."""
+                 classifier=None, out=None, index: int = 0) -> None:
+    """Set one Box's `descriptor` from its bool (H, W) region of the map (measure) and name its type (a classifier
+    that needs tower tokens names none without `out`: the type is left unestimated)."""
     box.descriptor = measure(image, region, reference)
-    if classifier is not None:
-        classifier.name(box.descriptor)
+    if classifier is None or (classifier.tower_dims and out is None):
+        return
+    from assistant.expert.defect_type import region_tokens
+
+    classifier.name(box.descriptor, region_tokens(out, region, index) if classifier.tower_dims else None)

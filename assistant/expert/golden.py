@@ -385,7 +385,7 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
                         reference_median=res.reference_median)
         name_shapes(golden, p, r.boxes, tuple(image_size))
         describe(r, img.convert("L").convert("RGB"), reference_estimate(golden, p, tuple(image_size)),
-                 classifier=expert.type_classifier)
+                 classifier=expert.type_classifier, out=query_out, index=b)
         for box in r.boxes:  # missing or extra material is that kind of defect, whatever the look
             if box.descriptor is not None:
                 name_by_change(box.descriptor, box.change)

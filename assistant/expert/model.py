@@ -232,10 +232,10 @@ class AnomalyExpert(nn.Module):
                        for amap, med in zip(maps, medians)]
             # golden-template inspection: the aligned path where a reference registers (expert.alignment)
             return describe_results(golden_results(self, state, query_out, raw, results, images, image_size,
-                                                   self._result), images, self.type_classifier)
+                                                   self._result), images, self.type_classifier, query_out)
         if not self.self_calibrated():
             return describe_results([self._result(amap, self.image_score(amap), state, "zero-shot", grid)
-                                     for amap in maps], images, self.type_classifier)
+                                     for amap in maps], images, self.type_classifier, query_out)
         if images is None or tower is None or len(images) != len(maps):
             raise ValueError(
                 f"zero-shot with zero_shot_source 'self' calibrates on each query image: expected "
@@ -258,7 +258,7 @@ class AnomalyExpert(nn.Module):
                 },
             )
             out.append(self._result(amap, self.image_score(amap), st, "zero-shot", grid))
-        return describe_results(out, images, self.type_classifier)
+        return describe_results(out, images, self.type_classifier, query_out)
 
     def _result(self, amap: np.ndarray, score: float, state: ReferenceState, path: str, grid: tuple[int, int],
                 reference_median: float | None = None) -> AnomalyResult:

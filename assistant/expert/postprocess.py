@@ -120,18 +120,20 @@ def peak_region(result: AnomalyResult) -> tuple[Box, np.ndarray] | None:
     return box, box_region(mask, box)
 
 
-def describe_results(results: list[AnomalyResult], images: list | None, classifier=None) -> list[AnomalyResult]:
+def describe_results(results: list[AnomalyResult], images: list | None, classifier=None,
+                     out=None) -> list[AnomalyResult]:
     """Measure the regions (expert/describe.py) of results whose boxes are not measured yet (the aligned path
-    measures its own against the reference) and name their type with `classifier` (expert/defect_type.py); a result
-    with no region gets its strongest deviation measured as `peak`. Nothing without the query images."""
+    measures its own against the reference) and name their type with `classifier` (expert/defect_type.py; `out`:
+    the queries' VisionOutput, whose region tokens it may read); a result with no region gets its strongest
+    deviation measured as `peak`. Nothing without the query images."""
     if images is None or len(images) != len(results):
         return results
-    for res, img in zip(results, images):
+    for i, (res, img) in enumerate(zip(results, images)):
         if res.boxes and all(b.descriptor is None for b in res.boxes):
-            describe(res, img, classifier=classifier)
+            describe(res, img, classifier=classifier, out=out, index=i)
         elif not res.boxes and res.peak is None and (found := peak_region(res)) is not None:
             res.peak, region = found
-            describe_box(res.peak, img, region, classifier=classifier)
+            describe_box(res.peak, img, region, classifier=classifier, out=out, index=i)
     return results
 
 
