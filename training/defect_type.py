@@ -3,7 +3,7 @@
 For every anomalous sample of the data_synth builds (aligned pairs excluded: their change names the type), the
 expert is run as it is served (one reference normal of the sample's category) and the flagged region that overlaps
 the ground-truth mask most is measured (expert/describe.py), and the tower's patch tokens are averaged over it
-(defect_type.region_tokens; --inputs descriptors leaves them out); its label is the vocabulary word of the method
+(defect_type.region_tokens; only with --inputs descriptors+tower); its label is the vocabulary word of the method
 that drew the defect (METHOD_TYPES). Features are cached in OUT/features.npz, so a rerun only refits. A held-out share
 of the samples sets the abstention threshold: the lowest top probability at which the named types are right on at
 least --precision of the held-out regions. The classifier is refitted on all samples and written to OUT
@@ -31,8 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", type=float, default=0.8, help="held-out share right among the named types")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inputs", choices=("descriptors", "descriptors+tower"), default="descriptors+tower",
-                   help="what the classifier reads: the measured descriptors, and the tower's region tokens")
+    p.add_argument("--inputs", choices=("descriptors", "descriptors+tower"), default="descriptors",
+                   help="what the classifier reads: the measured descriptors (shipped), or also the tower's tokens "
+                        "averaged over the region (more types named on real parts, more of them wrongly: "
+                        "docs/results.md)")
 
 
 def region_descriptor(expert, tower, state, rec: dict):
