@@ -253,6 +253,12 @@ def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AlignedConfig
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def lay(image: np.ndarray, warp: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` moved by the (2, 3) affine `warp` (golden pixel -> query pixel) onto a (w, h) `size` canvas, edges
+    replicated: how a query is made from its golden, and how the golden is laid over the query to compare them."""
+    return cv2.warpAffine(image, warp, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def make_pair(golden: Golden | Image.Image, rng: np.random.Generator, cfg: AlignedConfig | None = None,
               anomalous: bool | None = None) -> AlignedPair:
     """An aligned pair from a golden (a `Golden`, or a user's PIL image taken as a board unless made with
@@ -269,7 +275,7 @@ def make_pair(golden: Golden | Image.Image, rng: np.random.Generator, cfg: Align
     m[:, 2] += (dx, dy)
 
     def warp(a: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return lay(a, m, (w, h))
 
     image, mask, dtype = warp(g.image), np.zeros((h, w), bool), ""
     if anomalous:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from data_synth.aligned import lay
 from data_synth.conversations import make_conversation
 from data_synth.masks import contrast_in, mask_stats, severity_word
 from data_synth.sources import Category, NormalSource
@@ -160,7 +161,7 @@ def aligned_sample(i: int, rng: np.random.Generator, label: int, src, cat: Categ
     if label:
         mask = pair.mask > 0
         h, w = mask.shape  # contrast against the golden laid over the query (the warp the query was made with)
-        laid = cv2.warpAffine(golden, pair.warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        laid = lay(golden, pair.warp, (w, h))
         con = contrast_in(laid, query, mask)
         stats = mask_stats(mask)
         rec.update(mask=f"masks/{sid}.png", **stats, severity=severity_word(stats["area_fraction"], con),

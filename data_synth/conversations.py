@@ -14,10 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
-from assistant.expert.defect_type import METHOD_TYPES
 from assistant.wording import TYPE_PHRASES, article, change_sentence, percent, position_phrase, type_name
 from assistant.wording.defects import colour_sentence, describe_sentence, either_sentence, type_sentence
-from data_synth.looks import descriptor_of, other_type
+from data_synth.looks import descriptor_of, method_word, other_type
 from data_synth.text import describe, material_noun, pick
 
 DETECT_Q = [
@@ -115,18 +114,13 @@ def _looks_turns(m: dict, pos: str, rng) -> dict:
     """The follow-ups a measured sample's evidence answers (build --descriptor-answers): describe it, what kind,
     what colour, and an either-or question of its type (half the time) and another word, or two other words."""
     d = descriptor_of(m["looks"])
-    truth = m["looks"]["type"] or type_words(m)
+    truth = m["looks"]["type"] or method_word(m) or "defect"
     a = truth if rng.random() < 0.5 else other_type(rng, truth)
     b = other_type(rng, a)
     asked = [a, b] if rng.random() < 0.5 else [b, a]
     fields = {"a": asked[0], "b": asked[1], "a_art": article(asked[0]), "b_art": article(asked[1])}
     return {"describe": describe_sentence(d, pos), "type": type_sentence(d, pos), "colour": colour_sentence(d),
             "either": (either_sentence(d, asked, pos), fields)}
-
-
-def type_words(m: dict) -> str:
-    """The vocabulary word of a record's synthesis method ("defect" when it has none)."""
-    return METHOD_TYPES.get(m.get("method") or "", "defect")
 
 
 def _measured(m: dict) -> bool:

@@ -11,28 +11,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from assistant.expert.defect_type import CHANGE_TYPES, METHOD_TYPES, VOCABULARY
 from assistant.expert.describe import Descriptor, measure
 from assistant.imaging import load_image, load_mask
+from data_synth.aligned import lay
 
 NAMED_SHARE = 0.5  # share of (non-aligned) samples whose evidence names the type
 
 
 def golden_laid(out: Path, rec: dict, size: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8: an aligned record's golden warped onto its query (the warp the query was made with)."""
-    golden = np.asarray(load_image(out / rec["references"][0]))
-    warp = np.asarray(rec["params"]["warp"], np.float64)
-    return cv2.warpAffine(golden, warp, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return lay(np.asarray(load_image(out / rec["references"][0])), np.asarray(rec["params"]["warp"], np.float64), size)
+
+
+def method_word(rec: dict) -> str:
+    """The vocabulary word of the record's synthesis method ("" when it maps to none)."""
+    return METHOD_TYPES.get(rec.get("method") or "", "")
 
 
 def evidence_type(rec: dict, seed: int) -> str:
     """The type word the sample's evidence says ("" = not named)."""
     if rec.get("aligned"):
         return CHANGE_TYPES.get(rec.get("change") or "", "")
-    word = METHOD_TYPES.get(rec.get("method") or "", "")
+    word = method_word(rec)
     named = np.random.default_rng([seed, int(rec["id"]), 3]).random() < NAMED_SHARE
     return word if named else ""
 
