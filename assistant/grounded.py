@@ -46,6 +46,7 @@ from assistant.wording import (
 from assistant.wording.defects import (
     between_sentence,
     colour_sentence,
+    describe_sentence,
     looks,
     option_type,
     plain,
@@ -219,7 +220,7 @@ def describe_answer(result: AnomalyResult) -> str:
         kind = f" (it looks like {article(d.defect_type)} {d.defect_type})" if d.defect_type else ""
         if b.change in CHANGE_WORDS:  # aligned: the change of material says more than the type word
             kind = f" ({b.change}: {CHANGE_WORDS[b.change]})"
-        said.append(f"{where[0].upper()}{where[1:]} there is {looks(d)}{kind}.")
+        said.append(describe_sentence(d, where, kind))
     more = max(0, len(result.boxes) - len(said))
     return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))
 

@@ -130,9 +130,10 @@ def evidence_looks(d) -> str:
     return f"looks: {looks(d)}; type: {d.defect_type or NOT_NAMED_TYPE}"
 
 
-def describe_sentence(d, where: str) -> str:
-    """'Describe it.': 'In the top left there is a dark thin line about 40 px long, ...'."""
-    return f"{where[:1].upper()}{where[1:]} there is {looks(d)}."
+def describe_sentence(d, where: str, note: str = "") -> str:
+    """'Describe it.': 'In the top left there is a dark thin line about 40 px long, ...'; `note` goes before the
+    full stop (' (it looks like a crack)')."""
+    return f"{where[:1].upper()}{where[1:]} there is {looks(d)}{note}."
 
 
 def either_sentence(d, asked: list[str], where: str) -> str:
