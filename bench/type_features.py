@@ -7,8 +7,9 @@ descriptors (what ships), the tower's features pooled over the region, or both?
 For every anomalous data_synth sample whose method maps to the vocabulary (METHOD_TYPES, at most --max-synth), and
 every flagged defective test image of the --data folders whose folder type maps to it (describe_check
 FOLDER_TYPES; one train/good reference drawn by --seed), the expert is run as served and the flagged box with the
-most ground-truth pixels is taken: its descriptor features (expert/describe.py FEATURES) and the mean of each tower
-level's patch tokens over the box's region. For each input set a class-balanced logistic regression is fitted on
+most ground-truth pixels is taken (training/defect_type.py region_descriptor): its descriptor features
+(expert/describe.py FEATURES) and the mean of each tower level's patch tokens over the box's region
+(region_tokens). For each input set a class-balanced logistic regression is fitted on
 75% of the synthetic regions; the other 25% set the abstention threshold (the lowest top probability whose named
 types are right on at least --precision, training/defect_type.py pick_threshold). Printed per input set: held-out
 synthetic accuracy, and on the dev regions top-1 accuracy, the share named and the accuracy of the named ones.
@@ -25,47 +26,15 @@ from describe_check import DEFAULT_DATA, expected_types
 from golden import expert_arguments, expert_from_arguments, folder_items
 
 
-def pooled(out, region: np.ndarray) -> np.ndarray:
-    """(sum C_l,) the mean patch token of every tower level over a bool (H, W) region (nearest patch cells; the
-    strongest cell when the region is smaller than one)."""
-    import cv2
-
-    h, w = out.grid
-    cells = cv2.resize(region.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
-    weights = cells / cells.sum() if cells.sum() > 0 else np.eye(h * w)[int(np.argmax(cells))]
-    return np.concatenate([weights @ t[0].float().numpy() for t in out.patch_tokens]).astype(np.float32)
-
-
-def region_row(expert, tower, state, image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(descriptor features, pooled tower features) of the flagged box with the most ground-truth pixels."""
-    import torch
-
-    from assistant.expert.describe import box_region, features
-    from assistant.imaging import load_image, load_mask
-
-    img = load_image(image)
-    side = tower.image_size
-    with torch.no_grad():
-        out = tower.encode([img])
-        res = expert.predict(out, state, (side, side), images=[img], tower=tower)[0]
-    if not res.pred_label:
-        return None
-    gt = load_mask(mask, (side, side))
-    hits = [(int(gt[b.y0:b.y1, b.x0:b.x1].sum()), i) for i, b in enumerate(res.boxes) if b.descriptor is not None]
-    hits = [h for h in hits if h[0] > 0]
-    if not hits:
-        return None
-    top = res.boxes[max(hits)[1]]
-    return features(top.descriptor), pooled(out, box_region(res.pred_mask, top))
-
-
 def collect(args, tower, expert) -> dict[str, np.ndarray]:
     """desc, tower, y (type index) and dev (bool) of every located region."""
     from tqdm import tqdm
 
     from assistant.expert.defect_type import METHOD_TYPES, VOCABULARY
+    from assistant.expert.describe import features
     from assistant.imaging import load_image
     from data_synth.build import read_manifest
+    from training.defect_type import region_descriptor
 
     jobs = []  # (image, mask, references, type, dev)
     recs = [r for r in read_manifest(args.synth) if r["label"] and r.get("method") in METHOD_TYPES and r["mask"]]
@@ -80,9 +49,10 @@ def collect(args, tower, expert) -> dict[str, np.ndarray]:
     for image, mask, refs, kind, dev in tqdm(jobs, desc="regions"):
         if refs not in states:
             states[refs] = expert.fit_references(tower, [load_image(r) for r in refs], seed=args.seed)
-        got = region_row(expert, tower, states[refs], Path(image), Path(mask))
-        if got is not None:
-            for k, v in zip(("desc", "tower", "y", "dev"), (*got, VOCABULARY.index(kind), dev)):
+        got = region_descriptor(expert, tower, states[refs], {"image": image, "mask": mask})
+        if got is not None:  # (a normal verdict has no box, so only flagged defects count)
+            row = (features(got[0]), got[1], VOCABULARY.index(kind), dev)
+            for k, v in zip(("desc", "tower", "y", "dev"), row):
                 rows[k].append(v)
     return {k: np.asarray(v) for k, v in rows.items()}
 
