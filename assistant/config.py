@@ -75,7 +75,10 @@ class ExpertConfig:
     self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
     level_fusion: str = "geo"  # with references: the query's per-level kNN maps fused by geo or mean (see expert)
     # golden-template inspection (expert/alignment.py, expert/golden.py)
-    alignment: str = "auto"  # auto: position-aware when a reference registers well, else free | aligned | free
+    # auto: position-aware when a reference registers as the same design in the same frame, else free | golden: the
+    # user says the references are golden samples (position-aware whenever the warp is within a fixture's motion)
+    # | aligned: always position-aware | free: always as a bag of patches
+    alignment: str = "auto"
     align_window: int = 1  # aligned path: query cells compared with reference cells within this many cells
     material: str = "auto"  # polarity: material is the reference's minority Otsu class (auto) | dark | bright
 
@@ -91,7 +94,7 @@ class ExpertConfig:
         if not 0.5 <= self.review_confidence < 1.0:
             raise ConfigError(f"config key 'expert.review_confidence': expected a probability in [0.5, 1), got "
                               f"{self.review_confidence!r}")
-        for key, allowed in (("alignment", ("auto", "aligned", "free")), ("material", ("auto", "dark", "bright"))):
+        for key, allowed in (("alignment", ("auto", "golden", "aligned", "free")), ("material", ("auto", "dark", "bright"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key 'expert.{key}': expected one of {', '.join(map(repr, allowed))}, got "
                                   f"{getattr(self, key)!r}")

@@ -19,6 +19,14 @@ no; a type question the option naming the type the classifier named (none named:
 unsure of picks whichever offered word maps to the vocabulary at all); position and size the expert's words (the
 nearest offered grid word when the expert's is not offered). When the verdict is normal, type, position and size
 are answered about the strongest deviation (`AnomalyResult.peak`), saying that it does not clear the threshold.
+
+On a borderline result, a free-form detection or accept/reject question ("Is anything wrong?", "Is it safe to
+ship?", "What should I do with this part?") is answered here too (wording.review_words): the LM only knows the binary
+verdict at the threshold and would answer as if sure; the evidence says it cannot decide, to hold the part for a
+person, why (the score within the threshold's uncertainty, or good parts that do not cover this part) and what would
+settle it. A multiple-choice detection question still picks the option of the binary verdict (evaluation needs a
+letter). "Why do you think so?" and "How sure are you?" are answered from the evidence on every verdict
+(wording.why_words): the score against the threshold, where the part differs, what it was judged against, how sure.
 """
 from __future__ import annotations
 
@@ -33,14 +41,14 @@ from assistant.wording import (
     PCB_WORDS,
     POSITION_WORDS,
     TYPE_ALIASES,
-    article,
     golden_sentence,
     polarity_lead,
     position_phrase,
-    position_word,
+    review_words,
     size_word,
     type_choice_answer,
     type_option,
+    why_words,
     yes_no_option,
 )
 from assistant.wording.defects import (
@@ -53,6 +61,7 @@ from assistant.wording.defects import (
     type_sentence,
     type_words_in,
 )
+from assistant.wording.review import kind_note, region_position, strongest
 
 TYPE_QUESTION = re.compile(r"\b(?:what|which)\s+(?:kind|type|sort|class)\b|\bclassify\b|\bwhat\s+defect\b", re.I)
 MISSING_QUESTION = re.compile(r"\b(?:missing|absent|lost|gone)\b", re.I)
@@ -65,6 +74,28 @@ SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\
 DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
 COLOUR_QUESTION = re.compile(r"\bcolou?rs?\b", re.I)
 COMPARE_QUESTION = re.compile(r"\bcompare\b|\bdiffer(?:s|ent|ence|ences)?\b", re.I)
+# a free-form yes/no question whether the part has a defect ("Is anything wrong?", "Check this part for defects.")
+DETECT_FREE = re.compile(r"^\W*(?:please\s+)?(?:is|are|does|do|did|has|have|can|could|any|anything|something|check|"
+                         r"inspect)\b.*\b(?:anomal\w*|defect\w*|damaged?|flaws?|faults?|faulty|problems?|issues?|wrong|"
+                         r"broken)\b|^\W*what(?:'s|\s+is)\s+wrong\b", re.I | re.S)
+# an accept/reject question in any polarity ("Is it safe to ship?", "Should it be thrown away?", "What should I do
+# with this part?")
+DECIDE_QUESTION = re.compile(
+    r"\b(?:ship\w*|reject\w*|accept\w*|scrap\w*|discard\w*|rework|repair\w*|usable|safe|trash\w*|verdict)\b"
+    r"|\b(?:pass|fail)(?:es|s)?\s+(?:the\s+)?inspection\b|\bthrown?\s+(?:it\s+|this\s+)?(?:away|out)\b"
+    r"|\bbe\s+used\b|\b(?:use|keep)\s+(?:it|this)\b|\bwhat\s+(?:should|shall|do|would|must|can)\s+(?:i|we|you)\s+"
+    r"do\b|\brecommend\w*\b"
+    r"|^\W*(?:is|are|does|do|can|would|will)\b.*\b(?:good|ok|okay|fine|normal|acceptable|alright|all\s+right)\b",
+    re.I | re.S)
+# questions about one aspect of the defect (where, how big, which type, how many, what it looks like): not a
+# decision, even when they name the defect ("Is the defect large?")
+ASPECT_QUESTION = re.compile(r"\bwhere\b|\blocat|\bposition\b|\bhow\s+(?:large|big|many)\b|\b(?:size|area|extent|"
+                             r"large|big|small|tiny)\b|\b(?:what|which)\s+(?:kind|type|sort|class)\b|\bdescribe\b|"
+                             r"\blook\s+like\b|\bcolou?rs?\b", re.I)
+# why the verdict, and how sure ("Why do you think so?", "What makes you say that?", "How confident are you?")
+WHY_QUESTION = re.compile(r"^\W*why\b|\bwhat\s+makes\s+you\s+(?:say|think)\b|\bhow\s+(?:sure|confident|certain)\b"
+                          r"|\bhow\s+do\s+you\s+know\b|\bare\s+you\s+(?:sure|certain|confident)\b"
+                          r"|\b(?:based|basis)\s+(?:on|for)\b", re.I)
 GRID_CELLS = {w: (r, c) for r, row in enumerate(POSITION_WORDS) for c, w in enumerate(row)}  # word -> (row, col)
 OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s+(.+?)\s*$", re.M)  # "F. short" lines of a multiple-choice prompt
 
@@ -85,9 +116,7 @@ def speaks_of_boards(question: str, history: Sequence[tuple[str, str]], options:
 
 def box_position(box: Box, result: AnomalyResult) -> str:
     """Grid word of a region's centre."""
-    h, w = result.anomaly_map.shape[:2]
-    cy, cx = box.center
-    return position_word(cy / max(h, 1), cx / max(w, 1))
+    return region_position(box, result)
 
 
 def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tuple[str, str]] = ()) -> str | None:
@@ -100,6 +129,10 @@ def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tupl
         return None
     if options and DETECT_QUESTION.search(ask):
         return detection_choice(result, options)
+    if not options and WHY_QUESTION.search(ask):
+        return why_words(result)
+    if not options and result.borderline and review_question(ask):
+        return review_words(result)
     if result.alignment == "aligned":
         pcb = speaks_of_boards(ask, history, options)
         if TYPE_QUESTION.search(ask):
@@ -109,6 +142,14 @@ def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tupl
         if not options and EXTRA_QUESTION.search(ask):
             return polarity_answer(result, "extra", pcb)
     return defect_answer(result, ask, options)
+
+
+def review_question(ask: str) -> bool:
+    """A free-form detection or accept/reject question: on a borderline result the evidence answers it (hold the
+    part for a person, and why), not the LM, which states the binary verdict at the threshold as if sure."""
+    if ASPECT_QUESTION.search(ask) or len(type_words_in(ask) if re.search(r"\bor\b", ask, re.I) else []) >= 2:
+        return False
+    return bool(DETECT_FREE.search(ask) or DECIDE_QUESTION.search(ask))
 
 
 def type_answer(result: AnomalyResult, options: dict[str, str], pcb: bool) -> str | None:
@@ -165,9 +206,7 @@ def detection_choice(result: AnomalyResult, options: dict[str, str]) -> str | No
 # ------------------------------------------------------------------ any part: measured descriptors and type
 def focus(result: AnomalyResult) -> Box | None:
     """The region a defect question is about: the strongest flagged one, else the strongest deviation (peak)."""
-    if result.pred_label and result.boxes:
-        return max(result.boxes, key=lambda b: b.score)
-    return result.peak
+    return strongest(result)
 
 
 def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> str | None:
@@ -217,10 +256,7 @@ def describe_answer(result: AnomalyResult) -> str:
     said = []
     for b in boxes[:3]:
         d, where = b.descriptor, position_phrase(box_position(b, result))
-        kind = f" (it looks like {article(d.defect_type)} {d.defect_type})" if d.defect_type else ""
-        if b.change in CHANGE_WORDS:  # aligned: the change of material says more than the type word
-            kind = f" ({b.change}: {CHANGE_WORDS[b.change]})"
-        said.append(describe_sentence(d, where, kind))
+        said.append(describe_sentence(d, where, kind_note(b)))  # aligned: the change of material, else the type
     more = max(0, len(result.boxes) - len(said))
     return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))
 

@@ -10,8 +10,10 @@ spaced) are opened in a ChatSession with one reference from train/good (random.R
   ship "Is it safe to ship?", reject "Would you reject this part?", count "How many defects are there?",
   compare "Compare it with the reference.", good "Is this part good?", usable "Can this part be used?",
   scrap "Should it be thrown away?" (the last two worded unlike any training question), type "What kind of defect
-  is it?", describe "Describe it.".
-A borderline verdict (threshold uncertain) must be said once, with the first answer, and a clear one never.
+  is it?", describe "Describe it.", why "Why do you think so?".
+A borderline verdict (the score within the threshold's uncertainty, or good parts that do not cover the part) must
+be said once, with the first answer, and again only in the answers that explain it (detect, the accept/reject
+kinds, why); a clear one never.
 An answer is truthful when it agrees with the session's AnomalyResult (not with the ground truth: this measures
 the language side; the expert's own accuracy is `evaluate`'s job):
   detect/where/size/count/type/describe on a normal verdict: the answer says there is no defect;
@@ -25,8 +27,12 @@ the language side; the expert's own accuracy is `evaluate`'s job):
   ship, good, usable (yes = normal), reject, scrap (yes = anomalous): nothing calling the part normal when it is
   flagged, no defect words when it is normal ("Yes, there is an anomaly" on a good part is not truthful), and either
   the leading yes/no of the question's polarity or, without one, only the fitting recommendation ("..., so I would
-  reject it." / "..., so I would accept it.").
---ask KIND=QUESTION ... replaces the ten questions with your own wordings, each checked as one of the kinds above.
+  reject it." / "..., so I would accept it.");
+  detect and the accept/reject kinds on a borderline verdict: no decision (no leading yes/no, nothing calling the part
+  normal or defective, no "I would accept/reject it") and the part held for a person to check;
+  why: the score and the threshold (its figure as the evidence words it), the verdict (normal / anomalous, or on a
+  borderline one no decision and the part held) and, on a flagged or borderline part, the expert's position word.
+--ask KIND=QUESTION ... replaces the default questions with your own wordings, each checked as one of the kinds above.
 With --first, every question is instead the first turn of the chat (the history is cleared before each): users
 do not always open with "is anything wrong?".
 Prints one table (truthful fraction per question, split by the expert's verdict) and writes --out JSONL.
@@ -46,14 +52,15 @@ QUESTIONS = [("detect", "Is there any anomaly in the image?"), ("where", "Where 
              ("reject", "Would you reject this part?"), ("count", "How many defects are there?"),
              ("compare", "Compare it with the reference."), ("good", "Is this part good?"),
              ("usable", "Can this part be used?"), ("scrap", "Should it be thrown away?"),
-             ("type", "What kind of defect is it?"), ("describe", "Describe it.")]
+             ("type", "What kind of defect is it?"), ("describe", "Describe it."), ("why", "Why do you think so?")]
 # accept/reject questions, by what "yes" means; "usable" and "scrap" are worded unlike any training question
 # (data_synth ACCEPT_Q / REJECT_Q), to see whether answers stay truthful to a new wording
 YES_MEANS_NORMAL = {"ship": True, "good": True, "usable": True, "reject": False, "scrap": False}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 
 
-KINDS = ("detect", "where", "size", "count", "compare", "type", "describe", *YES_MEANS_NORMAL)
+KINDS = ("detect", "where", "size", "count", "compare", "type", "describe", "why", *YES_MEANS_NORMAL)
+REVIEW_KINDS = ("detect", "why", *YES_MEANS_NORMAL)  # answers that say a borderline verdict themselves
 
 
 def parse_ask(items: list[str]) -> list[tuple[str, str]]:
@@ -93,6 +100,7 @@ def number_agrees(answer: str) -> bool:
 def expected(result) -> dict:
     """Facts of the overlay, worded as the LM's evidence states them (assistant.wording)."""
     from assistant.wording import percent, result_evidence
+    from assistant.wording.review import figures
 
     ev = result_evidence(result)
     pos = re.search(r"location: ([a-z ]+?)(?:;|\.)", ev)
@@ -103,7 +111,8 @@ def expected(result) -> dict:
     return {"anomalous": bool(result.pred_label), "borderline": result.verdict == "borderline",
             "position": pos.group(1) if pos else None, "region": region_facts(top, result),
             "percent": percent(result.area_fraction) if result.size else None,
-            "regions": int(regions.group(1)) if regions else None, "evidence": ev}
+            "regions": int(regions.group(1)) if regions else None, "evidence": ev,
+            "threshold": figures(result.pred_score, result.threshold)[1]}
 
 
 def region_facts(box, result) -> dict | None:
@@ -163,10 +172,37 @@ def decision_truthful(answer: str, bad: bool, yes_means_normal: bool) -> bool:
     return said == {"reject" if bad else "accept"}
 
 
-def says_borderline_once(answer: str, fact: dict, first: bool) -> bool:
-    """A borderline verdict is said once, with the first answer about the image (assistant.chat.borderline_note),
-    and never for a clear one."""
-    return answer.lower().count("borderline") == int(fact["borderline"] and first)
+def holds_for_review(answer: str) -> bool:
+    """A detection or accept/reject answer on a borderline verdict: no decision (no leading yes/no, nothing calling
+    the part normal or defective, no "I would accept/reject it"), and the part held for a person to check."""
+    text = answer.lower()
+    decided = re.search(r"looks? normal|\bno (?:defects?|anomal\w*)\b|\bis (?:defective|normal|anomalous)\b|"
+                        r"\bthere is an? (?:\w+ )?(?:defect|anomaly)\b|\bi would (?:accept|reject)\b|"
+                        r"\bsafe to ship\b", text)
+    return leading(answer) is None and not decided and bool(re.search(r"\bhold\b|\bperson\b[^.]*\bcheck", text))
+
+
+def why_truthful(answer: str, fact: dict) -> bool:
+    """'Why do you think so?': the score against the threshold (its figure), the verdict (a borderline one held for a
+    person, deciding nothing), and on a flagged or borderline part the expert's position word when it has one."""
+    from assistant.wording import parse_position
+
+    text = answer.lower()
+    if not ("score" in text and "threshold" in text and fact["threshold"] in answer):
+        return False
+    if fact["borderline"]:
+        said = holds_for_review(answer)
+    elif fact["anomalous"]:
+        said = bool(re.search(r"\banomalous\b|\bdefective\b", text)) and not re.search(r"\bnormal\b", text)
+    else:
+        return bool(re.search(r"\bnormal\b", text)) and not re.search(r"\banomalous\b|\bdefective\b", text)
+    return said and (fact["position"] is None or parse_position(answer) == fact["position"])
+
+
+def says_borderline_once(answer: str, fact: dict, first: bool, kind: str = "") -> bool:
+    """A borderline verdict is said once with the first answer about the image (assistant.chat.borderline_note, or the
+    answer itself), again only by the answers that explain it (REVIEW_KINDS), and never for a clear one."""
+    return answer.lower().count("borderline") == int(fact["borderline"] and (first or kind in REVIEW_KINDS))
 
 
 def truthful(kind: str, answer: str, fact: dict) -> bool:
@@ -174,6 +210,10 @@ def truthful(kind: str, answer: str, fact: dict) -> bool:
 
     bad = fact["anomalous"]
     verdict = parse_verdict(answer)
+    if kind == "why":
+        return why_truthful(answer, fact)
+    if fact["borderline"] and (kind in YES_MEANS_NORMAL or kind == "detect"):  # no decision: held for a person
+        return holds_for_review(answer)
     if kind in YES_MEANS_NORMAL:
         return decision_truthful(answer, bad, YES_MEANS_NORMAL[kind])
     if kind == "compare":
@@ -230,7 +270,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--first", action="store_true", help="ask every question as the first turn (history cleared)")
     p.add_argument("--ask", nargs="+", default=None, metavar="KIND=QUESTION",
-                   help="your own questions instead of the default ten, each checked as KIND: "
+                   help="your own questions instead of the default ones, each checked as KIND: "
                         + ", ".join(KINDS) + " (e.g. 'scrap=Is this part scrap?')")
     args = p.parse_args(argv)
     try:
@@ -260,7 +300,8 @@ def main(argv=None) -> int:
                 rows.append({"category": cat.name, "image": it.image, "kind": kind, "question": q, "answer": answer,
                              "expert_anomalous": fact["anomalous"], "expert_borderline": fact["borderline"],
                              "evidence": fact["evidence"],
-                             "truthful": truthful(kind, answer, fact) and says_borderline_once(answer, fact, i == 0)})
+                             "truthful": truthful(kind, answer, fact) and says_borderline_once(answer, fact, i == 0,
+                                                                                               kind)})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -146,3 +146,67 @@ def test_type_and_describe_answers_are_checked_against_the_descriptor(named):
     normal = ct.expected(_result(False))
     assert ct.truthful("type", "There is no defect, so there is nothing to measure.", normal)
     assert not ct.truthful("describe", "At the top right there is a dark elongated mark about 20 px long.", normal)
+
+
+def _borderline(over: bool = True, reason: str = "threshold") -> AnomalyResult:
+    r = _result(over)
+    r.pred_score, r.verdict, r.review_reason, r.confidence = (1.03 if over else 0.97), "borderline", reason, 0.6
+    r.threshold_low, r.threshold_high, r.shots = 0.95, 1.06, 1
+    if reason == "coverage":
+        r.coverage = 1.9
+    return r
+
+
+LM_TODAY = ["It looks normal: I would accept it.", "It is defective (a minor defect), so I would reject it.",
+            "Yes, there is an anomaly: a defect at the top right of the image.\n\nIt is borderline: the score is just "
+            "over the threshold, within its uncertainty (confidence 60%); I would hold the part for a person to check.",
+            "No, the object looks normal.", "It is borderline, but it is safe to ship."]
+
+
+@pytest.mark.parametrize("over,reason", [(True, "threshold"), (False, "threshold"), (True, "coverage")])
+def test_borderline_detection_and_decisions_must_hold_the_part_for_a_person(over, reason):
+    from assistant.grounded import grounded_answer
+
+    r = _borderline(over, reason)
+    fact = ct.expected(r)
+    assert fact["borderline"] and fact["threshold"] == "1"
+    for kind, q in ct.QUESTIONS:
+        if kind in ct.REVIEW_KINDS:
+            answer = grounded_answer(r, q)
+            assert ct.truthful(kind, answer, fact), kind
+            assert ct.says_borderline_once(answer, fact, first=False, kind=kind), kind
+            assert all(not ct.truthful(kind, wrong, fact) for wrong in LM_TODAY), kind
+    assert not ct.says_borderline_once("It is borderline: ...", fact, first=False, kind="where")
+
+
+@pytest.mark.parametrize("anomalous", [True, False])
+def test_clear_verdicts_keep_their_decision_checks(anomalous):
+    fact = ct.expected(_result(anomalous))
+    held = "It is borderline: I cannot decide ...; I would hold it for a person to check."
+    assert not ct.truthful("ship", held, fact)
+    assert ct.truthful("reject", "It is defective, so I would reject it." if anomalous else
+                       "It looks normal, so I would accept it.", fact)
+
+
+def test_why_answers_are_checked_against_the_evidence():
+    from assistant.grounded import grounded_answer
+
+    for r in (_result(True), _result(False), _borderline(True), _borderline(False), _borderline(True, "coverage")):
+        r.threshold_low, r.threshold_high = r.threshold_low or 0.95, r.threshold_high or 1.06
+        fact = ct.expected(r)
+        answer = grounded_answer(r, "Why do you think so?")
+        assert ct.truthful("why", answer, fact), answer
+        assert ct.says_borderline_once(answer, fact, first=False, kind="why")
+        assert not ct.truthful("why", "I cannot tell with confidence what the reason is.", fact)
+    flagged = ct.expected(_result(True))
+    right = "I judged it anomalous. Its score, 2, is over the threshold 1. It differs in the top right."
+    assert ct.truthful("why", right, flagged)
+    assert not ct.truthful("why", right.replace("top right", "bottom left"), flagged)  # not where the expert says
+    assert not ct.truthful("why", right.replace("threshold 1", "threshold 0.8"), flagged)  # not its threshold
+    assert not ct.truthful("why", right.replace("anomalous", "normal"), flagged)
+    normal = ct.expected(_result(False))
+    assert ct.truthful("why", "I judged it normal: its score, 0.5, is under the threshold 1.", normal)
+    assert not ct.truthful("why", "It is defective: its score, 0.5, is under the threshold 1.", normal)
+    border = ct.expected(_borderline(True))
+    assert not ct.truthful("why", right, border)  # a decision on a borderline verdict
+    assert ct.parse_ask(["why=How sure are you?"]) == [("why", "How sure are you?")]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from assistant.expert.alignment import FLAT_STD, Registration, grey, lighting, register, warp_image
+from assistant.expert.alignment import FLAT_STD, Registration, grey, lighting, limits_reason, register, warp_image
 from assistant.expert.calibration import (
     NullModel,
     ThresholdEstimate,
@@ -352,17 +352,36 @@ def reference_estimate(state: GoldenState, p: Parts, size: tuple[int, int]) -> n
 
 
 # ------------------------------------------------------------------ results
+def take_aligned(mode: str, reg: Registration, query_grey: np.ndarray) -> tuple[bool, str]:
+    """(compare position by position?, why) for one query and its best registration under an alignment mode."""
+    if mode == "aligned":
+        return True, "position by position, as asked (alignment: aligned)" + (
+            "" if reg.good else f"; the registration is poor: {reg.reason}")
+    if mode == "golden":
+        why = limits_reason(reg.warp, reg.size)
+        if why:
+            return False, f"the golden sample does not register within a fixture's motion ({why}): compared freely"
+        return True, "the good part is a golden sample (as you said): registered and compared position by position"
+    if not reg.good:
+        return False, f"the good part does not show the same view: {reg.reason}"
+    return True, "the good part registers as the same design in the same frame: compared position by position"
+
+
 def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[AnomalyResult], images, image_size,
                    make_result) -> list[AnomalyResult]:
-    """The free path's results of a batch, replaced by the aligned path's where `expert.alignment` asks for it and
-    (auto) the best reference registers well. `make_result(amap, score, state, path, grid, reference_median=...)`
-    is the expert's result builder; every result says which path it used (AnomalyResult.alignment)."""
+    """The free path's results of a batch, replaced by the aligned path's where the session's alignment mode
+    (`state.alignment`, else `expert.alignment`) asks for it: `aligned` always, `golden` when the warp lies within a
+    fixture's motion, `auto` when the best reference registers well. `make_result(amap, score, state, path, grid,
+    reference_median=...)` is the expert's result builder; every result says which path it used and why
+    (AnomalyResult.alignment, alignment_reason)."""
     golden = getattr(state, "golden", None)
-    if golden is None or expert.cfg.alignment == "free":
-        return [dataclasses.replace(r, alignment="free") for r in results]
+    mode = getattr(state, "alignment", None) or expert.cfg.alignment
+    if golden is None or mode == "free":
+        why = "" if mode != "free" else "free comparison asked for (alignment: free)"
+        return [dataclasses.replace(r, alignment="free", alignment_reason=why) for r in results]
     if images is None or len(images) != len(results):
-        if expert.cfg.alignment == "aligned":
-            raise ValueError(f"expert.alignment 'aligned' registers each query with its reference: expected "
+        if mode in ("aligned", "golden"):
+            raise ValueError(f"expert.alignment {mode!r} registers each query with its reference: expected "
                              f"predict(..., images=<{len(results)} query image(s)>), got "
                              f"{'None' if images is None else len(images)}")
         return [dataclasses.replace(r, alignment="free") for r in results]
@@ -374,8 +393,9 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
     for b, (img, res) in enumerate(zip(images, results)):
         qg = grey(img, side)
         i, reg = best_registration(golden, qg)
-        if not reg.good and expert.cfg.alignment == "auto":
-            out.append(dataclasses.replace(res, alignment="free", registration=reg))
+        take, why = take_aligned(mode, reg, qg)
+        if not take:
+            out.append(dataclasses.replace(res, alignment="free", registration=reg, alignment_reason=why))
             continue
         p = parts(expert, golden.templates, i, qg, [f[b] for f in feats], reg, golden.grids, golden.grid, raw[b])
         amap = fuse(expert, golden, p)
@@ -389,6 +409,6 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
         for box in r.boxes:  # missing or extra material is that kind of defect, whatever the look
             if box.descriptor is not None:
                 name_by_change(box.descriptor, box.change)
-        out.append(dataclasses.replace(r, alignment="aligned", registration=p.registration,
+        out.append(dataclasses.replace(r, alignment="aligned", registration=p.registration, alignment_reason=why,
                                        free_score=float(res.pred_score), free_threshold=float(res.threshold)))
     return out

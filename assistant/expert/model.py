@@ -367,10 +367,10 @@ class AnomalyExpert(nn.Module):
 
     # -------------------------------------------------------------- references + calibration
     def fit_references(self, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
-                       seed: int = 0) -> ReferenceState:
+                       seed: int = 0, alignment: str | None = None) -> ReferenceState:
         """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state
-        (`references.fit_references`)."""
-        return fit_references(self, tower, ref_images, ref_out, seed)
+        (`references.fit_references`). `alignment`: this session's comparison mode (None: expert.alignment)."""
+        return fit_references(self, tower, ref_images, ref_out, seed, alignment)
 
     def distances(self, feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, N_l, C) patches on `grid` -> (B, N_l) distance to the bank (and, with self_reference, to the

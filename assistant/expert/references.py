@@ -48,7 +48,10 @@ class ReferenceState:
     n_shots: int  # number of reference images used
     calibration: dict = field(default_factory=dict)  # how the thresholds were found (scores, method)
     estimate: ThresholdEstimate | None = None  # null-distribution threshold with its uncertainty (calibration: null)
-    golden: GoldenState | None = None  # aligned path (expert.alignment auto | aligned; expert/golden.py)
+    golden: GoldenState | None = None  # aligned path (expert.alignment auto | golden | aligned; expert/golden.py)
+    # how queries are compared with these references (expert.alignment's values); None: the config's. A session
+    # whose user says "this good part is a golden sample" sets "golden"
+    alignment: str | None = None
 
     @property
     def sigma(self) -> float:
@@ -90,8 +93,9 @@ def reference_features(expert, tower, ref: Image.Image):
 
 @torch.no_grad()
 def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
-                   seed: int = 0) -> ReferenceState:
-    """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state."""
+                   seed: int = 0, alignment: str | None = None) -> ReferenceState:
+    """Memory bank (+ rotations/flips, coreset) and calibrated thresholds; k = 0 gives the zero-shot state.
+    `alignment`: this session's comparison mode (expert.alignment's values; None: the config's)."""
     k = len(ref_images)
     if k == 0 or not expert.cfg.few_shot:
         return zero_shot_state(expert)
@@ -103,7 +107,9 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
     L = len(expert.level_dims)
     flat = [[e[lv].reshape(-1, e[lv].shape[-1]) for lv in range(L)] for e in encoded]  # k x L x (V N', C)
     banks = [coreset(expert.cfg, torch.cat([f[lv] for f in flat]), encoded[0][lv].shape[1], seed) for lv in range(L)]
-    state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k)
+    mode = check_alignment(alignment or expert.cfg.alignment)
+    state = ReferenceState(banks=banks, scales=[1.0] * L, threshold=0.0, pixel_threshold=0.0, n_shots=k,
+                           alignment=mode)
     # pseudo-normal distances: each reference against the others (k >= 2, leave-one-out) or, with one
     # reference, each rotation/flip view against the bank of the other views (leave-view-out)
     held_out: list[list[torch.Tensor]] = []  # per pseudo-normal image: L x (N',)
@@ -140,9 +146,19 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
             rule=f"median null score x {math.exp(est.offset):.3f} (new-part offset for {k} reference(s), "
                  f"{fitted}): about {expert.cfg.target_overkill:.0%} of good parts above it",
             null_scores=[round(float(x), 4) for g in groups for x in g], estimate=est.to_dict())
-    if expert.cfg.alignment != "free":  # golden-template inspection: templates and the aligned path's threshold
+    if mode != "free":  # golden-template inspection: templates and the aligned path's threshold
         state.golden = fit_golden(expert, tower, refs, encoded, grids, grid, state.scales, seed)
     return state
+
+
+ALIGNMENTS = ("auto", "golden", "aligned", "free")
+
+
+def check_alignment(mode: str) -> str:
+    """`mode` when it is one of ALIGNMENTS, else a ValueError naming them."""
+    if mode not in ALIGNMENTS:
+        raise ValueError(f"alignment: expected one of {', '.join(ALIGNMENTS)}, got {mode!r}")
+    return mode
 
 
 def null_scores(expert, tower, state: ReferenceState, encoded, held_out, grids, grid, refs, rng) -> list[np.ndarray]:

@@ -88,12 +88,22 @@ class AnomalyResult:
     # flagged, measured (its descriptor), so a question about the defect can be answered about the strongest
     # deviation; None when there are regions or nothing was measured
     peak: Box | None = None
+    # why the verdict is borderline: "threshold" (the score lies within the threshold's uncertainty) | "coverage" (the
+    # query as a whole is unlike the references: their variation cannot say whether its differences are defects);
+    # "" when the verdict is not borderline
+    review_reason: str = ""
+    # coverage: the query's typical (median) map level over what the references' own variation reaches (<= 1: the
+    # references cover this part; > 1: it differs from them almost everywhere); None when not measured
+    coverage: float | None = None
+    alignment_reason: str = ""  # why the path in `alignment` was taken, in words ("" when no reference)
 
     def __post_init__(self):
         if not self.verdict:
             self.verdict = "anomalous" if self.pred_label else "normal"
         if self.threshold_high <= 0.0:
             self.threshold_low = self.threshold_high = float(self.threshold)
+        if self.verdict == "borderline" and not self.review_reason:
+            self.review_reason = "threshold"
 
     @property
     def borderline(self) -> bool:
@@ -132,7 +142,10 @@ class AnomalyResult:
             "severity": self.severity,
             "boxes": [b.to_dict() for b in self.boxes],
             "reference_mismatch": bool(self.reference_mismatch),
+            "review_reason": self.review_reason,
+            "coverage": None if self.coverage is None else round(float(self.coverage), 4),
             "alignment": self.alignment,
+            "alignment_reason": self.alignment_reason,
             "registration": self.registration.to_dict() if self.registration is not None else None,
             "peak": self.peak.to_dict() if self.peak is not None else None,
             "map_shape": list(self.anomaly_map.shape),

@@ -53,6 +53,13 @@ from assistant.wording.grid import (  # noqa: F401 (re-exported: one place for e
     position_word,
     size_word,
 )
+from assistant.wording.review import (  # noqa: F401 (re-exported: one place for every word)
+    BORDERLINE_MARK,
+    borderline_note,
+    review_words,
+    says_borderline,
+    why_words,
+)
 
 DETECT_QUESTION = "Is there any anomaly in the image?"
 
@@ -144,18 +151,6 @@ REFERENCE_CAUTION = (
 )
 
 
-def borderline_note(result) -> str | None:
-    """The sentence appended (not by the LM) to the first answer about a borderline result: the LM states the binary
-    verdict at the threshold; this says how sure it is, as the badge and `detect` do. None when not borderline."""
-    if result.verdict != "borderline":
-        return None
-    side = "just over" if result.pred_label else "just under"
-    return (
-        f"It is borderline: the score is {side} the threshold (confidence {result.confidence:.0%}); "
-        "I would have a person check it."
-    )
-
-
 def verdict_turn(result) -> tuple[str, str]:
     """The expert's verdict as an opening (question, answer) turn, in the form the LM was trained on. A chat
     whose first question is not the detection question ("Can we ship it?") gets it as context: the LM answers
@@ -196,11 +191,14 @@ _POSITIONS = sorted([w for row in POSITION_WORDS for w in row], key=len, reverse
 
 
 def parse_verdict(answer: str) -> bool | None:
-    """True = anomalous, False = normal, None = cannot tell. A leading yes/no decides; else key phrases."""
+    """True = anomalous, False = normal, None = cannot tell. A leading yes/no decides; a borderline answer (it
+    holds the part for a person) is None; else key phrases."""
     text = " ".join(str(answer).lower().split())
     m = re.match(r"^\W*(yes|no|yeah|nope|correct)\b", text)
     if m:
         return m.group(1) in ("yes", "yeah", "correct")
+    if BORDERLINE_MARK.lower() in text:  # a borderline answer decides nothing (wording/review.py)
+        return None
     if any(re.search(p, text) for p in _NEG):
         return False
     if any(re.search(p, text) for p in _POS):
