@@ -10,6 +10,8 @@ Features are cached per session: the query and every reference are encoded once 
 adding or removing a reference re-fits the expert from the cached reference features and re-predicts from
 the cached query features; a new query reuses the fitted references (one fit per reference change), and
 `set_references(images, state=...)` takes a state fitted elsewhere (an inspection profile's, with its labels).
+`ChatSession(..., golden=True)` / `set_golden(True)`: the user says the references are golden samples (same design,
+same fixture), so they are compared with expert.alignment "golden" (re-judged from the cached features).
 The sensitivity control moves the calibrated thresholds (`apply_sensitivity`) and re-labels from the stored score
 and map; nothing is re-encoded. Parts inspected one after another with the same references form a lot: from LOT_MIN
 of them, the lot's score distribution joins the references' threshold (`AnomalyExpert.lot_decide`); changing the
@@ -29,7 +31,7 @@ from assistant.expert import LOT_MIN, SENSITIVITY_RANGE, AnomalyResult, apply_se
 from assistant.grounded import golden_note
 from assistant.imaging import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from assistant.vision.base import VisionOutput, cat_outputs
-from assistant.wording import REFERENCE_CAUTION, borderline_note, verdict_turn
+from assistant.wording import REFERENCE_CAUTION, borderline_note, says_borderline, verdict_turn
 
 
 class ChatError(ValueError):
@@ -48,8 +50,10 @@ class ChatSession:
 
     def __init__(self, assistant, query: ImageInput | None = None, references: Sequence[ImageInput] = (),
                  sensitivity: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS, max_history_turns: int = 3,
-                 open_with_verdict: bool = True):
+                 open_with_verdict: bool = True, golden: bool = False):
         self.assistant = assistant  # shared weights only
+        # the user says the references are golden samples (same design, same fixture): alignment "golden"
+        self.golden = bool(golden)
         # first question: the expert's verdict as an earlier turn (verdict_turn)
         self.open_with_verdict = open_with_verdict
         self.max_pixels = max_pixels
@@ -102,12 +106,37 @@ class ChatSession:
 
     def set_references(self, images: Sequence[ImageInput], state=None) -> AnomalyResult | None:
         """Replace all references (images already in the session keep their cached features). `state`: the expert's
-        ReferenceState already fitted on these images (a profile's, labels included); None fits them."""
+        ReferenceState already fitted on these images (a profile's, labels included); None fits them. A golden
+        session (set_golden) compares with a given state's references as golden samples too."""
         loaded = [load_image(im, self.max_pixels) for im in images]
         with self._lock:
             cache = {image_fingerprint(im): out for im, out in zip(self.references, self._ref_outs)}
             outs = [cache.get(image_fingerprint(im)) or self._encode(im) for im in loaded]
+            if state is not None and self.golden:
+                state = self._realigned(state) or state  # no templates to realign: the state as given
             return self._update(refs=(loaded, outs), state=state)
+
+    def set_golden(self, golden: bool) -> AnomalyResult | None:
+        """The user says the references are (True) or are not (False) golden samples of the part's design shot in
+        the same fixture: the references are compared with alignment "golden" (position by position whenever the
+        warp is within a fixture's motion), or again in the config's mode. Judged again from the cached features:
+        nothing is encoded; the lot starts again (other scores)."""
+        with self._lock:
+            if bool(golden) == self.golden:
+                return self.result if self.has_image else None
+            self.golden = bool(golden)
+            state = self._realigned(self._state)  # None: fitted again from the cached reference features
+            return self._update(refs=(self.references, self._ref_outs), state=state)
+
+    def _realigned(self, state):
+        """`state` with the session's alignment mode, when its golden templates allow it without a refit (the
+        labels of a profile's state are kept); None when a refit is needed (or there is no state)."""
+        if state is None or not getattr(state, "n_shots", 0):
+            return None
+        mode = "golden" if self.golden else self.assistant.cfg.expert.alignment
+        if state.golden is None and mode != "free":  # no templates were built (the mode was free): fit again
+            return None
+        return dataclasses.replace(state, alignment=mode)
 
     def _update(self, query=None, refs=None, state=None) -> AnomalyResult | None:
         """Evidence for new (image, features) pairs from cached features; the session changes only on success.
@@ -118,7 +147,7 @@ class ChatSession:
         evidence = None
         if q_img is not None:
             evidence = self.assistant.evidence_from_features(q_img, q_out, list(r_imgs), cat_outputs(r_outs),
-                                                             state=state)
+                                                             state=state, golden=self.golden)
         return self._assign(query, refs, evidence, state)
 
     def _assign(self, query, refs, evidence, state=None) -> AnomalyResult | None:
@@ -196,6 +225,7 @@ class ChatSession:
         d["query"] = {"width": self.query.size[0], "height": self.query.size[1], "sha1": image_fingerprint(self.query)}
         d["references"] = len(self.references)
         d["sensitivity"] = self.sensitivity
+        d["golden"] = self.golden  # the user said the references are golden samples
         return d
 
     # conversation -----------------------------------------------------------------------------------
@@ -222,6 +252,8 @@ class ChatSession:
             ]
             if self._said[0] is not self._evidence:
                 self._said = (self._evidence, set())
+            if notes[1] and says_borderline("".join(parts)):  # the answer said it in full (review, why): not again
+                self._said[1].add(notes[1])
             notes = [n for n in notes if n and n not in self._said[1]]
             if notes:  # each once per image/reference change; the LM never sees them
                 self._said[1].update(notes)

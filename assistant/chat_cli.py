@@ -5,7 +5,8 @@ Interactive multi-turn chat about one image in the terminal, answers streamed to
 prompt: `:ref PATH` adds a reference, `:unref N` removes reference N (1-based), `:sens S` sets the
 sensitivity, `:result` prints the result JSON, `:quit` (or Ctrl+D) ends. `--profile NAME` judges with an inspection
 profile's references, labels and refitted threshold (and its config unless --config is given); then `:good` and
-`:defective` add the image to the profile as a label and refit it, as the app's Mark buttons do.
+`:defective` add the image to the profile as a label and refit it, as the app's Mark buttons do. `--golden`: the
+references are golden samples of the part's design shot in the same fixture (the session's alignment "golden").
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ class Prompt:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from assistant.cli_args import add_golden_argument
     from assistant.config import add_config_arguments
 
     add_config_arguments(p, default=None)
     p.add_argument("--image", required=True, help="query image (photo of the part)")
     p.add_argument("--reference", action="append", default=[], metavar="R", help="reference normal image (repeatable)")
+    add_golden_argument(p)
     p.add_argument("--profile", metavar="NAME", default=None,
                    help="chat with an inspection profile active instead of --reference (`profile --help`)")
     p.add_argument("--question", action="append", default=[], metavar="TEXT",
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     assistant = Assistant.from_pretrained(config, overrides=args.overrides, device=args.device)
     session = ChatSession(assistant, references=args.reference, sensitivity=args.sensitivity,
-                          max_pixels=assistant.cfg.serve.max_pixels)
+                          max_pixels=assistant.cfg.serve.max_pixels, golden=getattr(args, "golden", False))
     prompt = Prompt(session, assistant)
     if profile:
         prompt.active = active = activate(profile, assistant.expert, assistant.tower)

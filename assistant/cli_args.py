@@ -1,7 +1,8 @@
 """Argument helpers shared by the command modules (assistant/cli.py and its commands, training): no command here.
 
-The one parser of comma-separated integer lists (`--seeds 0,1,2`, `--margin-shots 1,2,4`). `UsageError` and the
-shared `--config` / `--set` flags live in assistant/config.py with the config they feed.
+The one parser of comma-separated integer lists (`--seeds 0,1,2`, `--margin-shots 1,2,4`) and the `--golden` flag
+(the references are golden samples). `UsageError` and the shared `--config` / `--set` flags live in
+assistant/config.py with the config they feed.
 """
 from __future__ import annotations
 
@@ -36,3 +37,12 @@ def seeds_arg(text: str) -> list[int]:
 def parse_shots(text: str, flag: str = "--margin-shots") -> tuple[int, ...]:
     """Reference counts >= 1, sorted, without repeats: "4,1,2" -> (1, 2, 4)."""
     return tuple(parse_int_list(text, flag, "reference counts >= 1", "1,2,4,8,16", minimum=1, unique=True))
+
+
+GOLDEN_HELP = ("the references are golden samples (same design, same fixture): compare position by position whenever "
+               "the part registers within a fixture's motion (expert.alignment golden)")
+
+
+def add_golden_argument(p: argparse.ArgumentParser, help: str = GOLDEN_HELP) -> None:
+    """`--golden` (detect, chat, profile create): the user vouches that the references are golden samples."""
+    p.add_argument("--golden", action="store_true", help=help)

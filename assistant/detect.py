@@ -8,7 +8,10 @@ files in DIR/<image stem>/ for each, plus DIR/summary.csv (with the alignment an
 printed table. Without references, several images are scored against each other (the expert's mutual scoring,
 zero-shot over the batch); one image alone is judged by the expert's single-image zero-shot path (in-image rarity,
 threshold from anomalies synthesized on the image). `--profile NAME` takes the references and labels of an
-inspection profile (assistant/profile.py) and its config unless --config is given.
+inspection profile (assistant/profile.py) and its config unless --config is given. `--golden`: the references are
+golden samples of the part's design shot in the same fixture (expert.alignment "golden" for this run): compared
+position by position whenever the registration lies within a fixture's motion; the printed alignment line and
+result.json/summary.csv (`alignment_reason`) say which path was taken and why.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from assistant.cli_args import add_golden_argument
 from assistant.config import UsageError, add_config_arguments
 from assistant.wording import alignment_sentence, change_phrase, profile_words, registration_figures, verdict_words
 from assistant.wording.defects import descriptor_words
@@ -34,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="NAME",
                    help="judge with an inspection profile's references and labels instead of --reference (its "
                         "threshold refitted from the stored images; `profile --help`)")
+    add_golden_argument(p)
     add_config_arguments(p, default=None)  # None: the profile's config, else offline-small
     p.add_argument("--out", required=True, help="output folder")
 
@@ -122,7 +127,8 @@ def run(args) -> int:
     from assistant.profile_fit import fit_profile, open_profile
 
     profile = open_profile(getattr(args, "profile", None), args.reference)
-    cfg = load_config(args.config or (profile.config if profile else "offline-small"), args.overrides)
+    overrides = [*args.overrides, *(["expert.alignment=golden"] if getattr(args, "golden", False) else [])]
+    cfg = load_config(args.config or (profile.config if profile else "offline-small"), overrides)
     paths, queries = load_queries(query_paths(args.image), cfg.serve.max_pixels)
     refs = [load_image(r, cfg.serve.max_pixels) for r in args.reference]
     tower, expert = load_expert(cfg)
@@ -162,15 +168,19 @@ def report_one(out: Path, path: Path, query, result, references: list[str], how:
 
 
 def print_alignment(result) -> None:
-    """`alignment: aligned|free` with the sentence of wording.alignment_sentence and, when a reference was
-    registered, every registration figure; nothing without a reference."""
+    """`alignment: aligned|free` with the sentence of wording.alignment_sentence, `why:` the path was taken
+    (result.alignment_reason) and, when a reference was registered, every registration figure; nothing without a
+    reference."""
     sentence = alignment_sentence(result)
     if sentence is None:
         return
     print(f"alignment: {result.alignment}. {sentence}")
+    if result.alignment_reason:  # why this path: the registration's verdict, the mode asked for
+        print(f"why: {result.alignment_reason}")
     if result.registration is not None:  # figures in pixels of the images as compared (resized to the tower side)
         reg, (h, w) = result.registration, result.registration.size
-        poor = f" (forced by expert.alignment=aligned; not good: {reg.reason})" if not reg.good and \
+        # aligned although auto would not have: asked for (alignment aligned, or golden from the user)
+        poor = f" (compared position by position as asked; not good by itself: {reg.reason})" if not reg.good and \
             result.alignment == "aligned" else ""
         print(f"registration at {w}x{h} px: {registration_figures(reg.to_dict(), full=True)}{poor}")
 
@@ -190,6 +200,7 @@ def summary_row(path: Path, stem: str, r) -> dict:
             "confidence": round(r.confidence, 3), "score": round(r.pred_score, 4), "threshold": round(r.threshold, 4),
             "position": r.position or "", "size": r.size or "", "area_percent": round(100 * r.area_fraction, 2),
             "regions": len(r.boxes), "reference_mismatch": r.reference_mismatch, "alignment": r.alignment,
+            "alignment_reason": r.alignment_reason,
             "changes": " ".join(b.change for b in r.boxes if b.change),
             "shapes": " ".join(b.shape or "-" for b in r.boxes if b.change)}
 

@@ -43,6 +43,12 @@ class Evidence:
         return [self.query, *self.references]
 
 
+def alignment_mode(golden: bool) -> str | None:
+    """The alignment a fit is asked for: "golden" when the user vouches for the references, else None (the
+    config's expert.alignment)."""
+    return "golden" if golden else None
+
+
 def _resolve(path: str | None) -> Path | None:
     """Relative checkpoint paths are tried against the working dir, then the package data (resolve_data_path)."""
     return resolve_data_path(path) if path else None
@@ -86,27 +92,32 @@ class Assistant:
 
     # ------------------------------------------------------------------ evidence
     @torch.no_grad()
-    def analyze(self, query: ImageInput, references: Sequence[ImageInput] = (), seed: int = 0) -> Evidence:
-        """Encode the query and references once, run the expert, prepare the LVLM features."""
+    def analyze(self, query: ImageInput, references: Sequence[ImageInput] = (), seed: int = 0,
+                golden: bool = False) -> Evidence:
+        """Encode the query and references once, run the expert, prepare the LVLM features. `golden`: the user
+        says the references are golden samples of this design in the same fixture (alignment "golden")."""
         t0 = time.perf_counter()
         q = load_image(query, self.cfg.serve.max_pixels)
         refs = [load_image(r, self.cfg.serve.max_pixels) for r in references]
         q_out = self.tower.encode([q])
         r_out = self.tower.encode(refs) if refs else None
         t1 = time.perf_counter()
-        ev = self.evidence_from_features(q, q_out, refs, r_out, seed=seed)
+        ev = self.evidence_from_features(q, q_out, refs, r_out, seed=seed, golden=golden)
         ev.timings = {"encode": t1 - t0, **ev.timings}
         return ev
 
     @torch.no_grad()
     def evidence_from_features(self, query: Image.Image, query_out: VisionOutput, references: Sequence[Image.Image],
                                ref_out: VisionOutput | None, seed: int = 0, state=None,
-                               map_size: tuple[int, int] | None = None) -> Evidence:
+                               map_size: tuple[int, int] | None = None, golden: bool = False) -> Evidence:
         """Evidence from already-encoded images (chat sessions cache the tower outputs); pass the expert's
-        ReferenceState to skip re-fitting the same references. map_size (H, W) defaults to the image size."""
+        ReferenceState to skip re-fitting the same references (it keeps its own alignment mode). map_size (H, W)
+        defaults to the image size. `golden`: the references are golden samples (fitted with alignment "golden";
+        False: the config's expert.alignment)."""
         t0 = time.perf_counter()
         if state is None:
-            state = self.expert.fit_references(self.tower, list(references), ref_out, seed=seed)
+            state = self.expert.fit_references(self.tower, list(references), ref_out, seed=seed,
+                                               alignment=alignment_mode(golden))
         t1 = time.perf_counter()
         result = self.expert.predict(query_out, state, map_size or (query.size[1], query.size[0]),
                                      images=[query], tower=self.tower)[0]

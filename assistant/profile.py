@@ -1,6 +1,7 @@
 """Inspection profiles: one folder per part type with its reference images, labelled examples and calibration.
 
-    <root>/<name>/profile.json          name, description, config preset, created/updated (ISO UTC), schema_version
+    <root>/<name>/profile.json          name, description, config preset, created/updated (ISO UTC), schema_version,
+                                         golden (true when the references are golden samples; absent: false)
                   references/<sha>.png   reference normal images
                   labelled/good/<sha>.png, labelled/defective/<sha>.png   the user's labels
                   labelled/defective/<sha>.mask.png   optional defect mask of labelled/defective/<sha>.png
@@ -130,14 +131,17 @@ class Profile:
     config: str = DEFAULT_CONFIG  # config preset, file or checkpoint dir the profile is fitted with
     created: str = ""  # ISO 8601 UTC
     updated: str = ""  # ISO 8601 UTC: the last change of images or calibration
+    # the references are golden samples of the part's design in the same fixture (fitted with alignment "golden")
+    golden: bool = False
     schema_version: int = SCHEMA_VERSION
     _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, name: str, references: Iterable[ImageInput], description: str = "", config: str = DEFAULT_CONFIG,
-               root: str | os.PathLike | None = None) -> Profile:
+               root: str | os.PathLike | None = None, golden: bool = False) -> Profile:
         """A new profile with at least one reference; built in a hidden folder and renamed into place, so a
-        profile is either complete or absent. ProfileError when one of that name exists."""
+        profile is either complete or absent. ProfileError when one of that name exists. `golden`: the references
+        are golden samples (same design, same fixture)."""
         base = profile_root(root)
         folder = base / check_name(name)
         references = list(references)
@@ -150,7 +154,7 @@ class Profile:
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}create-", dir=base))
         try:
             now = now_iso()
-            draft = cls(tmp, name, description, config, created=now, updated=now)
+            draft = cls(tmp, name, description, config, created=now, updated=now, golden=bool(golden))
             with draft.lock():
                 draft._touch()
                 draft.add(references=references)
@@ -317,6 +321,8 @@ class Profile:
         self.updated = now_iso()
         meta = {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
                 "config": self.config, "created": self.created, "updated": self.updated}
+        if self.golden:  # written only when set: other profiles' files stay as they were
+            meta["golden"] = True
         atomic_write(self.path / PROFILE_FILE, json_bytes(meta))
 
 
@@ -335,7 +341,10 @@ def read_meta(path: Path) -> dict:
         if not isinstance(value, str):
             raise ProfileError(f"{path}: expected '{key}' to be a string, got {type(value).__name__} {value!r}")
         fields[key] = value
-    return {**fields, "schema_version": version}
+    golden = data.get("golden", False)
+    if not isinstance(golden, bool):
+        raise ProfileError(f"{path}: expected 'golden' to be true or false, got {golden!r}")
+    return {**fields, "golden": golden, "schema_version": version}
 
 
 def load_stored(path: Path) -> Image.Image:

@@ -1,13 +1,15 @@
 """`python -m assistant profile create|add|show|list|remove`: inspection profiles (assistant/profile.py).
 
-    profile create NAME --reference R [R ...] [--description TEXT] [--config PRESET]
+    profile create NAME --reference R [R ...] [--description TEXT] [--config PRESET] [--golden]
     profile add NAME [--good F ...] [--defective F ... [--mask M ...]] [--reference R ...] [--cost-ratio X]
     profile show NAME | profile list | profile remove NAME --yes
 
 `create` and `add` refit the profile's threshold (expert/labels.py: the references and labelled good images form
 the memory bank, the labels refine the calibrated threshold) and print it with its leave-one-out figures; `add`
 with no image only refits. `--mask` gives the defective images' defect masks, paired in order (folders expand
-sorted), each of its image's size. `detect --profile NAME` judges parts with a profile.
+sorted), each of its image's size. `create --golden`: the references are golden samples of the part's design shot in
+the same fixture (profile.json `golden`; parts are compared with alignment "golden"). `detect --profile NAME` judges
+parts with a profile.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from assistant.cli_args import add_golden_argument
 from assistant.config import UsageError
 from assistant.imaging import list_images
 from assistant.profile import (
@@ -48,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--reference", nargs="+", action="extend", required=True, metavar="R",
                    help="reference normal image(s) or folder(s)")
     c.add_argument("--description", default="", help="free text shown by `profile show`")
+    add_golden_argument(c, "the references are golden samples (same design, same fixture): parts are compared "
+                           "with them position by position whenever they register within a fixture's motion")
     c.add_argument("--config", default=DEFAULT_CONFIG,
                    help="YAML file, checkpoint dir or preset the profile is fitted with (offline-small, tiny, ...)")
     a = sub.add_parser("add", help="add labelled images (and references), then refit the threshold")
@@ -77,7 +82,7 @@ def create(args) -> int:
 
     resolve_config_path(args.config)  # a wrong --config fails before the profile is made
     profile = Profile.create(args.name, expand_images(args.reference), description=args.description,
-                             config=args.config)
+                             config=args.config, golden=args.golden)
     print(f"created profile {profile.name!r} with {len(profile.references())} reference(s) in {profile.path}")
     fit_and_report(profile, DEFAULT_COST_RATIO)
     return 0
@@ -120,6 +125,7 @@ def show(args) -> int:
             f"stale: the images changed since; run `profile add {profile.name}` to refit"
     masks = sum(profile.mask(p) is not None for p in profile.defective())
     rows = [("profile", profile.name), ("description", profile.description or "-"), ("config", profile.config),
+            ("golden samples", "yes" if profile.golden else "no"),
             *((k, str(counts[k])) for k in KINDS), ("defect masks", f"{masks} of {counts['defective']} defective")]
     if cal is not None:
         rows += [("threshold", f"{cal['threshold']:.4f}"), ("prior threshold", f"{cal['prior_threshold']:.4f}"),

@@ -33,6 +33,8 @@ def refit(profile: Profile, expert, tower, seed: int = 0, cost_ratio: float = DE
                                     seed=seed, cost_ratio=cost_ratio)
         except ValueError as e:
             raise ProfileError(f"profile {profile.name!r}: {e}") from None
+        if profile.golden and state.golden is not None:  # golden samples: compared with alignment "golden"
+            state.alignment = "golden"  # (no templates when the profile's config says alignment free)
         if save:
             save_fit(profile, cal, len(paths["references"]), seed)
     return state

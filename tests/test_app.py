@@ -85,7 +85,7 @@ def test_api_ask_follow_up_and_bad_uploads(server, images, assistant):
 
 
 def test_api_judges_with_a_named_profile_kept_loaded_per_client(server, images, assistant, tmp_path, monkeypatch):
-    """/inspect's optional last input: a profile's images and threshold judge the part; the client's loaded profile
+    """/inspect's optional fifth input: a profile's images and threshold judge the part; the client's loaded profile
     is reused until the stored one changes; a bad or unknown name is a bad request and the app keeps serving."""
     from tests.test_profile import save, texture  # textures do not register: the profile's threshold is in force
 
@@ -123,6 +123,21 @@ def test_api_judges_with_a_named_profile_kept_loaded_per_client(server, images, 
             ask(part, "Is there any anomaly?", name=name, refs=refs)
     _, after = ask(None, "How large is it?", name="")  # still serving; the client's session is unchanged
     assert after["query"] == first["query"] and after["references"] == 3
+
+
+def test_api_golden_is_an_optional_last_input(server, images):
+    """/inspect's `golden` (after the profile's name, default False): the references are golden samples; a follow-up
+    that does not say it keeps how the image was judged."""
+    url, _ = server
+    client = Client(url, verbose=False)
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/inspect"]["parameters"]
+    assert [p["parameter_name"] for p in params][-2:] == ["profile", "golden"] and params[-1]["parameter_has_default"]
+    args = (handle_file(images["query"]), [handle_file(images["ref"])], "Is there any anomaly?", 0.0)
+    _, plain = client.predict(*args, api_name="/inspect")
+    _, golden = client.predict(*args, "", True, api_name="/inspect")
+    assert plain["golden"] is False and golden["golden"] is True and golden["alignment_reason"]
+    _, follow = client.predict(None, [], "Where is it?", 0.0, api_name="/inspect")
+    assert follow["golden"] is True and follow["query"] == golden["query"]
 
 
 def _chat(client, text, path=None, refs=()):

@@ -283,7 +283,8 @@ def test_a_reference_mismatch_is_pointed_out_once_outside_the_lm(assistant):
 
 def test_a_borderline_verdict_is_said_once_outside_the_lm(assistant):
     """A result within the threshold's uncertainty gets the borderline sentence after the first answer (the LM is
-    given the binary verdict); later answers about the same images do not repeat it."""
+    given the binary verdict); later answers about the same images do not repeat it, and a detection question is
+    answered from the evidence (it says the verdict is borderline itself, so no note follows it)."""
     from assistant.wording import borderline_note
 
     session = ChatSession(assistant, part_image(6, defect=(8, 8)), [part_image(7)])
@@ -291,11 +292,10 @@ def test_a_borderline_verdict_is_said_once_outside_the_lm(assistant):
     r.verdict, r.confidence = "borderline", 0.62  # as the expert sets it when the score lies in the review band
     note = borderline_note(r)
     side = "just over" if r.pred_label else "just under"
-    assert (
-        note == f"It is borderline: the score is {side} the threshold (confidence 62%); I would have a person check it."
-    )
-    first, second = session.answer("Is there any anomaly?"), session.answer("Where is it?")
-    assert first.endswith(note) and note not in second
+    assert note == (f"It is borderline: the score is {side} the threshold, within its uncertainty (confidence 62%); "
+                    "I would hold the part for a person to check.")
+    first, second = session.answer("Where is it?"), session.answer("Is there any anomaly?")
+    assert first.endswith(note) and note not in second and second.startswith("It is borderline: I cannot decide")
     assert all(note not in a for _, a in session.history)
     r.verdict = "normal"
     assert borderline_note(r) is None

@@ -9,16 +9,18 @@
     server.py     load + build + launch + wait (serve), the bind address (flags, Gradio's environment, config)
 
 A chat panel (messages) with a multimodal textbox that takes the query image; a gallery for reference normal
-images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON; for a result
-compared position by position, the golden sample, the part and their signed difference side by side); a sensitivity
-slider that moves the threshold relative to the calibrated one (re-label only, no re-encode); generated example
-inputs; a "New session" button. Per-user state lives in gr.State only (one ChatSession per browser tab / API
-client); the Assistant holds weights only.
+images with a "golden sample" box (the references show the same design in the same fixture); an evidence panel
+(heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON; for a result compared position by
+position, the golden sample, the part and their signed difference side by side); a sensitivity slider that moves the
+threshold relative to the calibrated one (re-label only, no re-encode); generated example inputs; a "New session"
+button. Per-user state lives in gr.State only (one ChatSession per browser tab / API client); the Assistant holds
+weights only.
 
 API (gradio_client): endpoint "/inspect" (query image file, reference image files, question, sensitivity, and
-optionally an inspection profile's name) -> (answer, result JSON). Calling it again with no image asks a follow-up
-about the client's last image. A named profile judges with its images and threshold instead of reference files; it
-stays loaded for the client's next calls while the stored profile is unchanged.
+optionally an inspection profile's name and `golden`: the references are golden samples) -> (answer, result JSON).
+Calling it again with no image asks a follow-up about the client's last image. A named profile judges with its
+images and threshold instead of reference files; it stays loaded for the client's next calls while the stored
+profile is unchanged.
 """
 from assistant.app.evidence import evidence_outputs, verdict_badge
 from assistant.app.examples import DEFAULT_QUESTION, make_examples

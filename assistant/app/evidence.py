@@ -38,10 +38,14 @@ def _cautions(summary: dict) -> str:
 
 
 def _alignment_note(summary: dict) -> str:
-    """HTML line under the badge: how the references were compared (nothing without a reference)."""
+    """HTML line under the badge: how the references were compared and, when the result says, why that path
+    (`alignment_reason`: the registration's verdict, or the mode asked for); nothing without a reference."""
     sentence = alignment_sentence(summary)
     if not sentence:
         return ""
+    reason = (summary.get("alignment_reason") or "").strip().rstrip(".")
+    if reason:
+        sentence += f" Why: {reason}."
     return f"<br><span id='alignment-note' style='font-weight:400'>{html.escape(sentence)}</span>"
 
 

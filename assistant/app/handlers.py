@@ -4,9 +4,12 @@
     respond         chat turn: optional new image (new session), then a streamed answer
     on_references   the reference gallery changed: re-judge the session's image (not while a profile is active)
     on_sensitivity  the slider moved: re-label only, no re-encode
+    on_golden       "The good part is a golden sample" ticked or cleared: the session's references are compared as
+                    golden samples (ChatSession.set_golden), or again in the config's mode; no re-encode
     reset           "New session": empty chat, gallery, evidence
     inspect         the /inspect API: a question about an image (none = follow-up on the client's last one),
-                    optionally judged with an inspection profile (kept loaded in the client's ApiState)
+                    optionally judged with an inspection profile (kept loaded in the client's ApiState) and with
+                    the references taken as golden samples
 """
 from __future__ import annotations
 
@@ -60,8 +63,9 @@ def clean_error(err: Exception, *paths: str | None) -> str:
     return msg
 
 
-def new_session(assistant) -> ChatSession:
-    return ChatSession(assistant, max_pixels=assistant.cfg.serve.max_pixels)
+def new_session(assistant, golden: bool = False) -> ChatSession:
+    """An empty session; `golden`: the user says the references are golden samples (ChatSession.set_golden)."""
+    return ChatSession(assistant, max_pixels=assistant.cfg.serve.max_pixels, golden=bool(golden))
 
 
 def load_references(session: ChatSession, gallery, max_pixels: int) -> list[str]:
@@ -95,12 +99,13 @@ def _say(chat: list, text: str) -> None:
     chat.append({"role": "assistant", "content": text})
 
 
-def _open_image(assistant, path: str, chat: list, gallery, sensitivity, active=None) -> ChatSession | None:
-    """A new session on the uploaded image (with the active profile's references and state, else the gallery's),
-    its problems told in `chat`; None when the image could not be used."""
+def _open_image(assistant, path: str, chat: list, gallery, sensitivity, active=None,
+                golden: bool = False) -> ChatSession | None:
+    """A new session on the uploaded image (with the active profile's references and state, else the gallery's;
+    `golden`: they are golden samples), its problems told in `chat`; None when the image could not be used."""
     chat.append({"role": "user", "content": {"path": path}})
     try:
-        fresh = new_session(assistant)
+        fresh = new_session(assistant, golden)
         fresh.set_sensitivity(float(sensitivity or 0.0))
         errors = []
         if active is not None:
@@ -122,8 +127,9 @@ def _open_image(assistant, path: str, chat: list, gallery, sensitivity, active=N
 
 
 def respond(assistant, message, chat, gallery, sensitivity, session, active=None):
-    """Chat turn: an attached image starts a new session; the answer streams, the evidence comes first. A typed
-    correction ("this one is fine") is not answered by the LM: the reply asks to confirm it (profiles.on_typed)."""
+    """Chat turn: an attached image starts a new session (golden when the session before was: the box's flag lives
+    in the session); the answer streams, the evidence comes first. A typed correction ("this one is fine") is not
+    answered by the LM: the reply asks to confirm it (profiles.on_typed)."""
     chat = list(chat or [])
     message = message or {}
     text = (message.get("text") or "").strip()
@@ -136,7 +142,8 @@ def respond(assistant, message, chat, gallery, sensitivity, session, active=None
         yield (chat, None, session, *skip)
         return
     if files:
-        fresh = _open_image(assistant, files[-1], chat, gallery, sensitivity, active)
+        golden = session is not None and session.golden
+        fresh = _open_image(assistant, files[-1], chat, gallery, sensitivity, active, golden)
         if fresh is None:
             yield (chat, None, session, *skip)
             return
@@ -192,9 +199,36 @@ def on_sensitivity(sensitivity, session):
     return session, *evidence_outputs(session)
 
 
+def on_golden(assistant, golden, chat, session):
+    """The golden-sample box changed: the session's image is judged again with its references compared as golden
+    samples (same design, same fixture: position by position whenever the part registers within a fixture's
+    motion), or in the config's mode; the chat says which path the comparison took and why. Before any image an
+    empty session keeps the flag for the first one (respond)."""
+    if session is None:
+        return chat, new_session(assistant, bool(golden)), *(gr.skip(),) * SKIP_EVIDENCE
+    if not session.has_image:
+        session.set_golden(bool(golden))
+        return chat, session, *(gr.skip(),) * SKIP_EVIDENCE
+    chat = list(chat or [])
+    try:
+        session.set_golden(bool(golden))
+    except (ChatError, RuntimeError, ValueError) as e:
+        _say(chat, f"⚠️ the comparison was not changed: {e}")
+        return chat, session, *(gr.skip(),) * SKIP_EVIDENCE
+    if session.references:
+        r = session.result
+        said = "golden samples" if golden else "good parts (the configured comparison)"
+        why = f": {r.alignment_reason}" if r.alignment_reason else ""
+        _say(chat, f"References taken as {said}; compared {PATH_WORDS.get(r.alignment, r.alignment)}{why}.")
+    return chat, session, *evidence_outputs(session)
+
+
+PATH_WORDS = {"aligned": "position by position", "free": "as a bag of patches"}  # AnomalyResult.alignment
+
+
 def reset():
-    """New session: chat, message box, gallery, both sessions, slider, evidence."""
-    return [], None, None, None, None, 0.0, *evidence_outputs(None)
+    """New session: chat, message box, gallery, both sessions, slider, evidence, golden-sample box."""
+    return [], None, None, None, None, 0.0, *evidence_outputs(None), False
 
 
 # stateless-or-follow-up API ----------------------------------------------------------------------
@@ -207,16 +241,16 @@ class ApiState:
     in_use: ActiveProfile | None = None  # the profile the session's image is judged with (None: the references sent)
 
 
-def _judge_with_profile(assistant, image, references, name: str, state: ApiState) -> ApiState:
-    """The client's state after a call naming profile `name`: loaded (or reused), a new image judged with it, or the
-    last image judged again when it was judged otherwise."""
+def _judge_with_profile(assistant, image, references, name: str, state: ApiState, golden: bool = False) -> ApiState:
+    """The client's state after a call naming profile `name`: loaded (or reused), a new image judged with it (its
+    references golden samples when `golden`), or the last image judged again when it was judged otherwise."""
     loaded = reactivate(name, assistant.expert, assistant.tower, state.loaded)
     session, in_use = state.session, state.in_use
     if image is not None:
         if references:
             raise ChatError(f"profile {name!r} brings its own references: expected no reference files with it, got "
                             f"{len(references)}")
-        session = new_session(assistant)
+        session = new_session(assistant, golden)
         session.set_references(loaded.images, state=loaded.state)
         session.set_query(file_path(image))
     elif session is None:
@@ -226,29 +260,33 @@ def _judge_with_profile(assistant, image, references, name: str, state: ApiState
     return ApiState(session, loaded, loaded)
 
 
-def _judge(assistant, image, references, state: ApiState) -> ApiState:
-    """The client's state after a call naming no profile: a new image judged with `references`, else a follow-up
-    (the last image, judged as before)."""
+def _judge(assistant, image, references, state: ApiState, golden: bool = False) -> ApiState:
+    """The client's state after a call naming no profile: a new image judged with `references` (golden samples
+    when `golden`), else a follow-up (the last image, judged as before)."""
     if image is None:
         if state.session is None:
             raise ChatError("no image: send a query image with the first question")
         return state
-    session = new_session(assistant)
+    session = new_session(assistant, golden)
     session.set_references([file_path(r) for r in (references or [])])
     session.set_query(file_path(image))
     return ApiState(session, state.loaded, None)
 
 
-def inspect(assistant, image, references, question, sensitivity, profile, state):
+def inspect(assistant, image, references, question, sensitivity, profile, state, golden=False):
     """Answer `question` about `image` (with `references`, or with the inspection profile named `profile`: its images,
-    labels and refitted threshold); image None = follow-up on the last one."""
+    labels and refitted threshold); image None = follow-up on the last one. `golden` (optional, last): the references
+    are golden samples of the part's design in the same fixture; on a follow-up, True judges the last image again
+    that way and False leaves it as it was judged."""
     question = (question or "").strip() or DEFAULT_QUESTION
-    name, state = (profile or "").strip(), state or ApiState()
+    name, state, golden = (profile or "").strip(), state or ApiState(), bool(golden)
     try:
         if name:
-            state = _judge_with_profile(assistant, image, references, name, state)
+            state = _judge_with_profile(assistant, image, references, name, state, golden)
         else:
-            state = _judge(assistant, image, references, state)
+            state = _judge(assistant, image, references, state, golden)
+        if golden:  # a follow-up saying so: the last image judged again (nothing when already golden)
+            state.session.set_golden(True)
         state.session.set_sensitivity(float(sensitivity or 0.0))
     except (ImageError, ChatError, ProfileError, RuntimeError, OSError) as e:
         paths = [file_path(image), *(file_path(r) for r in (references or []))]

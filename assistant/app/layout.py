@@ -1,7 +1,8 @@
 """The app's layout, built by short functions, and its events wired to the handlers.
 
 Layout: chat panel (messages) with a multimodal textbox that takes the query image; a gallery for reference
-normal images; an evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON, and
+normal images with a "golden sample" box (the user vouches that they show the same design in the same fixture); an
+evidence panel (heat-map overlay with boxes, mask, verdict badge, score, threshold, JSON, and
 for an aligned result the golden sample, the part and their difference side by side); a sensitivity slider;
 generated example inputs; a "New session" button; hidden components for the /inspect API. Inspection profiles
 (app/profiles.py): a picker, a "Save as profile" row, "Mark as good / defective" beside the verdict and a confirmation
@@ -22,6 +23,8 @@ from assistant.app.examples import make_examples
 from assistant.chat import SENSITIVITY_RANGE
 
 SESSION_TTL_S = 3600  # idle seconds after which a user's session (images, features, history) is freed
+GOLDEN_LABEL = "The good part is a golden sample (same design, same fixture)"
+GOLDEN_INFO = "compare position by position whenever the part registers within a fixture's motion"
 INTRO = ("## Visual inspection assistant\nUpload a photo of a part (optionally good reference parts on the right), "
          "then ask: *Is there any anomaly? Where? How large is it?*")
 
@@ -42,6 +45,7 @@ class EvidencePanel:
     sens: gr.Slider
     details: gr.JSON
     comparison: gr.Gallery  # golden sample | part | difference; visible for aligned results only
+    golden: gr.Checkbox  # the user says the references are golden samples (ChatSession.set_golden)
 
     @property
     def outputs(self) -> list:
@@ -72,6 +76,7 @@ class ApiInputs:
     question: gr.Textbox
     sens: gr.Number
     profile: gr.Textbox  # optional: an inspection profile's name ("" = none)
+    golden: gr.Checkbox  # optional, last: the references are golden samples
     answer: gr.Textbox
     result: gr.JSON
     button: gr.Button
@@ -116,11 +121,13 @@ def label_controls() -> tuple:
 
 
 def evidence_panel(examples) -> tuple[EvidencePanel, ProfilePanel]:
-    """Profile picker and save row, reference gallery (+ example references), verdict badge with the label buttons,
-    overlay, golden-sample comparison (hidden until a result is aligned), mask, sensitivity, result JSON."""
+    """Profile picker and save row, reference gallery with the golden-sample box (+ example references), verdict
+    badge with the label buttons, overlay, golden-sample comparison (hidden until a result is aligned), mask,
+    sensitivity, result JSON."""
     picker, status, name, save = profile_picker()
     gallery = gr.Gallery(value=None, label="Reference normal images (optional, several)", type="filepath",
                          interactive=True, columns=4, height=150, file_types=["image"], elem_id="references")
+    golden = gr.Checkbox(False, label=GOLDEN_LABEL, info=GOLDEN_INFO, elem_id="golden-sample")
     gr.Examples(examples=[[examples[0][1]]], inputs=[gallery], label="Example references",
                 example_labels=["two good washers"])
     badge = gr.HTML(verdict_badge(None), elem_id="verdict")
@@ -138,7 +145,7 @@ def evidence_panel(examples) -> tuple[EvidencePanel, ProfilePanel]:
     with gr.Accordion("Result JSON", open=False):
         details = gr.JSON(label="Result", elem_id="result-json")
     active, pending = gr.State(None, time_to_live=SESSION_TTL_S), gr.State(None, time_to_live=SESSION_TTL_S)
-    return (EvidencePanel(gallery, badge, overlay, mask, sens, details, comparison),
+    return (EvidencePanel(gallery, badge, overlay, mask, sens, details, comparison, golden),
             ProfilePanel(picker, status, name, save, good, defective, confirm_row, question, confirm, cancel, active,
                          pending))
 
@@ -150,6 +157,7 @@ def api_inputs() -> ApiInputs:
                          refs=gr.File(label="references", file_count="multiple", type="filepath"),
                          question=gr.Textbox(label="question"), sens=gr.Number(label="sensitivity", value=0.0),
                          profile=gr.Textbox(label="profile", value=""),
+                         golden=gr.Checkbox(label="golden", value=False),
                          answer=gr.Textbox(label="answer"), result=gr.JSON(label="result"),
                          button=gr.Button("inspect"))
 
@@ -187,11 +195,13 @@ def wire(assistant, chat: ChatPanel, ev: EvidencePanel, pp: ProfilePanel, api: A
                       [chat.chatbot, session, *ev.outputs], api_name="references", **hidden)
     ev.sens.release(handlers.on_sensitivity, [ev.sens, session], [session, *ev.outputs], api_name="sensitivity",
                     **hidden)
+    ev.golden.input(bind(handlers.on_golden, assistant), [ev.golden, chat.chatbot, session],
+                    [chat.chatbot, session, *ev.outputs], api_name="golden", **hidden)
     chat.new_btn.click(handlers.reset, None,
-                       [chat.chatbot, chat.box, ev.gallery, session, api_session, ev.sens, *ev.outputs],
+                       [chat.chatbot, chat.box, ev.gallery, session, api_session, ev.sens, *ev.outputs, ev.golden],
                        api_name="new_session", **hidden)
     api.button.click(bind(handlers.inspect, assistant),
-                     [api.image, api.refs, api.question, api.sens, api.profile, api_session],
+                     [api.image, api.refs, api.question, api.sens, api.profile, api_session, api.golden],
                      [api.answer, api.result, api_session], api_name="inspect")
     wire_profiles(assistant, chat, ev, pp, session)
 

@@ -102,7 +102,8 @@ def on_save(assistant, name, gallery, chat, session, active):
     chat, name = list(chat or []), (name or "").strip()
     try:
         refs = current_references(session, gallery, assistant.cfg.serve.max_pixels)
-        profile = Profile.create(name, refs, config=assistant.source or DEFAULT_CONFIG)
+        golden = bool(getattr(session, "golden", False))  # the golden-sample box: the references are golden samples
+        profile = Profile.create(name, refs, config=assistant.source or DEFAULT_CONFIG, golden=golden)
         active = activate(profile, assistant.expert, assistant.tower, save=True)
         use_profile(session, active)
         chat = _say(chat, f"Saved {len(refs)} reference(s) as profile {name!r}. {status(active)}")

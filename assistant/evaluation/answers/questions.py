@@ -6,7 +6,8 @@ round-robin; every answer is one durable line in answers.jsonl (see store.py), s
 restarts where it stopped and shards merge into exactly the records of a single run.
 
 The answerer is anything with `analyze(query, references) -> evidence` (evidence.result is an
-AnomalyResult) and `answer(evidence, question) -> str`: the Assistant facade, or a fake in tests.
+AnomalyResult) and `answer(evidence, question) -> str`: the Assistant facade, or a fake in tests. An item marked
+golden (its references are golden samples) is analysed with `analyze(..., golden=True)`.
 An optional baseline detector `detect(query, references) -> AnomalyResult` answers the Anomaly
 Detection questions from its verdict alone, so the report shows the gap.
 
@@ -50,13 +51,14 @@ def record_key(seed: int, item: QAItem) -> str:
 
 
 def make_units(items_by_seed: dict[int, list[QAItem]]) -> list[Unit]:
-    """Group questions by (seed, image, references); keys get an `s<seed>/` prefix. Sorted run order."""
+    """Group questions by (seed, image, references, golden); keys get an `s<seed>/` prefix. Sorted run order (a
+    golden unit's sort key ends in "|golden"; the others keep theirs, so earlier runs resume unchanged)."""
     units: dict[tuple, Unit] = {}
     for seed, items in items_by_seed.items():
         for it in items:
-            key = (seed, it.image_id, tuple(it.references))
+            key = (seed, *it.group)
             if key not in units:
-                sort_key = f"{seed:08d}|{it.image_id}|{'|'.join(it.references)}"
+                sort_key = f"{seed:08d}|{it.image_id}|{'|'.join(it.references)}" + ("|golden" if it.golden else "")
                 units[key] = Unit(seed, it.image_id, [], [], sort_key=sort_key)
             units[key].items.append(it)
             units[key].keys.append(record_key(seed, it))
@@ -119,15 +121,26 @@ class QuestionAsker:
 
     def __init__(self, answerer: Answerer, out: Path, data_root: str | None = None, baseline: Callable | None = None):
         self.answerer, self.out, self.data_root, self.baseline = answerer, Path(out), data_root, baseline
-        self.seeded = "seed" in inspect.signature(answerer.analyze).parameters
+        params = inspect.signature(answerer.analyze).parameters
+        self.seeded, self.takes_golden = "seed" in params, "golden" in params
 
     def __call__(self, units: list[Unit]) -> list[list[dict]]:
         return [self.ask(u) for u in units]
 
+    def analyze_kwargs(self, unit: Unit) -> dict:
+        """The expert's calibration seed and, for an item marked golden, golden=True (items without the field are
+        analysed as before: the config's alignment)."""
+        kw = {"seed": unit.seed} if self.seeded else {}
+        if unit.items[0].golden:
+            if not self.takes_golden:
+                raise TypeError(f"{unit.image_id}: the item says its references are golden samples, but the "
+                                "answerer's analyze() takes no 'golden' argument")
+            kw["golden"] = True
+        return kw
+
     def ask(self, unit: Unit) -> list[dict]:
         first = unit.items[0]
-        seed_kw = {"seed": unit.seed} if self.seeded else {}  # the expert's calibration seed
-        evidence = self.answerer.analyze(first.image, list(first.references), **seed_kw)
+        evidence = self.answerer.analyze(first.image, list(first.references), **self.analyze_kwargs(unit))
         result = evidence.result
         save_map(map_path(self.out, unit), np.asarray(result.anomaly_map))
         base = self.baseline(first.image, list(first.references)) if self.baseline is not None else None
@@ -149,6 +162,9 @@ class QuestionAsker:
             "pred_score": float(result.pred_score), "pred_label": bool(result.pred_label),
             "threshold": float(result.threshold), "map": map_path(self.out, unit).name,
         }
+        if it.golden:  # only on golden items: the records of other items stay as they were
+            rec.update(golden=True, alignment=getattr(result, "alignment", ""),
+                       alignment_reason=getattr(result, "alignment_reason", ""))
         if it.qtype == DETECTION and it.options:
             ec = detection_choice(it.options, bool(result.pred_label))
             rec["expert_choice"] = ec

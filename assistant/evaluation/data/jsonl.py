@@ -3,8 +3,10 @@
 One JSON object per line:
     {"image": "rel/or/abs.png", "references": ["good1.png"], "question": "Is there any anomaly?",
      "answer": "yes", "options": {"A": "Yes.", "B": "No."}, "mask": "gt.png", "label": 1,
-     "category": "bottle", "type": "Anomaly Detection"}
-Only "image" and "question" are required. Relative paths are resolved against `data_root`.
+     "category": "bottle", "type": "Anomaly Detection", "golden": true}
+Only "image" and "question" are required. Relative paths are resolved against `data_root`. "golden": true says the
+references are golden samples of the part's design shot in the same fixture: they are fitted with alignment
+"golden" for this item (without it, the config's expert.alignment).
 With "options", "answer" is the option letter and answers are parsed like MMAD; without, a
 yes/no gold answer is compared to the yes/no word of the response, any other gold answer to the
 normalised response text.
@@ -29,11 +31,12 @@ class QAItem:
     category: str = "all"  # report group, e.g. "MVTec-AD/bottle"
     label: int | None = None  # 1 anomalous, 0 normal, None unknown
     mask: str | None = None  # absolute path of the ground-truth mask, if any
+    golden: bool = False  # the references are golden samples (fitted with alignment "golden")
 
     @property
-    def group(self) -> tuple[str, tuple[str, ...]]:
-        """Items sharing a group share one expert analysis (same image, same references)."""
-        return self.image_id, tuple(self.references)
+    def group(self) -> tuple:
+        """Items sharing a group share one expert analysis (same image, same references, same golden flag)."""
+        return (self.image_id, tuple(self.references)) + (("golden",) if self.golden else ())
 
 
 class QuestionFileError(ValueError):
@@ -55,6 +58,13 @@ def _label(value, where: str) -> int | None:
     if isinstance(value, str) and value.strip().lower() in ("0", "1", "normal", "good", "anomalous", "anomaly"):
         return 0 if value.strip().lower() in ("0", "normal", "good") else 1
     raise QuestionFileError(f"{where}: 'label' must be 0/1 or normal/anomalous, got {value!r}")
+
+
+def golden_flag(value, where: str) -> bool:
+    """The optional "golden" field: true/false (absent: false); QuestionFileError naming `where` otherwise."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise QuestionFileError(f"{where}: 'golden' must be true or false, got {value!r}")
 
 
 def guess_category(image_id: str) -> str:
@@ -110,7 +120,7 @@ def load_jsonl(path: str | Path, data_root: str | Path | None = None) -> list[QA
             options={str(k): str(v) for k, v in options.items()} if options else None,
             answer=answer, qtype=str(obj.get("type") or "Question"), category=str(category),
             label=_label(obj.get("label"), where),
-            mask=_resolve(root, obj["mask"]) if obj.get("mask") else None,
+            mask=_resolve(root, obj["mask"]) if obj.get("mask") else None, golden=golden_flag(obj.get("golden"), where),
         ))
     if not items:
         raise QuestionFileError(f"{path}: no questions found (expected JSON lines with 'image' and 'question')")

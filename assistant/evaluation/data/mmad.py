@@ -4,7 +4,9 @@
 ("MVTec-AD/bottle/test/broken_large/000.png"). Each value holds
   "conversation": [{"Question", "Options": {"A": .., "B": ..}, "Answer": "B", "type"}, ...],
   "mask_path" (relative to the category folder, e.g. "ground_truth/broken_large/000_mask.png"),
-  "similar_templates" / "random_templates" (normal images relative to the data root; the 1-shot reference).
+  "similar_templates" / "random_templates" (normal images relative to the data root; the 1-shot reference),
+  optionally "golden": true (the templates are golden samples of the part's design in the same fixture: fitted
+  with alignment "golden"; absent: the config's expert.alignment).
 
 Scoring follows the benchmark's summary script: "Object Structure"/"Object Details" count as
 "Object Analysis"; Anomaly Detection accuracy is balanced, (acc on normal + acc on anomalous) / 2,
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.evaluation.data.jsonl import QAItem, QuestionFileError
+from assistant.evaluation.data.jsonl import QAItem, QuestionFileError, golden_flag
 from assistant.evaluation.expert.metrics import graded_balanced_accuracy
 from assistant.wording import yes_no_option
 
@@ -77,7 +79,7 @@ def load_mmad(path: str | Path, data_root: str | Path, templates: str = "similar
         tlist = value.get(f"{templates}_templates") or []
         if len(tlist) < shots:
             raise QuestionFileError(f"{where}: {shots} shot(s) asked but '{templates}_templates' has {len(tlist)}")
-        refs = [str(root / t) for t in tlist[:shots]]
+        refs, golden = [str(root / t) for t in tlist[:shots]], golden_flag(value.get("golden"), where)
         mask = _mask_path(root, image_id, value["mask_path"]) if value.get("mask_path") else None
         parts = image_id.split("/")
         category = "/".join(parts[:2]) if len(parts) > 2 else (parts[0] if len(parts) > 1 else "all")
@@ -93,7 +95,7 @@ def load_mmad(path: str | Path, data_root: str | Path, templates: str = "similar
             if shuffle_seed is not None:
                 options, answer = shuffle_options(options, answer, random.Random(f"{shuffle_seed}|{image_id}|{turn}"))
             items.append(QAItem(
-                key=f"{image_id}#{turn}", image=str(root / image_id), image_id=image_id,
+                key=f"{image_id}#{turn}", image=str(root / image_id), image_id=image_id, golden=golden,
                 question=str(qa["Question"]).strip(), references=refs, options=options, answer=answer,
                 qtype=normalize_type(str(qa.get("type", "Question"))), category=category, label=label, mask=mask,
             ))
