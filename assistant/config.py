@@ -94,7 +94,8 @@ class ExpertConfig:
         if not 0.5 <= self.review_confidence < 1.0:
             raise ConfigError(f"config key 'expert.review_confidence': expected a probability in [0.5, 1), got "
                               f"{self.review_confidence!r}")
-        for key, allowed in (("alignment", ("auto", "golden", "aligned", "free")), ("material", ("auto", "dark", "bright"))):
+        choices = (("alignment", ("auto", "golden", "aligned", "free")), ("material", ("auto", "dark", "bright")))
+        for key, allowed in choices:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key 'expert.{key}': expected one of {', '.join(map(repr, allowed))}, got "
                                   f"{getattr(self, key)!r}")

@@ -165,7 +165,8 @@ def test_aligned_mode_needs_the_query_image(tower):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("expert.alignment=sometimes", r"'expert.alignment': expected one of 'auto', 'golden', 'aligned', 'free', got 'sometimes'"),
+    ("expert.alignment=sometimes",
+     r"'expert.alignment': expected one of 'auto', 'golden', 'aligned', 'free', got 'sometimes'"),
     ("expert.material=shiny", r"'expert.material': expected one of 'auto', 'dark', 'bright', got 'shiny'"),
     ("expert.align_window=-1", r"'expert.align_window': expected cells >= 0, got -1"),
 ])
