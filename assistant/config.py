@@ -63,6 +63,9 @@ class ExpertConfig:
     calibration: str = "null"  # image threshold: null (normal variation, expert/calibration.py) | margin (earlier rule)
     target_overkill: float = 0.1  # about this fraction of good parts scores above the threshold (flagged for review)
     review_confidence: float = 0.8  # verdicts less sure than this (threshold uncertainty) are "borderline"
+    # a query whose typical map level (median, in units of the references' own variation) lies this many times beyond
+    # the reference-mismatch cut fitted on synthetic parts is "borderline": the references do not cover it (0: off)
+    coverage_limit: float = 1.0
     camera_views: int = 8  # one reference: camera views of it scored as new-part stand-ins for the threshold
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     box_merge_cells: float = 1.0  # mask components closer than this many patch-grid cells are one region (0 = off)
@@ -94,6 +97,9 @@ class ExpertConfig:
         if not 0.5 <= self.review_confidence < 1.0:
             raise ConfigError(f"config key 'expert.review_confidence': expected a probability in [0.5, 1), got "
                               f"{self.review_confidence!r}")
+        if self.coverage_limit < 0:
+            raise ConfigError(f"config key 'expert.coverage_limit': expected a number >= 0 (0: off), got "
+                              f"{self.coverage_limit!r}")
         choices = (("alignment", ("auto", "golden", "aligned", "free")), ("material", ("auto", "dark", "bright")))
         for key, allowed in choices:
             if getattr(self, key) not in allowed:

@@ -277,3 +277,69 @@ def test_a_folder_over_the_feature_budget_is_encoded_per_seed_with_the_same_figu
     for a, b in zip(kept.runs, lazy.runs):
         assert np.allclose(a.scores, b.scores, rtol=1e-4) and list(a.preds) == list(b.preds)
         assert a.metrics == pytest.approx(b.metrics, abs=1e-4)
+
+
+def test_a_seed_run_records_the_free_path_scores_and_the_aligned_share(tmp_path):
+    """An aligned result carries the free path's score of the same image: the run keeps it (the score itself where
+    the free path judged the image), with the share of aligned images and the free path's AUROC."""
+    from types import SimpleNamespace
+
+    from assistant.evaluation.expert.report import build_report, markdown
+    from assistant.evaluation.expert.runner import CategoryResult, seed_result
+
+    cat = discover([make_category(tmp_path / "data", "widget")])[0]  # 3 normal, then 3 anomalous images
+    scores, free = [0.1, 0.2, 0.6, 0.7, 0.8, 0.9], [0.1, 0.95, 0.6, 0.7, 0.3, 0.9]
+    aligned = [False, True, False, False, True, False]
+    results = [SimpleNamespace(pred_score=s, pred_label=s > 0.5, verdict="anomalous" if s > 0.5 else "normal",
+                               alignment="aligned" if a else "free", free_score=f if a else None)
+               for s, f, a in zip(scores, free, aligned)]
+    run = seed_result(0, [], cat, results, None, [0.5], [], 0.0)
+    assert list(run.free_scores) == free and run.aligned_share == pytest.approx(2 / 6)
+    assert run.metrics["aligned_share"] == pytest.approx(2 / 6)
+    assert run.metrics["image_auroc"] == 1.0 and run.metrics["image_auroc_free"] == pytest.approx(5 / 9)
+    res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous, [run])
+    md = markdown(build_report([res], 1, [0], {}))
+    assert "I-AUROC free" in md and "| Aligned |" in md
+    run.metrics["aligned_share"] = 0.0  # every image took the free path: the same AUROC is not shown twice
+    assert "I-AUROC free" not in markdown(build_report([res], 1, [0], {}))
+
+
+def test_evaluate_a_folder_without_ground_truth(tmp_path, capsys):
+    """Image-level labels only (no ground_truth/ folder): the image metrics are reported, no pixel metric."""
+    import shutil
+
+    cat = make_category(tmp_path / "data", "widget", masks=False)
+    shutil.rmtree(cat / "ground_truth")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(cat), "--config", "tiny", "--shots", "1", "--seeds", "0",
+               "--out", str(out)])
+    assert rc == 0
+    c = json.loads((out / "report.json").read_text())["categories"]["widget"]
+    assert "image_auroc" in c and "review_rate" in c and not any(k.startswith("pixel_") for k in c)
+    assert "P-AUROC" not in (out / "report.md").read_text()
+    capsys.readouterr()
+
+
+def test_calibration_bench_prints_one_table_and_writes_its_rows(tmp_path, capsys):
+    """bench/calibration.py on a folder without masks: a header naming config, shots, seeds and lot, one table,
+    and the same rows as JSON (a missing figure as null)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "calibration.py"
+    spec = importlib.util.spec_from_file_location("calibration_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cat = make_category(tmp_path / "data", "widget", masks=False)
+    rows = tmp_path / "rows.json"
+    assert bench.main(["--data", str(cat), "--config", "tiny", "--shots", "1", "--seeds", "0,1",
+                       "--out", str(rows)]) == 0
+    printed = capsys.readouterr().out
+    assert "config tiny" in printed and "shots 1; seeds 0,1; lot no" in printed
+    assert printed.count("| k | category |") == 1
+    for header in ("AUROC free", "aligned share", "overkill outside review", "miss outside review"):
+        assert header in printed
+    got = json.loads(rows.read_text())
+    assert got["settings"]["seeds"] == [0, 1] and got["settings"]["lot"] is False
+    assert [r["category"] for r in got["rows"]] == ["widget", "**mean**"]
+    assert set(got["rows"][0]) == {"k", "category"} | {key for key, _ in bench.COLUMNS}

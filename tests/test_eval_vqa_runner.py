@@ -288,3 +288,40 @@ def test_tiny_assistant_end_to_end_resumes_identically(tiny_lm_dir, tmp_path):
     assert len(recs) == 5 and all(isinstance(r["response"], str) for r in recs)
     assert (tmp_path / "a" / "answers.jsonl").read_text() == (tmp_path / "b" / "answers.jsonl").read_text()
     assert (tmp_path / "a" / "report.json").read_text() == (tmp_path / "b" / "report.json").read_text()
+
+
+class HoldingAnswerer(FakeAnswerer):
+    """Holds the first image of each kind for a person (a borderline answer whose reasons contain a "no")."""
+
+    def answer(self, evidence, question: str) -> str:
+        if question.startswith("Is there any anomaly") and evidence.image.endswith("000.png"):
+            return ("It is borderline: I cannot decide with confidence whether to accept or reject this part, so I "
+                    "would hold it for a person to check. No region of it stands out.")
+        if question.startswith("Is there any anomaly"):
+            return "Yes." if evidence.result.pred_label else "No."
+        return super().answer(evidence, question)
+
+
+def test_jsonl_detection_answers_held_for_review_are_counted_on_their_own(mmad, tmp_path):
+    """A free-text Anomaly Detection answer that holds the part is graded wrong (not read as its reasons' "no"), and
+    the report gives the share held and the balanced accuracy of the decided answers."""
+    root, _ = mmad
+    lines = [{"image": f"DS/bottle/test/{kind}/{i:03d}.png", "references": ["DS/bottle/train/good/000.png"],
+              "label": int(kind != "good"), "question": "Is there any anomaly in the image?",
+              "answer": "no" if kind == "good" else "yes", "category": "bottle", "type": "Anomaly Detection"}
+             for kind in ("good", "crack") for i in range(3)]
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
+    assert evaluate_cli.run(args, answerer=HoldingAnswerer()) == 0
+    recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    held = [r for r in recs if r["held"]]
+    assert len(held) == 2 and all(r["parsed"] is None and r["correct"] is False for r in held)
+    assert all(r["correct"] for r in recs if not r["held"])  # the fake expert is right on the others
+    cat = json.loads((out / "report.json").read_text())["categories"]["bottle"]
+    assert cat["answer_review_rate"] == pytest.approx(2 / 6)
+    assert cat["answer_balanced_accuracy_decided"] == 1.0
+    assert cat["answer_balanced_accuracy"] == pytest.approx(2 / 3) and cat["unparsed_rate"] == 0.0
+    md = (out / "report.md").read_text()
+    assert "answer_review_rate" in md and "held for a person" in md

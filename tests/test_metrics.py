@@ -95,3 +95,27 @@ def test_review_rate_and_balanced_accuracy_outside_the_review_band():
     assert m["balanced_accuracy"] == pytest.approx(1 - (1 / 3 + 1 / 3) / 2)
     assert m["balanced_accuracy_outside_review"] == pytest.approx(1.0)
     assert "review_rate" not in image_metrics(labels, [0.1] * 6, preds)
+
+
+def test_overkill_and_miss_outside_the_review_band_count_decided_images_only():
+    """Outside review: the share of decided good parts flagged and of decided defective parts passed; a class with
+    no decided image leaves its figure (and the balanced accuracy) out."""
+    labels = [0, 0, 0, 0, 1, 1, 1]
+    preds = [0, 1, 1, 0, 1, 0, 1]
+    verdicts = ["normal", "anomalous", "borderline", "borderline", "anomalous", "normal", "borderline"]
+    m = image_metrics(labels, [0.1, 0.7, 0.6, 0.4, 0.9, 0.2, 0.55], preds, verdicts)
+    assert m["overkill_outside_review"] == pytest.approx(1 / 2)  # decided goods: 0 and 1, one flagged
+    assert m["miss_outside_review"] == pytest.approx(1 / 2)  # decided defectives: 4 and 5, one passed
+    assert m["balanced_accuracy_outside_review"] == pytest.approx(1 - (1 / 2 + 1 / 2) / 2)
+    assert m["overkill"] == pytest.approx(2 / 4) and m["miss"] == pytest.approx(1 / 3)  # every image at the threshold
+    held_goods = image_metrics([0, 0, 1], [0.1, 0.2, 0.9], [0, 0, 1], ["borderline", "borderline", "anomalous"])
+    assert held_goods["miss_outside_review"] == 0.0
+    assert "overkill_outside_review" not in held_goods and "balanced_accuracy_outside_review" not in held_goods
+
+
+def test_free_path_auroc_is_computed_from_the_free_scores():
+    labels = [0, 0, 1, 1]
+    m = image_metrics(labels, [0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], free_scores=[0.5, 0.2, 0.4, 0.9])
+    assert m["image_auroc"] == 1.0
+    assert m["image_auroc_free"] == pytest.approx(roc_auc_score(labels, [0.5, 0.2, 0.4, 0.9]))
+    assert "image_auroc_free" not in image_metrics(labels, [0.1, 0.2, 0.8, 0.9])

@@ -60,6 +60,10 @@ PIXEL_FLOOR = 0.05  # smallest unit of the pixel map (grey in [0, 1]): a plain r
 FUSE_FLOOR = 1e-3  # parts of the aligned map are floored here before their geometric mean
 MIN_THRESHOLD = 1.0  # the aligned threshold is never below one unit: smaller changes are within the part's tolerance
 FEATURE_FLOOR = 0.1  # smallest unit of a level's position-aware distance, as a fraction of its free-path unit
+# auto: a golden sample differs from the query only in a few compact places; a different physical part shot in the same
+# frame (another solar cell, another casting) differs almost everywhere after registration. Above this share of the
+# compared pixels changed by more than one pixel unit, the pair is not golden and the free path is taken.
+MAX_CHANGED = 0.25
 FLIP_RATIO = 2.0  # a region is missing (extra) when it lost (gained) this many times more material than it gained
 MIN_FLIP = 4  # ... and at least this many pixels (at the tower side) moved by half the contrast or more
 
@@ -87,6 +91,9 @@ class GoldenState:
     pixel_threshold: float = 0.0  # map threshold for pred_mask
     estimate: ThresholdEstimate | None = None
     calibration: dict = field(default_factory=dict)
+    # k >= 2: why the references are not golden samples of one design ("" when they agree with each other after
+    # registration, or k = 1): each registered onto the first and compared like a query (`changed_share`)
+    inconsistent: str = ""
 
 
 @dataclass
@@ -246,7 +253,32 @@ def fit_golden(expert, tower, refs: list[Image.Image], encoded: list[list[torch.
                  for i, r in enumerate(refs)]
     state = GoldenState(templates=templates, grids=list(grids), grid=tuple(grid), feature_scales=list(scales))
     calibrate(expert, state, null_parts(expert, tower, state, refs, encoded, scales, seed), scales, seed)
+    state.inconsistent = references_disagree(state)
     return state
+
+
+def changed_share(template: Template, signed: np.ndarray, compared: np.ndarray) -> float:
+    """Share of the compared pixels whose difference from the template (`pixel_difference`) exceeds one pixel unit of
+    the template: ~0 for a golden pair but where the defect is, most of the image for two different parts."""
+    if not compared.any():
+        return 1.0
+    return float((np.abs(signed[compared]) > template.pixel_unit).mean())
+
+
+def references_disagree(state: GoldenState) -> str:
+    """"" when every reference registers onto the first and differs from it only in a few places (MAX_CHANGED), else
+    why not: references that are different parts in the same frame are no golden samples."""
+    first = state.templates[0]
+    for j, t in enumerate(state.templates[1:], start=2):
+        reg = register(t.grey, first.grey, first.grey.shape[0])
+        if not reg.good:
+            return f"good part {j} does not register onto good part 1 ({reg.reason})"
+        signed, compared = pixel_difference(t.grey, first.grey, reg.warp)
+        share = changed_share(first, signed, compared)
+        if share > MAX_CHANGED:
+            return (f"good parts 1 and {j} differ in {share:.0%} of the image after registration: they are different "
+                    f"parts, not golden samples of one design")
+    return ""
 
 
 def null_parts(expert, tower, state: GoldenState, refs: list[Image.Image], encoded: list[list[torch.Tensor]],
@@ -352,8 +384,9 @@ def reference_estimate(state: GoldenState, p: Parts, size: tuple[int, int]) -> n
 
 
 # ------------------------------------------------------------------ results
-def take_aligned(mode: str, reg: Registration, query_grey: np.ndarray) -> tuple[bool, str]:
-    """(compare position by position?, why) for one query and its best registration under an alignment mode."""
+def take_aligned(mode: str, reg: Registration, golden: GoldenState) -> tuple[bool, str]:
+    """(compare position by position?, why) for one query and its best registration under an alignment mode, before
+    the pixel comparison (`golden_pair` completes the auto check)."""
     if mode == "aligned":
         return True, "position by position, as asked (alignment: aligned)" + (
             "" if reg.good else f"; the registration is poor: {reg.reason}")
@@ -362,9 +395,22 @@ def take_aligned(mode: str, reg: Registration, query_grey: np.ndarray) -> tuple[
         if why:
             return False, f"the golden sample does not register within a fixture's motion ({why}): compared freely"
         return True, "the good part is a golden sample (as you said): registered and compared position by position"
+    if golden.inconsistent:
+        return False, f"the good parts are not golden samples of one design: {golden.inconsistent}"
     if not reg.good:
         return False, f"the good part does not show the same view: {reg.reason}"
     return True, "the good part registers as the same design in the same frame: compared position by position"
+
+
+def golden_pair(golden: GoldenState, p: Parts) -> tuple[bool, str]:
+    """auto, after registration: (is the pair golden?, why). A golden sample differs from the query in a few compact
+    places; a different part of the same kind in the same frame differs almost everywhere (MAX_CHANGED)."""
+    share = changed_share(golden.templates[p.template], p.signed, p.compared)
+    if share > MAX_CHANGED:
+        return False, (f"the good part registers in the same frame but differs from this one in {share:.0%} of the "
+                       f"image: a different part, not a golden sample; compared as a bag of patches")
+    return True, (f"the good part registers as the same design in the same frame and differs in {share:.0%} of the "
+                  f"image: compared position by position")
 
 
 def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[AnomalyResult], images, image_size,
@@ -393,11 +439,14 @@ def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[An
     for b, (img, res) in enumerate(zip(images, results)):
         qg = grey(img, side)
         i, reg = best_registration(golden, qg)
-        take, why = take_aligned(mode, reg, qg)
+        take, why = take_aligned(mode, reg, golden)
+        p = parts(expert, golden.templates, i, qg, [f[b] for f in feats], reg, golden.grids, golden.grid,
+                  raw[b]) if take else None
+        if take and mode == "auto":
+            take, why = golden_pair(golden, p)
         if not take:
             out.append(dataclasses.replace(res, alignment="free", registration=reg, alignment_reason=why))
             continue
-        p = parts(expert, golden.templates, i, qg, [f[b] for f in feats], reg, golden.grids, golden.grid, raw[b])
         amap = fuse(expert, golden, p)
         if tuple(image_size) != amap.shape:
             amap = cv2.resize(amap, (int(image_size[1]), int(image_size[0])), interpolation=cv2.INTER_LINEAR)

@@ -274,6 +274,11 @@ class AnomalyExpert(nn.Module):
         sigma = state.sigma
         verdict, confidence = judge(float(score), state.threshold, sigma, self.cfg.review_confidence)
         low, high = review_band(state.threshold, sigma, self.cfg.review_confidence)
+        coverage = self.coverage(reference_median)
+        reason = "threshold" if verdict == "borderline" else ""
+        if path != "aligned" and coverage is not None and self.cfg.coverage_limit > 0 and \
+                coverage > self.cfg.coverage_limit:  # the references cannot speak for this part: a person decides
+            verdict, reason = "borderline", "coverage"
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
                              boxes=self.boxes(amap, mask, merge_px), threshold=state.threshold,
                              pixel_threshold=state.pixel_threshold, reference_mismatch=mismatch,
@@ -282,7 +287,16 @@ class AnomalyExpert(nn.Module):
                              calibration=state.calibration.get("rule", state.calibration.get("method", "")),
                              score_topk=self.cfg.score_topk, box_merge_px=merge_px,
                              review_confidence=self.cfg.review_confidence, reference_mismatch_cut=cut,
-                             reference_median=None if reference_median is None else round(float(reference_median), 4))
+                             reference_median=None if reference_median is None else round(float(reference_median), 4),
+                             review_reason=reason, coverage=coverage)
+
+    def coverage(self, reference_median: float | None) -> float | None:
+        """How far the query as a whole lies from the references: its map median (~1 where the references' own
+        variation explains it) over the reference-mismatch cut fitted on synthetic parts (1% of same-kind parts lie
+        above it); > 1: the query differs from the references almost everywhere. None without a fitted cut."""
+        if reference_median is None or not self.reference_mismatch:
+            return None
+        return float(reference_median) / float(self.reference_mismatch)
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray, merge_px: float = 0.0) -> list[Box]:
         """Regions of the mask (`mask_boxes`), largest first, tiny ones dropped."""

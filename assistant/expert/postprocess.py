@@ -101,8 +101,12 @@ def relabel(result: AnomalyResult, threshold: float, pixel_threshold: float, rev
     peak = None if boxes else (max(result.boxes, key=lambda b: b.score) if result.boxes else result.peak)
     verdict, confidence = judge(result.pred_score, threshold, result.threshold_sigma, review_confidence)
     low, high = review_band(threshold, result.threshold_sigma, review_confidence)
+    reason = "threshold" if verdict == "borderline" else ""
+    if result.review_reason == "coverage" and "lot_size" not in changes:  # the lot's scores speak for its good parts
+        verdict, reason = "borderline", "coverage"
     return dataclasses.replace(result, pred_label=label, pred_mask=mask, boxes=boxes, threshold=float(threshold),
                                pixel_threshold=float(pixel_threshold), verdict=verdict, confidence=confidence,
+                               review_reason=reason,
                                threshold_low=low, threshold_high=high, review_confidence=review_confidence,
                                peak=peak, **changes)
 

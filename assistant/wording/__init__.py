@@ -206,6 +206,13 @@ def parse_verdict(answer: str) -> bool | None:
     return None
 
 
+def held_answer(answer: str) -> bool:
+    """True when a detection answer holds the part for a person (a borderline result: "It is borderline: ... hold
+    it for a person to check"): it states the borderline verdict and opens with neither yes nor no. Evaluation counts
+    such an answer on its own, neither normal nor anomalous."""
+    return says_borderline(answer) and parse_verdict(answer) is None
+
+
 def parse_position(answer: str) -> str | None:
     """The first 3x3 grid word in the answer ('top left' ... 'bottom right', 'center'/'centre'/'middle')."""
     text = " ".join(str(answer).lower().replace("-", " ").split())

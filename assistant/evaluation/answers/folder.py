@@ -2,10 +2,13 @@
 
 For every test image (k references drawn per seed as in the expert evaluation) the assistant is asked
 "Is there any anomaly in the image?" and then, as a follow-up, "Where is it?". Answers are parsed into a
-yes/no verdict and a 3x3 position word. Each image of a category and seed is one unit of the answer runner
-(two records, keys `category|seed|image|detect` and `...|where`), answered in batches of images that share the
-seed's references; OUT/answers.jsonl resumes where a stopped run ended. The metrics (report.answer_metrics) are
-added to every category of OUT/report.json (created or merged) and written to OUT/report_vqa.md.
+yes/no verdict and a 3x3 position word; on a borderline result the detection answer holds the part for a
+person ("It is borderline: ... hold it for a person to check"): it is recorded as held (`answer_held`), neither
+yes nor no, and reported on its own (report.answer_metrics). Each image of a category and seed is one unit of
+the answer runner (two records, keys `category|seed|image|detect` and `...|where`), answered in batches of images
+that share the seed's references; OUT/answers.jsonl resumes where a stopped run ended. The metrics
+(report.answer_metrics) are added to every category of OUT/report.json (created or merged) and written to
+OUT/report_vqa.md.
 """
 from __future__ import annotations
 
@@ -18,7 +21,14 @@ from assistant.evaluation.answers.runner import Unit, run_units
 from assistant.evaluation.answers.store import check_run_file, read_answers
 from assistant.evaluation.data.items import EvalCategory, EvalItem, sample_references, skip_reason
 from assistant.imaging import load_image, load_mask
-from assistant.wording import DETECT_QUESTION, WHERE_QUESTION, mask_position, parse_position, parse_verdict
+from assistant.wording import (
+    DETECT_QUESTION,
+    WHERE_QUESTION,
+    held_answer,
+    mask_position,
+    parse_position,
+    parse_verdict,
+)
 
 
 def record_base(category: str, seed: int, image: str) -> str:
@@ -87,9 +97,10 @@ def records(category: str, seed: int, ref_paths: list[str], it: EvalItem, res, g
     """The two answer records of one image: the detection answer, then the follow-up's."""
     rec = {"category": category, "seed": seed, "image": it.image, "references": ref_paths,
            "gt_label": int(it.label), "defect": it.defect, "pred_label": bool(res.pred_label),
-           "expert_score": float(res.pred_score), "threshold": float(res.threshold),
+           "expert_verdict": res.verdict, "expert_score": float(res.pred_score), "threshold": float(res.threshold),
            "expert_position": res.position, "gt_position": gt_pos,
-           "answer_label": parse_verdict(detect), "answer_position": parse_position(where)}
+           "answer_label": parse_verdict(detect), "answer_held": held_answer(detect),
+           "answer_position": parse_position(where)}
     base = record_base(category, seed, it.image)
     return [{**rec, "key": base + "detect", "question": DETECT_QUESTION, "answer": detect,
              "parsed_label": rec["answer_label"]},

@@ -8,6 +8,8 @@ restarts where it stopped and shards merge into exactly the records of a single 
 The answerer is anything with `analyze(query, references) -> evidence` (evidence.result is an
 AnomalyResult) and `answer(evidence, question) -> str`: the Assistant facade, or a fake in tests. An item marked
 golden (its references are golden samples) is analysed with `analyze(..., golden=True)`.
+A free-text Anomaly Detection answer that holds the part for a person (a borderline result) is recorded as held
+(`held`) and graded wrong; the report gives its share and the accuracy of the decided answers beside it.
 An optional baseline detector `detect(query, references) -> AnomalyResult` answers the Anomaly
 Detection questions from its verdict alone, so the report shows the gap.
 
@@ -36,7 +38,7 @@ from assistant.evaluation.answers.store import (
 )
 from assistant.evaluation.data.jsonl import QAItem
 from assistant.evaluation.data.mmad import DETECTION, build_prompt, detection_choice
-from assistant.wording import parse_choice, parse_yes_no
+from assistant.wording import held_answer, parse_choice, parse_yes_no
 
 MAP_SIDE = 96  # side of the downsized anomaly maps kept for plots
 
@@ -74,7 +76,8 @@ def grade(item: QAItem, response: str) -> tuple[str | None, bool | None]:
     if item.options:
         parsed = parse_choice(response, item.options)
     elif item.answer is not None and parse_yes_no(item.answer) is not None and len(item.answer.split()) <= 2:
-        parsed = parse_yes_no(response)
+        # a held answer (borderline: for a person to check) says neither: wrong, whatever "no" its reasons contain
+        parsed = None if held_answer(response) else parse_yes_no(response)
         return parsed, (parsed == parse_yes_no(item.answer))
     else:
         parsed = " ".join((response or "").lower().split())
@@ -162,6 +165,8 @@ class QuestionAsker:
             "pred_score": float(result.pred_score), "pred_label": bool(result.pred_label),
             "threshold": float(result.threshold), "map": map_path(self.out, unit).name,
         }
+        if it.qtype == DETECTION and not it.options:  # free text: a borderline result's answer is held
+            rec["held"] = held_answer(response)
         if it.golden:  # only on golden items: the records of other items stay as they were
             rec.update(golden=True, alignment=getattr(result, "alignment", ""),
                        alignment_reason=getattr(result, "alignment_reason", ""))

@@ -46,10 +46,11 @@ def category_metrics(recs: list[dict]) -> dict[str, float]:
     graded = [r["correct"] for r in recs if r.get("correct") is not None]
     if graded:
         m["answer_accuracy"] = float(np.mean(graded))
-    m["unparsed_rate"] = float(np.mean([r.get("parsed") is None for r in recs]))
+    m["unparsed_rate"] = float(np.mean([r.get("parsed") is None and not r.get("held") for r in recs]))
     det = [r for r in recs if r["qtype"] == DETECTION and r.get("correct") is not None]
     if det:  # balanced over normal and anomalous images; a class without images counts 0 (the MMAD rule)
-        m["answer_balanced_accuracy"] = graded_balanced_accuracy(det, absent=0.0)
+        m["answer_balanced_accuracy"] = graded_balanced_accuracy(det, absent=0.0)  # a held answer is wrong
+        m.update(held_metrics(det))
         cons = [r["parsed"] == r["expert_choice"] for r in det if r.get("expert_choice")]
         if cons:
             m["consistency"] = float(np.mean(cons))
@@ -71,6 +72,20 @@ def category_metrics(recs: list[dict]) -> dict[str, float]:
         for t, v in row.items():
             m[f"mmad_{_snake(t)}"] = v
     return m
+
+
+def held_metrics(det: list[dict]) -> dict[str, float]:
+    """Free-text detection records (they carry "held"): answer_review_rate, the share of answers that held the part
+    for a person (a borderline result), and answer_balanced_accuracy_decided, the balanced accuracy of the others
+    (left out when a class has no decided answer); {} for multiple-choice records, which always pick a letter."""
+    free = [r for r in det if "held" in r]
+    if not free:
+        return {}
+    out = {"answer_review_rate": float(np.mean([bool(r["held"]) for r in free]))}
+    decided = graded_balanced_accuracy([r for r in free if not r["held"]], absent=None)
+    if decided is not None:
+        out["answer_balanced_accuracy_decided"] = decided
+    return out
 
 
 def build_report(records: list[dict], meta: dict) -> dict:
@@ -147,7 +162,8 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
         lines.append("| **mean** | " + " | ".join(_fmt(mm["per_type"][t]) for t in types)
                      + f" | **{_fmt(mm['average'])}** |")
         lines.append("")
-    show = [c for c in ("answer_accuracy", "answer_balanced_accuracy", "consistency", "image_auroc", "image_ap",
+    show = [c for c in ("answer_accuracy", "answer_balanced_accuracy", "answer_review_rate",
+                        "answer_balanced_accuracy_decided", "consistency", "image_auroc", "image_ap",
                         "balanced_accuracy", "baseline_answer_balanced_accuracy", "baseline_image_auroc") if c in cols]
     lines += ["## Per category", "", "| category | normal | anomalous | questions | " + " | ".join(show) + " |",
               "|---" * (len(show) + 4) + "|"]
@@ -158,6 +174,10 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
                      + " | ".join(cells) + " |")
     mean = report["mean"]
     lines.append("| **mean** | | | | " + " | ".join(_fmt(mean[c]) if c in mean else "–" for c in show) + " |")
+    if "answer_review_rate" in show:
+        lines += ["", "answer_review_rate: share of free-text detection answers held for a person to check (a "
+                  "borderline result); answer_accuracy and answer_balanced_accuracy count each held answer as wrong; "
+                  "answer_balanced_accuracy_decided is over the other answers."]
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths
 
@@ -215,31 +235,48 @@ def write_plots(records: list[dict], out: str | Path, data_root: str | None, n_c
     return written
 
 
-ANSWER_KEYS = ["answer_accuracy", "answer_balanced_accuracy", "answer_overkill", "answer_miss", "location_accuracy",
-               "consistency", "answer_unparsed", "expert_balanced_accuracy"]
+ANSWER_KEYS = ["answer_accuracy", "answer_balanced_accuracy", "answer_overkill", "answer_miss", "answer_review_rate",
+               "answer_balanced_accuracy_decided", "location_accuracy", "consistency", "answer_unparsed",
+               "expert_balanced_accuracy"]
 
 
 def answer_metrics(records: list[dict]) -> dict:
-    """Folder VQA metrics over detection records {gt_label, answer_label (bool|None), pred_label, gt_position,
-    answer_position}: answer accuracy, balanced accuracy, overkill and miss, location accuracy (answer position ==
-    cell of the ground-truth mask centroid), consistency (answer verdict == expert verdict), unparsed share and
-    the expert's balanced accuracy."""
+    """Folder VQA metrics over detection records {gt_label, answer_label (bool|None), answer_held, pred_label,
+    expert_verdict, gt_position, answer_position}. A held answer (a borderline result: "hold it for a person to
+    check") decides nothing: answer_review_rate is their share, answer_balanced_accuracy_decided the balanced
+    accuracy of the other answers, and answer accuracy, balanced accuracy, overkill and miss count every held
+    answer as wrong, so nothing is hidden. Also: location accuracy (answer position == cell of the ground-truth mask
+    centroid), consistency (the answer agrees with the expert: its verdict, or held on a borderline one), the share
+    of other unparsed answers (counted as "normal") and the expert's balanced accuracy."""
     gt = np.array([int(r["gt_label"]) for r in records])
+    held = np.array([bool(r.get("answer_held")) for r in records], dtype=bool)
     ans = np.array([int(bool(r["answer_label"])) for r in records])  # unparsed counts as "normal"
+    graded = np.where(held, 1 - gt, ans)  # a held answer is wrong on either class
     exp = np.array([int(r["pred_label"]) for r in records])
     out = {
-        "answer_accuracy": float((ans == gt).mean()) if len(gt) else None,
-        "answer_balanced_accuracy": balanced_accuracy(gt, ans),
-        "answer_overkill": float(ans[gt == 0].mean()) if (gt == 0).any() else None,
-        "answer_miss": float(1 - ans[gt == 1].mean()) if (gt == 1).any() else None,
-        "consistency": float((ans == exp).mean()) if len(gt) else None,
-        "answer_unparsed": float(np.mean([r["answer_label"] is None for r in records])) if records else None,
+        "answer_accuracy": float((graded == gt).mean()) if len(gt) else None,
+        "answer_balanced_accuracy": balanced_accuracy(gt, graded),
+        "answer_overkill": float(graded[gt == 0].mean()) if (gt == 0).any() else None,
+        "answer_miss": float(1 - graded[gt == 1].mean()) if (gt == 1).any() else None,
+        "answer_review_rate": float(held.mean()) if len(gt) else None,
+        "answer_balanced_accuracy_decided": balanced_accuracy(gt[~held], ans[~held]),
+        "consistency": float(np.mean([agrees(r, h, a, e) for r, h, a, e in zip(records, held, ans, exp)]))
+        if len(gt) else None,
+        "answer_unparsed": float(np.mean([r["answer_label"] is None and not h for r, h in zip(records, held)]))
+        if records else None,
         "expert_balanced_accuracy": balanced_accuracy(gt, exp),
     }
     loc = [r for r in records if r["gt_label"] and r.get("gt_position")]
     out["location_accuracy"] = (float(np.mean([r.get("answer_position") == r["gt_position"] for r in loc]))
                                 if loc else None)
     return out
+
+
+def agrees(record: dict, held: bool, answer: int, expert: int) -> bool:
+    """The answer agrees with the expert: held on a borderline verdict, else the same binary verdict."""
+    if held or record.get("expert_verdict") == "borderline":
+        return held and record.get("expert_verdict", "borderline") == "borderline"
+    return answer == expert
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -251,6 +288,11 @@ def summarise(runs: list[dict]) -> dict:
             out[k], std[k] = float(np.mean(vals)), float(np.std(vals))
     out["std"] = std
     return out
+
+
+HELD_NOTE = ("answer_review_rate: share of detection answers held for a person to check (a borderline result); "
+             "answer_balanced_accuracy, answer_overkill and answer_miss count each held answer as wrong; "
+             "answer_balanced_accuracy_decided is over the other answers.")
 
 
 def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
@@ -274,8 +316,8 @@ def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
             mean[k] = float(np.mean(vals))
     report["vqa"] = {"questions": [DETECT_QUESTION, WHERE_QUESTION], **{k: v for k, v in meta.items() if k != "config"}}
     path.write_text(json.dumps(report, indent=1))
-    cols = ["answer_balanced_accuracy", "location_accuracy", "consistency", "answer_overkill", "answer_miss",
-            "answer_unparsed", "expert_balanced_accuracy"]
+    cols = ["answer_balanced_accuracy", "answer_review_rate", "answer_balanced_accuracy_decided", "location_accuracy",
+            "consistency", "answer_overkill", "answer_miss", "answer_unparsed", "expert_balanced_accuracy"]
     lines = ["| category | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
@@ -283,5 +325,6 @@ def merge_report(out_dir: str | Path, summaries: dict, meta: dict) -> dict:
     for name, c in report["categories"].items():
         lines.append(f"| {name} | " + " | ".join(fmt(c.get(k)) for k in cols) + " |")
     lines.append("| **mean** | " + " | ".join(fmt(mean.get(k)) for k in cols) + " |")
+    lines += ["", HELD_NOTE]
     (out / "report_vqa.md").write_text("\n".join(lines) + "\n")
     return report

@@ -1,8 +1,10 @@
 """Detection and localization metrics (scikit-learn where it has them).
 
 Image level: AUROC, AP, F1-max; balanced accuracy, overkill (normals rejected) and miss (anomalies
-passed) at a given decision. Pixel level: AUROC, F1-max, AUPRO (per-region overlap averaged over
-ground-truth connected components, integrated over pixel FPR in [0, limit] and divided by limit).
+passed) at a given decision; with verdicts, the review rate (borderline images) and the balanced accuracy,
+overkill and miss of the images decided outside the review band; with the free path's scores, their AUROC.
+Pixel level: AUROC, F1-max, AUPRO (per-region overlap averaged over ground-truth connected components, integrated
+over pixel FPR in [0, limit] and divided by limit).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from sklearn.metrics import (
 )
 
 METRIC_KEYS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max",
-               "balanced_accuracy", "overkill", "miss", "review_rate", "balanced_accuracy_outside_review"]
+               "balanced_accuracy", "overkill", "miss", "review_rate", "balanced_accuracy_outside_review",
+               "overkill_outside_review", "miss_outside_review", "image_auroc_free", "aligned_share"]
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -72,10 +75,10 @@ def best_balanced_accuracy(labels, scores) -> float:
     return best_balanced_threshold(labels, scores)[1]
 
 
-def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
+def image_metrics(labels, scores, preds=None, verdicts=None, free_scores=None) -> dict:
     """labels 0/1, scores higher = more anomalous, preds 0/1 at the calibrated threshold; verdicts (normal |
-    borderline | anomalous) add review_rate (share of borderline images, sent to a person) and the balanced
-    accuracy of the images decided outside the review band."""
+    borderline | anomalous) add the review metrics (review_metrics); free_scores (the free path's score of each
+    image, where the aligned path judged it) add image_auroc_free, to compare the two paths on the same images."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=np.float64)
     out: dict = {}
@@ -83,23 +86,37 @@ def image_metrics(labels, scores, preds=None, verdicts=None) -> dict:
         out["image_auroc"] = float(roc_auc_score(y, s))
         out["image_ap"] = float(average_precision_score(y, s))
         out["image_f1_max"] = f1_max(y, s)
+        if free_scores is not None and len(free_scores) == len(y):
+            out["image_auroc_free"] = float(roc_auc_score(y, np.asarray(free_scores, dtype=np.float64)))
     if preds is not None:
         p = np.asarray(preds, dtype=int)
-        n0, n1 = (y == 0).sum(), (y == 1).sum()
-        overkill = float(((p == 1) & (y == 0)).sum() / n0) if n0 else None
-        miss = float(((p == 0) & (y == 1)).sum() / n1) if n1 else None
-        if overkill is not None:
-            out["overkill"] = overkill
-        if miss is not None:
-            out["miss"] = miss
-        if overkill is not None and miss is not None:
-            out["balanced_accuracy"] = balanced_accuracy(y, p)
+        out.update(_decision_metrics(y, p))
         if verdicts is not None and len(verdicts) == len(p):
-            review = np.array([v == "borderline" for v in verdicts])
-            out["review_rate"] = float(review.mean()) if review.size else 0.0
-            decided = balanced_accuracy(y[~review], p[~review])
-            if decided is not None:
-                out["balanced_accuracy_outside_review"] = decided
+            out.update(review_metrics(y, p, verdicts))
+    return out
+
+
+def _decision_metrics(y: np.ndarray, p: np.ndarray, suffix: str = "") -> dict:
+    """overkill (share of normals flagged), miss (share of anomalies passed) and, when both classes are present, the
+    balanced accuracy; a figure whose class has no image is left out. `suffix` is added to the keys."""
+    out: dict = {}
+    n0, n1 = (y == 0).sum(), (y == 1).sum()
+    if n0:
+        out["overkill" + suffix] = float(((p == 1) & (y == 0)).sum() / n0)
+    if n1:
+        out["miss" + suffix] = float(((p == 0) & (y == 1)).sum() / n1)
+    if n0 and n1:
+        out["balanced_accuracy" + suffix] = balanced_accuracy(y, p)
+    return out
+
+
+def review_metrics(y: np.ndarray, p: np.ndarray, verdicts) -> dict:
+    """review_rate (share of borderline images, sent to a person) and the balanced accuracy, overkill and miss of
+    the images decided outside the review band (keys ending in _outside_review; left out when a class has no
+    decided image)."""
+    review = np.array([v == "borderline" for v in verdicts], dtype=bool)
+    out = {"review_rate": float(review.mean()) if review.size else 0.0}
+    out.update(_decision_metrics(y[~review], p[~review], "_outside_review"))
     return out
 
 

@@ -19,7 +19,10 @@ from assistant.imaging import load_image
 
 SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max", "pixel_auroc": "P-AUROC",
          "pixel_aupro": "AUPRO", "pixel_f1_max": "P-F1max", "balanced_accuracy": "BalAcc", "overkill": "Overkill",
-         "miss": "Miss", "review_rate": "Review", "balanced_accuracy_outside_review": "BalAcc outside review"}
+         "miss": "Miss", "review_rate": "Review", "balanced_accuracy_outside_review": "BalAcc outside review",
+         "overkill_outside_review": "Overkill outside review", "miss_outside_review": "Miss outside review",
+         "image_auroc_free": "I-AUROC free", "aligned_share": "Aligned"}
+PATH_KEYS = ("image_auroc_free", "aligned_share")  # shown when some image took the aligned path
 
 
 def build_report(results, shots: int, seeds: list[int], config: dict, zero_shot_mode: str = "head") -> dict:
@@ -39,6 +42,8 @@ def build_report(results, shots: int, seeds: list[int], config: dict, zero_shot_
 
 def markdown(report: dict) -> str:
     keys = [k for k in METRIC_KEYS if any(k in c for c in report["categories"].values())]
+    if not any(c.get("aligned_share", 0.0) > 0 for c in report["categories"].values()):
+        keys = [k for k in keys if k not in PATH_KEYS]  # every image took the free path: the same AUROC twice
     mode = report.get("zero_shot_mode") if report["shots"] == 0 else None
     how = {"mutual": " (mutual scoring over each category's unlabeled test images)",
            "self": " (each image alone: in-image rarity)",
@@ -64,8 +69,12 @@ def markdown(report: dict) -> str:
     lines += ["", "Balanced accuracy, overkill (normals rejected) and miss (anomalies passed) use the threshold",
               f"{source}; no threshold was set by hand."]
     if "review_rate" in keys:
-        lines += ["Review: share of images judged borderline (their score lies within the threshold's uncertainty: a "
-                  "person should check them); BalAcc outside review: the balanced accuracy of the other images."]
+        lines += ["Review: share of images judged borderline (their score lies within the threshold's uncertainty, "
+                  "or the references differ from the part almost everywhere: a person should check them); BalAcc, "
+                  "Overkill and Miss outside review: those figures over the other images (the decided ones)."]
+    if "aligned_share" in keys:
+        lines += ["Aligned: share of images compared with a registered reference position by position (the aligned "
+                  "path); I-AUROC free: the AUROC of the free path's scores of the same images (no second run)."]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,10 @@ class SeedRun:
     seconds_per_image: float  # predict time per image (encode excluded)
     calibration: list[dict] = field(default_factory=list)  # the expert's calibration record per reference set
     verdicts: list[str] = field(default_factory=list)  # (n,) normal | borderline | anomalous
+    # (n,) the free path's score of each image: AnomalyResult.free_score where the aligned path judged it, else its
+    # score (the free path's own), so the two paths are compared on the same images without a second run
+    free_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    aligned_share: float = 0.0  # share of the images that took the aligned path
 
 
 @dataclass
@@ -199,13 +203,20 @@ def seed_result(seed: int, refs: list[str], cat: EvalCategory, results: list, ma
     preds = np.array([int(r.pred_label) for r in results], dtype=int)
     maps = np.stack([r.anomaly_map for r in results]).astype(np.float32, copy=False) if masks is not None else None
     verdicts = [r.verdict for r in results]
-    metrics = _metrics(labels, scores, preds, masks, maps, verdicts)
-    return SeedRun(seed, refs, labels, scores, preds, thresholds, metrics, seconds, calib, verdicts)
+    aligned = np.array([r.alignment == "aligned" for r in results], dtype=bool)
+    free = np.array([r.free_score if a and r.free_score is not None else r.pred_score
+                     for r, a in zip(results, aligned)], dtype=float)
+    metrics = _metrics(labels, scores, preds, masks, maps, verdicts, free)
+    metrics["aligned_share"] = float(aligned.mean()) if aligned.size else 0.0
+    return SeedRun(seed, refs, labels, scores, preds, thresholds, metrics, seconds, calib, verdicts, free,
+                   metrics["aligned_share"])
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps, verdicts=None) -> dict:
-    """Image metrics (with the review band when verdicts are given), plus pixel metrics when the category has masks."""
-    metrics = image_metrics(labels, scores, preds, verdicts)
+def _metrics(labels: np.ndarray, scores: np.ndarray, preds: np.ndarray, masks, maps, verdicts=None,
+             free_scores=None) -> dict:
+    """Image metrics (with the review band when verdicts are given, the free path's AUROC when its scores are),
+    plus pixel metrics when the category has masks."""
+    metrics = image_metrics(labels, scores, preds, verdicts, free_scores)
     if masks is not None:
         metrics.update(pixel_metrics(masks, maps))
     return metrics
