@@ -5,8 +5,13 @@ import pytest
 
 from assistant.expert import apply_sensitivity
 from assistant.expert.golden import MAX_CHANGED
-from tests.test_golden import _expert, board, shifted, to_pil
-from tests.test_golden import tower  # noqa: F401 (module fixture)
+from tests.test_golden import (
+    _expert,
+    board,
+    shifted,
+    to_pil,
+    tower,  # noqa: F401 (module fixture)
+)
 
 
 def cell(seed: int, size: int = 64, defect: bool = False) -> np.ndarray:
