@@ -3,15 +3,18 @@ import cv2
 import numpy as np
 import pytest
 
+from assistant.config import load_config
 from assistant.expert import apply_sensitivity
 from assistant.expert.golden import MAX_CHANGED
-from tests.test_golden import (
-    _expert,
-    board,
-    shifted,
-    to_pil,
-    tower,  # noqa: F401 (module fixture)
-)
+from assistant.vision.efficientnet import EfficientNetTower
+from tests.test_golden import _expert, board, shifted, to_pil
+
+
+@pytest.fixture(scope="module")
+def tower():
+    """A tiny random tower at 64 px (the golden tests' size)."""
+    return EfficientNetTower(load_config("offline-small", ["vision.image_size=64", "vision.device=cpu"]).vision,
+                             pretrained=False).eval()
 
 
 def cell(seed: int, size: int = 64, defect: bool = False) -> np.ndarray:
@@ -34,7 +37,7 @@ def _predict(expert, tower, refs, query):
     return expert.predict(tower.encode([query]), state, (64, 64), images=[query], tower=tower)[0]
 
 
-def test_auto_compares_freely_a_different_part_in_the_same_frame(tower):  # noqa: F811
+def test_auto_compares_freely_a_different_part_in_the_same_frame(tower):
     """Two cells in the same frame register (same busbars) but differ almost everywhere: auto takes the free path
     and says why; the same pair under `golden` (the user vouches) is compared position by position."""
     ref, query = to_pil(cell(1)), to_pil(cell(2, defect=True))
@@ -45,7 +48,7 @@ def test_auto_compares_freely_a_different_part_in_the_same_frame(tower):  # noqa
     assert vouched.alignment == "aligned" and "golden sample" in vouched.alignment_reason
 
 
-def test_auto_keeps_the_aligned_path_for_a_golden_sample(tower):  # noqa: F811
+def test_auto_keeps_the_aligned_path_for_a_golden_sample(tower):
     """A golden pair differs only where the defect is: below MAX_CHANGED of the image, aligned, with the share said."""
     ref = to_pil(board(64))
     res = _predict(_expert(tower, "auto"), tower, [ref], to_pil(shifted(board(64, missing=True), 1.0, -1.0)))
@@ -54,7 +57,7 @@ def test_auto_keeps_the_aligned_path_for_a_golden_sample(tower):  # noqa: F811
     assert share <= 100 * MAX_CHANGED
 
 
-def test_references_that_differ_from_each_other_are_not_golden(tower):  # noqa: F811
+def test_references_that_differ_from_each_other_are_not_golden(tower):
     """Two good parts of the same frame that are different parts: auto compares freely, naming the references."""
     expert = _expert(tower, "auto")
     state = expert.fit_references(tower, [to_pil(cell(1)), to_pil(cell(3))], seed=0)
@@ -66,7 +69,7 @@ def test_references_that_differ_from_each_other_are_not_golden(tower):  # noqa: 
     assert same.golden.inconsistent == ""
 
 
-def test_a_query_the_references_do_not_cover_is_borderline(tower):  # noqa: F811
+def test_a_query_the_references_do_not_cover_is_borderline(tower):
     """Above the coverage limit the verdict is borderline (reason "coverage") whatever the score; the sensitivity
     slider keeps it, a lot (its own score distribution) lifts it; coverage_limit 0 turns the check off."""
     expert = _expert(tower, "free")
@@ -89,7 +92,7 @@ def test_a_query_the_references_do_not_cover_is_borderline(tower):  # noqa: F811
     assert off.review_reason != "coverage" and off.coverage == pytest.approx(2.0, rel=1e-3)
 
 
-def test_a_covered_query_keeps_its_verdict(tower):  # noqa: F811
+def test_a_covered_query_keeps_its_verdict(tower):
     expert = _expert(tower, "free")
     ref = to_pil(board(64))
     res = _predict(expert, tower, [ref], to_pil(shifted(board(64), 1.0, 0.0)))
