@@ -248,7 +248,8 @@ class ChatSession:
                 parts.append(chunk)
                 yield chunk
             notes = [golden_note(evidence.result, question, history), borderline_note(evidence.result)] + [
-                REFERENCE_CAUTION if evidence.result.reference_mismatch else None
+                REFERENCE_CAUTION if evidence.result.reference_mismatch and evidence.result.review_reason != "coverage"
+                else None  # a coverage borderline already says it, with the remedy
             ]
             if self._said[0] is not self._evidence:
                 self._said = (self._evidence, set())

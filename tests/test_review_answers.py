@@ -72,11 +72,13 @@ def test_a_part_just_under_the_threshold_says_where_it_differs_most():
 
 def test_poor_coverage_asks_for_more_good_parts_not_for_a_finer_threshold():
     r = borderline(reason="coverage", coverage=1.9)
+    r.reference_median, r.reference_mismatch_cut = 4.4, 2.31
     r.pred_score, r.confidence = 1.8, 0.97  # far over the threshold, but the good part cannot judge it
     said = grounded_answer(r, "What should I do with this part?")
     assert said.startswith(REVIEW_LEAD)
-    assert ("The good part you gave differs from this one almost everywhere (typically 1.9 times what its own "
-            "variation reaches), so I cannot tell its differences from defects.") in said
+    assert ("The good part you gave differs from this one almost everywhere (its typical patch lies 4.40 units from "
+            "its nearest patches, beyond the 2.31 that parts of one kind reach), so I cannot tell its differences "
+            "from defects.") in said
     assert "Add 3-5 good parts of this same part, view and lighting, or inspect the lot together" in said
     assert "review band" not in said and "It differs most in the top left" in said
     r.shots = 3

@@ -77,7 +77,9 @@ def coverage_sentence(result) -> str:
     parts = good_parts(result)
     verb = "differs" if result.shots == 1 else "differ"
     own = "its" if result.shots == 1 else "their"
-    times = f" (typically {result.coverage:.1f} times what {own} own variation reaches)" if result.coverage else ""
+    med, cut = result.reference_median, result.reference_mismatch_cut
+    times = (f" (its typical patch lies {med:.2f} units from {own} nearest patches, beyond the {cut:.2f} that parts of "
+             "one kind reach)") if med is not None and cut else ""
     return (f"{parts[:1].upper()}{parts[1:]} {verb} from this one almost everywhere{times}, so I cannot tell its "
             "differences from defects.")
 
