@@ -1,7 +1,6 @@
 """Inspection profiles: one folder per part type with its reference images, labelled examples and calibration.
 
-    <root>/<name>/profile.json          name, description, config preset, created/updated (ISO UTC), schema_version,
-                                         golden (true when the references are golden samples; absent: false)
+    <root>/<name>/profile.json          name, description, config preset, created/updated (ISO UTC), golden, schema v.
                   references/<sha>.png   reference normal images
                   labelled/good/<sha>.png, labelled/defective/<sha>.png   the user's labels
                   labelled/defective/<sha>.mask.png   optional defect mask of labelled/defective/<sha>.png
@@ -112,13 +111,10 @@ class AddReport:
         parts = [f"{len(self.added[k])} {k}" for k in KINDS if self.added[k]]
         text = f"added {', '.join(parts)}" if parts else "added nothing"
         moved = [f"{len(self.moved[k])} to {k}" for k in KINDS if self.moved[k]]
-        if moved:
-            text += f"; relabelled {', '.join(moved)}"
+        text += f"; relabelled {', '.join(moved)}" if moved else ""
         dups = [k for k in KINDS if self.duplicates[k]]
-        if dups:
-            n = sum(len(self.duplicates[k]) for k in dups)
-            text += f"; {n} duplicate(s) already in the profile, skipped ({', '.join(dups)})"
-        return text
+        n = sum(len(self.duplicates[k]) for k in dups)
+        return text + (f"; {n} duplicate(s) already in the profile, skipped ({', '.join(dups)})" if dups else "")
 
 
 @dataclass
@@ -131,17 +127,15 @@ class Profile:
     config: str = DEFAULT_CONFIG  # config preset, file or checkpoint dir the profile is fitted with
     created: str = ""  # ISO 8601 UTC
     updated: str = ""  # ISO 8601 UTC: the last change of images or calibration
-    # the references are golden samples of the part's design in the same fixture (fitted with alignment "golden")
-    golden: bool = False
+    golden: bool = False  # the references are golden samples (same design, same fixture): alignment "golden"
     schema_version: int = SCHEMA_VERSION
     _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, name: str, references: Iterable[ImageInput], description: str = "", config: str = DEFAULT_CONFIG,
                root: str | os.PathLike | None = None, golden: bool = False) -> Profile:
-        """A new profile with at least one reference; built in a hidden folder and renamed into place, so a
-        profile is either complete or absent. ProfileError when one of that name exists. `golden`: the references
-        are golden samples (same design, same fixture)."""
+        """A new profile with at least one reference (`golden`: they are golden samples); built in a hidden folder
+        and renamed into place, so a profile is either complete or absent. ProfileError when one of that name exists."""
         base = profile_root(root)
         folder = base / check_name(name)
         references = list(references)
@@ -321,8 +315,7 @@ class Profile:
         self.updated = now_iso()
         meta = {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
                 "config": self.config, "created": self.created, "updated": self.updated}
-        if self.golden:  # written only when set: other profiles' files stay as they were
-            meta["golden"] = True
+        meta.update({"golden": True} if self.golden else {})  # only when set: other profiles' files stay as they were
         atomic_write(self.path / PROFILE_FILE, json_bytes(meta))
 
 
@@ -336,15 +329,14 @@ def read_meta(path: Path) -> dict:
         raise ProfileError(f"{path}: schema_version {version} is newer than this version of inspection-assistant "
                            f"reads (up to {SCHEMA_VERSION}); upgrade it to use this profile (nothing was changed)")
     fields = {"name": path.parent.name}
-    for key in ("description", "config", "created", "updated"):
-        value = data.get(key, "" if key != "config" else DEFAULT_CONFIG)
-        if not isinstance(value, str):
-            raise ProfileError(f"{path}: expected '{key}' to be a string, got {type(value).__name__} {value!r}")
+    for key, default in (("description", ""), ("config", DEFAULT_CONFIG), ("created", ""), ("updated", ""),
+                         ("golden", False)):
+        value = data.get(key, default)
+        if type(value) is not type(default):
+            kind = "true or false" if isinstance(default, bool) else "a string"
+            raise ProfileError(f"{path}: expected '{key}' to be {kind}, got {type(value).__name__} {value!r}")
         fields[key] = value
-    golden = data.get("golden", False)
-    if not isinstance(golden, bool):
-        raise ProfileError(f"{path}: expected 'golden' to be true or false, got {golden!r}")
-    return {**fields, "golden": golden, "schema_version": version}
+    return {**fields, "schema_version": version}
 
 
 def load_stored(path: Path) -> Image.Image:
@@ -378,8 +370,7 @@ def stored_name(png: bytes) -> str:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf := io.BytesIO(), format="PNG")
     return buf.getvalue()
 
 

@@ -7,7 +7,8 @@ from PIL import Image
 from assistant.config import ConfigError, load_config
 from assistant.expert import AnomalyExpert
 from assistant.expert.alignment import register, warp_image
-from assistant.expert.golden import parts, polarity, prepare_template
+from assistant.expert.golden import parts, prepare_template
+from assistant.expert.golden_compare import polarity
 from assistant.expert.result import Box
 from assistant.vision.efficientnet import EfficientNetTower
 
@@ -176,15 +177,21 @@ def test_alignment_config_errors(override, message):
 
 
 def test_two_references_the_one_that_registers_is_used(tower):
-    expert = _expert(tower, "auto")
+    """Under `golden` the reference that registers is compared; under `auto` two references that do not agree with
+    each other are no golden samples of one design: the free path, said why."""
     rng = np.random.default_rng(7)
     unrelated = to_pil(cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (0, 0), 1.5))
-    state = expert.fit_references(tower, [unrelated, to_pil(board(64))], seed=0)
-    assert len(state.golden.templates) == 2 and len(state.golden.calibration["null_scores"]) >= 2
     query = to_pil(shifted(board(64, extra=True), -1.0, 1.0))
-    res = expert.predict(tower.encode([query]), state, (64, 64), images=[query], tower=tower)[0]
-    assert res.alignment == "aligned" and res.registration.good
-    assert res.pred_label and res.boxes[0].change == "extra"
+    for mode in ("golden", "auto"):
+        expert = _expert(tower, mode)
+        state = expert.fit_references(tower, [unrelated, to_pil(board(64))], seed=0)
+        assert len(state.golden.templates) == 2 and len(state.golden.calibration["null_scores"]) >= 2
+        res = expert.predict(tower.encode([query]), state, (64, 64), images=[query], tower=tower)[0]
+        if mode == "golden":
+            assert res.alignment == "aligned" and res.registration.good
+            assert res.pred_label and res.boxes[0].change == "extra"
+        else:
+            assert res.alignment == "free" and "not golden samples" in res.alignment_reason
 
 
 def test_relabel_keeps_the_polarity_of_overlapping_regions():

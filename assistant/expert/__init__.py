@@ -4,6 +4,9 @@
     heads.py        zero-shot heads (learned prototypes; CLIP text prompts)
     calibration.py  views, synthetic defects for calibration, null-distribution thresholds, margins, verdicts
     references.py   ReferenceState and fit_references (memory bank + thresholds from reference normals)
+    alignment.py    registration of a reference onto the query
+    golden.py       golden templates: position-aware and pixel comparison, their calibration
+    golden_compare.py  which path a query takes (alignment modes) and the aligned results
     postprocess.py  upsampling, image score, masks, boxes, re-labelling at another threshold (sensitivity)
     model.py        AnomalyExpert: fit_references / predict / mutual_predict / lot_decide; build_expert, load_expert
     io.py           checkpoints (safetensors + config.json)

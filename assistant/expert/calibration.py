@@ -213,6 +213,15 @@ def judge(score: float, threshold: float, sigma: float, review_confidence: float
     return ("anomalous" if d > 0 else "normal"), conf
 
 
+def coverage_ratio(reference_median: float | None, cut: float | None) -> float | None:
+    """How far a query as a whole lies from the references: its map median (~1 where the references' own variation
+    explains it) over the reference-mismatch cut fitted on synthetic parts (1% of same-kind parts lie above it);
+    > 1: the query differs from the references almost everywhere. None without a median or a fitted cut."""
+    if reference_median is None or not cut:
+        return None
+    return float(reference_median) / float(cut)
+
+
 def fit_null_model(per_category: dict[str, dict[int, list[np.ndarray]]], target_overkill: float) -> NullModel:
     """NullModel from synthetic categories: per_category[name][k] = list of arrays of log(new normal score) - m, one
     per reference draw. Offsets are pooled quantiles over all categories; spread is the standard deviation of each

@@ -34,9 +34,9 @@ from PIL import Image
 from torch import nn
 
 from assistant.config import ExpertConfig, resolve_data_path
-from assistant.expert.calibration import NullModel, batch_split, judge, review_band
+from assistant.expert.calibration import NullModel, batch_split, coverage_ratio, judge, review_band
 from assistant.expert.defect_type import TypeClassifier, load_type_classifier
-from assistant.expert.golden import golden_results
+from assistant.expert.golden_compare import golden_results
 from assistant.expert.heads import PrototypeHead, TextHead, prompt_text_features
 from assistant.expert.io import level_scale, read_checkpoint, trained_expert_dir, write_checkpoint
 from assistant.expert.knn import aggregate, nn_distance, self_nn_distance
@@ -267,21 +267,17 @@ class AnomalyExpert(nn.Module):
         label = bool(score > state.threshold)
         mask = verdict_mask(amap, label, state.pixel_threshold, self.cfg.score_topk)
         merge_px = self.cfg.box_merge_cells * max(amap.shape[0] / grid[0], amap.shape[1] / grid[1])
-        mismatch, cut = False, None
-        if reference_median is not None and self.reference_mismatch is not None:
-            cut = round(float(self.reference_mismatch), 4)
-            mismatch = bool(reference_median > self.reference_mismatch)
+        coverage = coverage_ratio(reference_median, self.reference_mismatch)  # > 1: reference_mismatch
+        cut = None if coverage is None else round(float(self.reference_mismatch), 4)
         sigma = state.sigma
         verdict, confidence = judge(float(score), state.threshold, sigma, self.cfg.review_confidence)
         low, high = review_band(state.threshold, sigma, self.cfg.review_confidence)
-        coverage = self.coverage(reference_median)
         reason = "threshold" if verdict == "borderline" else ""
-        if path != "aligned" and coverage is not None and self.cfg.coverage_limit > 0 and \
-                coverage > self.cfg.coverage_limit:  # the references cannot speak for this part: a person decides
-            verdict, reason = "borderline", "coverage"
+        if path != "aligned" and coverage is not None and 0 < self.cfg.coverage_limit < coverage:
+            verdict, reason = "borderline", "coverage"  # the references cannot speak for this part: a person decides
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,
                              boxes=self.boxes(amap, mask, merge_px), threshold=state.threshold,
-                             pixel_threshold=state.pixel_threshold, reference_mismatch=mismatch,
+                             pixel_threshold=state.pixel_threshold, reference_mismatch=bool(coverage and coverage > 1),
                              verdict=verdict, confidence=confidence, threshold_sigma=sigma, threshold_low=low,
                              threshold_high=high, path=path, shots=state.n_shots,
                              calibration=state.calibration.get("rule", state.calibration.get("method", "")),
@@ -289,14 +285,6 @@ class AnomalyExpert(nn.Module):
                              review_confidence=self.cfg.review_confidence, reference_mismatch_cut=cut,
                              reference_median=None if reference_median is None else round(float(reference_median), 4),
                              review_reason=reason, coverage=coverage)
-
-    def coverage(self, reference_median: float | None) -> float | None:
-        """How far the query as a whole lies from the references: its map median (~1 where the references' own
-        variation explains it) over the reference-mismatch cut fitted on synthetic parts (1% of same-kind parts lie
-        above it); > 1: the query differs from the references almost everywhere. None without a fitted cut."""
-        if reference_median is None or not self.reference_mismatch:
-            return None
-        return float(reference_median) / float(self.reference_mismatch)
 
     def boxes(self, amap: np.ndarray, mask: np.ndarray, merge_px: float = 0.0) -> list[Box]:
         """Regions of the mask (`mask_boxes`), largest first, tiny ones dropped."""
