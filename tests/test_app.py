@@ -287,6 +287,9 @@ def test_verdict_badge_cautions_a_reference_of_another_part():
     badge = app.verdict_badge(summary)
     assert "reference-caution" in badge and "same part, view and lighting" in badge and "cut 2.37" in badge
     assert "reference-caution" not in app.verdict_badge({**summary, "reference_mismatch": False})
+    held = app.verdict_badge({**summary, "verdict": "borderline", "review_reason": "coverage"})
+    assert "BORDERLINE (the good part(s) differ from this one almost everywhere)" in held
+    assert "add 3-5 good parts or inspect the lot" in held and "reference-caution" not in held  # said once
 
 
 def test_verdict_badge_says_what_the_strongest_region_looks_like():

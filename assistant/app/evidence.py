@@ -27,7 +27,7 @@ def _cautions(summary: dict) -> str:
     if summary["references"] == 0:
         caution = ("<br><span id='zero-shot-caution' style='font-weight:400'>No reference image: zero-shot verdict "
                    "from this image alone, less reliable. Add a photo of a good part.</span>")
-    if summary.get("reference_mismatch"):  # most of the image is unlike the reference(s): wrong part, view or light?
+    if summary.get("reference_mismatch") and summary.get("review_reason") != "coverage":  # the badge says it
         extras = summary.get("extras", {})
         med, cut = extras.get("reference_median"), extras.get("reference_mismatch_cut")
         how = f" (median patch {med:.2f}, cut {cut:.2f})" if med is not None and cut is not None else ""
@@ -67,7 +67,11 @@ def verdict_badge(summary: dict | None) -> str:
     bad = summary["pred_label"]
     colour = "#c62828" if bad else "#2e7d32"
     word = "ANOMALOUS" if bad else "NORMAL"
-    if summary.get("verdict") == "borderline":  # the score lies within the threshold's uncertainty
+    if summary.get("verdict") == "borderline" and summary.get("review_reason") == "coverage":
+        colour = "#ef6c00"  # the good parts cannot speak for this one: the score says little either way
+        word = ("BORDERLINE (the good part(s) differ from this one almost everywhere): hold it for a person; add 3-5 "
+                "good parts or inspect the lot")
+    elif summary.get("verdict") == "borderline":  # the score lies within the threshold's uncertainty
         colour = "#ef6c00"
         word = (f"BORDERLINE ({'just over' if bad else 'just under'} the threshold, confidence "
                 f"{summary.get('confidence', 0):.0%}): have a person check it")
