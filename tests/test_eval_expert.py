@@ -291,12 +291,17 @@ def test_a_seed_run_records_the_free_path_scores_and_the_aligned_share(tmp_path)
     scores, free = [0.1, 0.2, 0.6, 0.7, 0.8, 0.9], [0.1, 0.95, 0.6, 0.7, 0.3, 0.9]
     aligned = [False, True, False, False, True, False]
     results = [SimpleNamespace(pred_score=s, pred_label=s > 0.5, verdict="anomalous" if s > 0.5 else "normal",
-                               alignment="aligned" if a else "free", free_score=f if a else None)
+                               alignment="aligned" if a else "free", free_score=f if a else None, threshold=0.5,
+                               free_threshold=0.5 if a else None)
                for s, f, a in zip(scores, free, aligned)]
     run = seed_result(0, [], cat, results, None, [0.5], [], 0.0)
     assert list(run.free_scores) == free and run.aligned_share == pytest.approx(2 / 6)
     assert run.metrics["aligned_share"] == pytest.approx(2 / 6)
     assert run.metrics["image_auroc"] == 1.0 and run.metrics["image_auroc_free"] == pytest.approx(5 / 9)
+    # the two paths on different scales: ranked by each score over its own threshold (the decision statistic)
+    results[1].threshold = results[4].threshold = 0.1  # the aligned images: 2.0 (a good part) and 8.0 (defective)
+    ranked = seed_result(0, [], cat, results, None, [0.5], [], 0.0)
+    assert list(ranked.scores) == scores and ranked.metrics["image_auroc"] == pytest.approx(7 / 9)
     res = CategoryResult(cat.name, cat.n_normal, cat.n_anomalous, [run])
     md = markdown(build_report([res], 1, [0], {}))
     assert "I-AUROC free" in md and "| Aligned |" in md

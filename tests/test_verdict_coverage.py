@@ -49,7 +49,7 @@ def test_auto_compares_freely_a_different_part_in_the_same_frame(tower):
 
 
 def test_auto_keeps_the_aligned_path_for_a_golden_sample(tower):
-    """A golden pair differs only where the defect is: below MAX_CHANGED of the image, aligned, with the share said."""
+    """A golden pair differs only where the defect is: below MAX_CHANGED of the part, aligned, with the share said."""
     ref = to_pil(board(64))
     res = _predict(_expert(tower, "auto"), tower, [ref], to_pil(shifted(board(64, missing=True), 1.0, -1.0)))
     assert res.alignment == "aligned" and "same design" in res.alignment_reason

@@ -46,6 +46,7 @@ from assistant.expert.calibration import (
     masked_map,
 )
 from assistant.expert.knn import normal_scale
+from assistant.expert.shape import material_masks
 
 PIXEL_SIGMA = 1.0  # Gaussian blur (pixels at 256 px) of both grey images before their difference: noise
 PIXEL_TOLERANCE = 2  # a query pixel differs only from all reference pixels within this many pixels (edge jitter)
@@ -58,8 +59,9 @@ MIN_THRESHOLD = 1.0  # the aligned threshold is never below one unit: smaller ch
 FEATURE_FLOOR = 0.1  # smallest unit of a level's position-aware distance, as a fraction of its free-path unit
 # auto: a golden sample differs from the query only in a few compact places; a different physical part shot in the same
 # frame (another solar cell, another casting) differs almost everywhere after registration. Above this share of the
-# compared pixels changed by more than one pixel unit, the pair is not golden and the free path is taken.
+# part changed by more than one pixel unit (`changed_share`), the pair is not golden and the free path is taken.
 MAX_CHANGED = 0.25
+PART_FLOOR = 0.1  # the changed share is measured over at least this fraction of the compared image (a sparse part)
 FLIP_RATIO = 2.0  # a region is missing (extra) when it lost (gained) this many times more material than it gained
 MIN_FLIP = 4  # ... and at least this many pixels (at the tower side) moved by half the contrast or more
 
@@ -253,12 +255,19 @@ def fit_golden(expert, tower, refs: list[Image.Image], encoded: list[list[torch.
     return state
 
 
-def changed_share(template: Template, signed: np.ndarray, compared: np.ndarray) -> float:
-    """Share of the compared pixels whose difference from the template (`pixel_difference`) exceeds one pixel unit of
-    the template: ~0 for a golden pair but where the defect is, most of the image for two different parts."""
+def changed_share(template: Template, signed: np.ndarray, compared: np.ndarray, query_grey: np.ndarray,
+                  warp: np.ndarray) -> float:
+    """Share of the part that changed between the template and a registered query: compared pixels whose difference
+    (`pixel_difference`) exceeds one pixel unit of the template, over the compared pixels that are material in either
+    image or changed (at least PART_FLOOR of the compared area, so a plain or sparse template is measured against a
+    part-sized area). ~0 for a golden pair but where the defect is; most of the part for two different parts, also
+    when the part covers little of the image (a screw lying at another angle on a plain background)."""
     if not compared.any():
         return 1.0
-    return float((np.abs(signed[compared]) > template.pixel_unit).mean())
+    changed = (np.abs(signed) > template.pixel_unit) & compared
+    ref, qry = material_masks(template.grey, query_grey, warp, template.material_bright)
+    part = int(((ref | qry | changed) & compared).sum())
+    return float(changed.sum()) / max(part, PART_FLOOR * int(compared.sum()), 1)
 
 
 def references_disagree(state: GoldenState) -> str:
@@ -270,9 +279,9 @@ def references_disagree(state: GoldenState) -> str:
         if not reg.good:
             return f"good part {j} does not register onto good part 1 ({reg.reason})"
         signed, compared = pixel_difference(t.grey, first.grey, reg.warp)
-        share = changed_share(first, signed, compared)
+        share = changed_share(first, signed, compared, t.grey, reg.warp)
         if share > MAX_CHANGED:
-            return (f"good parts 1 and {j} differ in {share:.0%} of the image after registration: they are different "
+            return (f"good parts 1 and {j} differ in {share:.0%} of the part after registration: they are different "
                     f"parts, not golden samples of one design")
     return ""
 

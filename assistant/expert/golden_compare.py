@@ -109,12 +109,12 @@ def take_aligned(mode: str, reg: Registration, golden: GoldenState) -> tuple[boo
 def golden_pair(golden: GoldenState, p: Parts) -> tuple[bool, str]:
     """auto, after registration: (is the pair golden?, why). A golden sample differs from the query in a few compact
     places; a different part of the same kind in the same frame differs almost everywhere (MAX_CHANGED)."""
-    share = changed_share(golden.templates[p.template], p.signed, p.compared)
+    share = changed_share(golden.templates[p.template], p.signed, p.compared, p.query_grey, p.registration.warp)
     if share > MAX_CHANGED:
         return False, (f"the good part registers in the same frame but differs from this one in {share:.0%} of the "
-                       f"image: a different part, not a golden sample; compared as a bag of patches")
+                       f"part: a different part, not a golden sample; compared as a bag of patches")
     return True, (f"the good part registers as the same design in the same frame and differs in {share:.0%} of the "
-                  f"image: compared position by position")
+                  f"part: compared position by position")
 
 
 def golden_results(expert, state, query_out, raw: torch.Tensor, results: list[AnomalyResult], images, image_size,

@@ -74,7 +74,9 @@ def markdown(report: dict) -> str:
                   "Overkill and Miss outside review: those figures over the other images (the decided ones)."]
     if "aligned_share" in keys:
         lines += ["Aligned: share of images compared with a registered reference position by position (the aligned "
-                  "path); I-AUROC free: the AUROC of the free path's scores of the same images (no second run)."]
+                  "path); I-AUROC free: the AUROC of the free path's scores of the same images (no second run). When "
+                  "some images took the aligned path, the ranking metrics use each score over its own path's "
+                  "threshold (the decision statistic), since the two paths score on different scales."]
     return "\n".join(lines) + "\n"
 
 

@@ -206,7 +206,12 @@ def seed_result(seed: int, refs: list[str], cat: EvalCategory, results: list, ma
     aligned = np.array([r.alignment == "aligned" for r in results], dtype=bool)
     free = np.array([r.free_score if a and r.free_score is not None else r.pred_score
                      for r, a in zip(results, aligned)], dtype=float)
-    metrics = _metrics(labels, scores, preds, masks, maps, verdicts, free)
+    ranked, free_ranked = scores, free
+    if aligned.any():  # two paths, two score scales: rank by the decision statistic, each score over its threshold
+        ranked = np.array([r.pred_score / max(r.threshold, 1e-12) for r in results], dtype=float)
+        free_ranked = np.array([r.free_score / max(r.free_threshold, 1e-12) if a and r.free_threshold else
+                                r.pred_score / max(r.threshold, 1e-12) for r, a in zip(results, aligned)], dtype=float)
+    metrics = _metrics(labels, ranked, preds, masks, maps, verdicts, free_ranked)
     metrics["aligned_share"] = float(aligned.mean()) if aligned.size else 0.0
     return SeedRun(seed, refs, labels, scores, preds, thresholds, metrics, seconds, calib, verdicts, free,
                    metrics["aligned_share"])
