@@ -63,9 +63,9 @@ class ExpertConfig:
     calibration: str = "null"  # image threshold: null (normal variation, expert/calibration.py) | margin (earlier rule)
     target_overkill: float = 0.1  # about this fraction of good parts scores above the threshold (flagged for review)
     review_confidence: float = 0.8  # verdicts less sure than this (threshold uncertainty) are "borderline"
-    # a query whose typical map level (median, in units of the references' own variation) lies this many times beyond
-    # the reference-mismatch cut fitted on synthetic parts is "borderline": the references do not cover it (0: off)
-    coverage_limit: float = 1.0
+    # a query whose typical map level lies this many times beyond the reference-mismatch cut fitted on synthetic parts
+    # is "borderline": the references do not cover it
+    coverage_limit: float = 1.0  # 0: off (AnomalyResult.coverage is still measured)
     camera_views: int = 8  # one reference: camera views of it scored as new-part stand-ins for the threshold
     min_box_area: float = 0.0005  # drop boxes smaller than this fraction of the image
     box_merge_cells: float = 1.0  # mask components closer than this many patch-grid cells are one region (0 = off)
@@ -78,10 +78,9 @@ class ExpertConfig:
     self_fusion: str = "geo"  # in-image rarity: levels fused by geometric (geo) or arithmetic (mean) mean
     level_fusion: str = "geo"  # with references: the query's per-level kNN maps fused by geo or mean (see expert)
     # golden-template inspection (expert/alignment.py, expert/golden.py)
-    # auto: position-aware when a reference registers as the same design in the same frame, else free | golden: the
-    # user says the references are golden samples (position-aware whenever the warp is within a fixture's motion)
-    # | aligned: always position-aware | free: always as a bag of patches
-    alignment: str = "auto"
+    # golden: the user says the references are golden samples (position-aware whenever the warp is within a fixture's
+    # motion) | aligned: always position-aware | free: always as a bag of patches
+    alignment: str = "auto"  # auto: position-aware only when the evidence shows the same design in the same frame
     align_window: int = 1  # aligned path: query cells compared with reference cells within this many cells
     material: str = "auto"  # polarity: material is the reference's minority Otsu class (auto) | dark | bright
 

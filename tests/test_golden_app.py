@@ -1,6 +1,8 @@
 """The app and `detect` show golden-template comparisons: the side-by-side panel (golden sample registered onto the
 part, the part, their signed difference), the alignment sentence, the missing/extra words and legend; free-path
-pictures stay as they were. Tiny models, 64 px generated boards (tests/test_golden.py)."""
+pictures stay as they were. Tiny models, 64 px generated boards (tests/test_golden.py) seen at the tiny tower's 32 px,
+where a re-shot edge is a pixel of the part: the pairs are declared golden samples (`auto` at a real resolution is
+pinned in tests/test_golden.py and tests/test_verdict_coverage.py)."""
 import dataclasses
 import hashlib
 import json
@@ -32,7 +34,7 @@ def assistant(tiny_tokenizer_dir):
 
 def _session(assistant, **defect) -> ChatSession:
     """A session on a shifted board with `defect` (missing=True / extra=True) against the intact board."""
-    return ChatSession(assistant, to_pil(shifted(board(SIDE, **defect), *SHIFT)), [to_pil(board(SIDE))])
+    return ChatSession(assistant, to_pil(shifted(board(SIDE, **defect), *SHIFT)), [to_pil(board(SIDE))], golden=True)
 
 
 def _mean_rgb(img: np.ndarray, x: int, y: int, r: int = 8) -> np.ndarray:
@@ -131,7 +133,7 @@ def test_detect_prints_the_alignment_and_each_regions_change(tmp_path, capsys):
     ref, query = tmp_path / "golden.png", tmp_path / "part.png"
     to_pil(board(SIDE)).save(ref)
     to_pil(shifted(board(SIDE, missing=True), *SHIFT)).save(query)
-    rc = main(["detect", "--image", str(query), "--reference", str(ref), "--config", "tiny",
+    rc = main(["detect", "--image", str(query), "--reference", str(ref), "--config", "tiny", "--golden",
                "--out", str(tmp_path / "det")])
     assert rc == 0
     printed = capsys.readouterr().out

@@ -58,8 +58,9 @@ FUSE_FLOOR = 1e-3  # parts of the aligned map are floored here before their geom
 MIN_THRESHOLD = 1.0  # the aligned threshold is never below one unit: smaller changes are within the part's tolerance
 FEATURE_FLOOR = 0.1  # smallest unit of a level's position-aware distance, as a fraction of its free-path unit
 # auto: a golden sample differs from the query only in a few compact places; a different physical part shot in the same
-# frame (another solar cell, another casting) differs almost everywhere after registration. Above this share of the
-# part changed by more than one pixel unit (`changed_share`), the pair is not golden and the free path is taken.
+# frame (another solar cell, another casting) differs almost everywhere after registration. When the share of the part
+# changed by more than one pixel unit (`changed_share`) exceeds what re-shooting the reference changes by more than
+# this, the pair is not golden and the free path is taken.
 MAX_CHANGED = 0.25
 PART_FLOOR = 0.1  # the changed share is measured over at least this fraction of the compared image (a sparse part)
 FLIP_RATIO = 2.0  # a region is missing (extra) when it lost (gained) this many times more material than it gained
@@ -75,6 +76,7 @@ class Template:
     material_bright: bool  # True when the material is the brighter Otsu class
     contrast: float  # mean grey of the brighter Otsu class minus the darker one's (0 for a plain reference)
     pixel_unit: float = 1.0  # unit of its pixel map (set by `calibrate`)
+    null_share: float = 0.0  # `changed_share` of camera views of itself (re-shooting, resampling; set by `calibrate`)
 
 
 @dataclass
@@ -280,7 +282,7 @@ def references_disagree(state: GoldenState) -> str:
             return f"good part {j} does not register onto good part 1 ({reg.reason})"
         signed, compared = pixel_difference(t.grey, first.grey, reg.warp)
         share = changed_share(first, signed, compared, t.grey, reg.warp)
-        if share > MAX_CHANGED:
+        if share - first.null_share > MAX_CHANGED:
             return (f"good parts 1 and {j} differ in {share:.0%} of the part after registration: they are different "
                     f"parts, not golden samples of one design")
     return ""
@@ -313,7 +315,8 @@ def calibrate(expert, state: GoldenState, null: list[tuple[Parts, np.ndarray]], 
     """Units and the image threshold of the aligned map from the null parts. Feature units: the median of the
     stand-ins' position-aware distances (floored by FEATURE_FLOOR x the free path's unit). Pixel unit of a template:
     the largest of the stand-ins' typical pixel difference, CHANGE_FRACTION of its contrast and PIXEL_FLOOR.
-    Threshold: the null estimate (unfitted offset: the stand-ins' own spread), at least MIN_THRESHOLD units."""
+    Threshold: the null estimate (unfitted offset: the stand-ins' own spread), at least MIN_THRESHOLD units. Each
+    template's `null_share`: the median changed share of its stand-ins, what re-shooting alone changes."""
     for lv in range(len(state.grids)):
         d = torch.cat([p.distances[lv].flatten() for p, _ in null])
         state.feature_scales[lv] = max(normal_scale(d), FEATURE_FLOOR * scales[lv])
@@ -321,6 +324,9 @@ def calibrate(expert, state: GoldenState, null: list[tuple[Parts, np.ndarray]], 
         pix = [p.pixel[p.compared & v] for p, v in null if p.template == i]
         noise = normal_scale(torch.from_numpy(np.concatenate(pix))) if pix and sum(x.size for x in pix) else 0.0
         t.pixel_unit = max(noise, CHANGE_FRACTION * t.contrast, PIXEL_FLOOR)
+        shares = [changed_share(t, p.signed, p.compared & v, p.query_grey, p.registration.warp) for p, v in null
+                  if p.template == i]
+        t.null_share = float(np.median(shares)) if shares else 0.0
     scores = np.array([expert.image_score(masked_map(fuse(expert, state, p), v)) for p, v in null])
     est = estimate_threshold([np.array([x]) for x in scores], len(state.templates), NullModel(),
                              expert.cfg.target_overkill, expert.cfg.review_confidence, seed=seed)

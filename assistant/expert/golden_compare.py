@@ -4,7 +4,8 @@ shape of each region, and the aligned results.
 `alignment` modes (`take_aligned`): `aligned` always compares position by position; `golden` (the user says the
 references are golden samples) whenever the warp lies within a fixture's motion; `auto` only when the evidence shows
 the same design in the same frame: the best reference registers well, the references agree with each other
-(`GoldenState.inconsistent`), and the registered pair differs in a few places only (`golden_pair`, MAX_CHANGED).
+(`GoldenState.inconsistent`), and the registered pair differs in a few places only (`golden_pair`: the share of
+the part changed beyond what re-shooting the reference changes, at most MAX_CHANGED).
 """
 from __future__ import annotations
 
@@ -109,8 +110,9 @@ def take_aligned(mode: str, reg: Registration, golden: GoldenState) -> tuple[boo
 def golden_pair(golden: GoldenState, p: Parts) -> tuple[bool, str]:
     """auto, after registration: (is the pair golden?, why). A golden sample differs from the query in a few compact
     places; a different part of the same kind in the same frame differs almost everywhere (MAX_CHANGED)."""
-    share = changed_share(golden.templates[p.template], p.signed, p.compared, p.query_grey, p.registration.warp)
-    if share > MAX_CHANGED:
+    t = golden.templates[p.template]
+    share = changed_share(t, p.signed, p.compared, p.query_grey, p.registration.warp)
+    if share - t.null_share > MAX_CHANGED:  # beyond what re-shooting the golden sample itself changes
         return False, (f"the good part registers in the same frame but differs from this one in {share:.0%} of the "
                        f"part: a different part, not a golden sample; compared as a bag of patches")
     return True, (f"the good part registers as the same design in the same frame and differs in {share:.0%} of the "
