@@ -2,6 +2,7 @@
 shards + merge, and metric values against scikit-learn and hand-computed cases."""
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,16 @@ def _args(*argv):
     p = argparse.ArgumentParser()
     evaluate_cli.add_arguments(p)
     return p.parse_args(list(argv))
+
+
+def _run_jsonl(tmp_path, root, lines: list[dict], answerer) -> tuple[list[dict], Path]:
+    """`evaluate --jsonl` over `lines` with a fake answerer: (the answer records, the output folder)."""
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
+    assert evaluate_cli.run(args, answerer=answerer) == 0
+    return [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()], out
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +236,7 @@ def test_jsonl_questions_end_to_end(mmad, tmp_path):
                 )
                 lines.append({"image": img, "question": "What kind of object is this?", "category": cat,
                               "options": {"A": cat, "B": "cable"}, "answer": "A", "type": "Object Classification"})
-    q = tmp_path / "q.jsonl"
-    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    out = tmp_path / "out"
-    args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
-    assert evaluate_cli.run(args, answerer=FakeAnswerer()) == 0
-    recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    recs, out = _run_jsonl(tmp_path, root, lines, FakeAnswerer())
     yn = [r for r in recs if r["question"] == "Is this part defective?"]
     assert len(yn) == 12 and all(r["parsed"] in ("yes", "no") and r["correct"] for r in yn)  # fake expert is right
     rep = json.loads((out / "report.json").read_text())
@@ -310,12 +316,7 @@ def test_jsonl_detection_answers_held_for_review_are_counted_on_their_own(mmad, 
               "label": int(kind != "good"), "question": "Is there any anomaly in the image?",
               "answer": "no" if kind == "good" else "yes", "category": "bottle", "type": "Anomaly Detection"}
              for kind in ("good", "crack") for i in range(3)]
-    q = tmp_path / "q.jsonl"
-    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    out = tmp_path / "out"
-    args = _args("--jsonl", str(q), "--data-root", str(root), "--out", str(out), "--config", "fake", "--no-plots")
-    assert evaluate_cli.run(args, answerer=HoldingAnswerer()) == 0
-    recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    recs, out = _run_jsonl(tmp_path, root, lines, HoldingAnswerer())
     held = [r for r in recs if r["held"]]
     assert len(held) == 2 and all(r["parsed"] is None and r["correct"] is False for r in held)
     assert all(r["correct"] for r in recs if not r["held"])  # the fake expert is right on the others
