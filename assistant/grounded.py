@@ -1,4 +1,5 @@
-"""Questions the expert's evidence answers outright: what a golden-template comparison found missing or extra, and
+"""Questions the expert's evidence answers outright (also: "How many defects are there?", the regions the evidence
+counts; on a borderline result every detection and accept/reject question, held for a person; "Why?" on any): what a golden-template comparison found missing or extra, and
 which defect type the shape of that change is; and, on any part, what kind of defect a flagged region is and what
 it looks like, from its measured descriptor (expert/describe.py) and type estimate (expert/defect_type.py).
 
@@ -41,6 +42,7 @@ from assistant.wording import (
     PCB_WORDS,
     POSITION_WORDS,
     TYPE_ALIASES,
+    count_sentence,
     golden_sentence,
     polarity_lead,
     position_phrase,
@@ -61,7 +63,7 @@ from assistant.wording.defects import (
     type_sentence,
     type_words_in,
 )
-from assistant.wording.review import kind_note, region_position, strongest
+from assistant.wording.review import kind_note, region_position, strongest, under_sentence
 
 TYPE_QUESTION = re.compile(r"\b(?:what|which)\s+(?:kind|type|sort|class)\b|\bclassify\b|\bwhat\s+defect\b", re.I)
 MISSING_QUESTION = re.compile(r"\b(?:missing|absent|lost|gone)\b", re.I)
@@ -73,6 +75,8 @@ WHERE_QUESTION = re.compile(r"\bwhere\b|\blocat|\bposition\b", re.I)
 SIZE_QUESTION = re.compile(r"\bhow\s+(?:large|big)\b|\bsize\b|\barea\b|\bextent\b", re.I)
 DESCRIBE_QUESTION = re.compile(r"\bdescribe\b|\blook\s+like\b|\bappearance\b", re.I)
 COLOUR_QUESTION = re.compile(r"\bcolou?rs?\b", re.I)
+COUNT_QUESTION = re.compile(r"\bhow\s+many\s+(?:\w+\s+)?(?:defects?|defective|regions?|anomal\w*|flaws?|faults?|spots?|"
+                            r"scratch\w*|cracks?|problems?|issues?)\b", re.I)
 COMPARE_QUESTION = re.compile(r"\bcompare\b|\bdiffer(?:s|ent|ence|ences)?\b", re.I)
 # a free-form yes/no question whether the part has a defect ("Is anything wrong?", "Check this part for defects.")
 DETECT_FREE = re.compile(r"^\W*(?:please\s+)?(?:is|are|does|do|did|has|have|can|could|any|anything|something|check|"
@@ -133,6 +137,8 @@ def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tupl
         return why_words(result)
     if not options and result.borderline and review_question(ask):
         return review_words(result)
+    if not options and COUNT_QUESTION.search(ask):  # the regions the evidence counts (the LM miscounts many)
+        return count_sentence((len(result.boxes) or (1 if result.size else 0)) if result.pred_label else 0)
     if result.alignment == "aligned":
         pcb = speaks_of_boards(ask, history, options)
         if TYPE_QUESTION.search(ask):
@@ -212,15 +218,17 @@ def focus(result: AnomalyResult) -> Box | None:
 def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> str | None:
     """Type / description / colour / comparison questions (and multiple-choice type, position, size) from the
     descriptors; None for every other question, and for a free-form one about a part judged normal (the LM says it
-    is normal)."""
+    is normal), but for a borderline one just under the threshold: its type, look or colour is its strongest
+    difference, said to stay under the threshold."""
     box = focus(result)
     if box is None or box.descriptor is None:
         return None
     where = position_phrase(box_position(box, result))
     if options:
         return choice_answer(result, box, ask, options, where)
-    if not result.pred_label:
-        return None
+    if not result.pred_label:  # borderline under the threshold: the answers before described its strongest difference
+        said = TYPE_QUESTION.search(ask) or DESCRIBE_QUESTION.search(ask) or COLOUR_QUESTION.search(ask)
+        return under_sentence(box.descriptor, where) if result.borderline and said else None
     d = box.descriptor
     asked = type_words_in(ask) if re.search(r"\bor\b", ask, re.I) else []
     if len(asked) >= 2:

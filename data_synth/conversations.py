@@ -14,7 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.constants import IMAGE_TOKEN
-from assistant.wording import TYPE_PHRASES, article, change_sentence, percent, position_phrase, type_name
+from assistant.wording import (
+    TYPE_PHRASES,
+    article,
+    change_sentence,
+    count_sentence,
+    percent,
+    position_phrase,
+    type_name,
+)
 from assistant.wording.defects import colour_sentence, describe_sentence, either_sentence, type_sentence
 from data_synth.looks import descriptor_of, method_word, other_type
 from data_synth.text import describe, material_noun, pick
@@ -92,10 +100,7 @@ def _ref_word(k: int) -> str:
 
 
 def _count_answer(m: dict) -> str:
-    if m["label"] != 1:
-        return "There are no defects."
-    n = m["n_components"]
-    return "There is one defective region." if n == 1 else f"There are {n} defective regions."
+    return count_sentence(m["n_components"] if m["label"] == 1 else 0)
 
 
 def _open_with(turns: list[tuple[str, str]], kind: str, record: dict) -> list[tuple[str, str]]:

@@ -179,3 +179,25 @@ def test_chat_says_borderline_once_and_not_after_an_answer_that_said_it():
     mismatch = borderline()
     mismatch.reference_mismatch = True
     assert session_on(mismatch).answer("Is it defective?").endswith(REFERENCE_CAUTION)
+
+
+@pytest.mark.parametrize("question", ["What kind of defect is it?", "Describe it.", "What colour is it?"])
+def test_a_borderline_part_under_the_threshold_has_no_defect_to_describe(question):
+    """Earlier answers described its strongest difference (review_words): asked what the defect is, the evidence
+    says none clears the threshold and what the strongest difference is, instead of the LM repeating it as a defect;
+    a clear normal part still goes to the LM."""
+    said = grounded_answer(borderline(over=False), question)
+    assert said.startswith("No defect clears the threshold; the strongest difference, under it, is in the center: "
+                           "a dark thin line about 40 px long") and parse_verdict(said) is False
+    assert grounded_answer(clear(False), question) is None
+
+
+@pytest.mark.parametrize("question", ["How many defects are there?", "How many defective regions do you see?",
+                                      "How many separate anomalies are visible?"])
+def test_the_count_of_defects_is_the_evidence_count(question):
+    """The regions the evidence counts, in the training answers' words; none on a part not flagged."""
+    assert grounded_answer(clear(True), question) == "There are 2 defective regions."
+    assert grounded_answer(result(box(desc(""))), question) == "There is one defective region."
+    assert grounded_answer(clear(False), question) == "There are no defects."
+    assert grounded_answer(borderline(over=False), question) == "There are no defects."
+    assert grounded_answer(clear(True), "How many good parts should I add?") is None

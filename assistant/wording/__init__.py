@@ -70,6 +70,13 @@ def yes_no_option(options: dict[str, str], yes: bool) -> str | None:
     return next((k for k, v in options.items() if re.match(rf"\s*{want}\b", v, re.I)), None)
 WHERE_QUESTION = "Where is it?"
 
+
+def count_sentence(regions: int) -> str:
+    """The answer to "How many defects are there?" for a number of flagged regions (0: none)."""
+    if regions <= 0:
+        return "There are no defects."
+    return "There is one defective region." if regions == 1 else f"There are {regions} defective regions."
+
 SUSPICION = {"minor": "slightly suspicious", "moderate": "moderately suspicious", "severe": "highly suspicious"}
 SUSPICION_RATIOS = ((1.15, "minor"), (1.5, "moderate"))  # score / threshold upper bounds of each level
 

@@ -202,6 +202,12 @@ def why_words(result) -> str:
     return " ".join(s for s in said if s)
 
 
+def under_sentence(descriptor, where: str) -> str:
+    """What a part judged normal (or borderline just under the threshold) shows at its strongest difference, said as
+    no defect: "No defect clears the threshold; the strongest difference, under it, is at the top: a ..."."""
+    return f"No defect clears the threshold; the strongest difference, under it, is {where}: {looks(descriptor)}."
+
+
 def borderline_note(result) -> str | None:
     """The sentence appended (not by the LM) to the first answer about a borderline result whose answer did not
     say it (the LM states the binary verdict at the threshold): the reason in brief, and to hold the part. None
