@@ -1,6 +1,6 @@
-"""Questions the expert's evidence answers outright (also: "How many defects are there?", the regions the evidence
-counts; on a borderline result every detection and accept/reject question, held for a person; "Why?" on any): what a golden-template comparison found missing or extra, and
-which defect type the shape of that change is; and, on any part, what kind of defect a flagged region is and what
+"""Questions the expert's evidence answers outright: what a golden-template comparison found missing or extra, and
+which defect type the shape of that change is; "How many defects are there?" (the regions the evidence counts); on
+a borderline result every detection and accept/reject question (held for a person); "Why?" on any result; and, on any part, what kind of defect a flagged region is and what
 it looks like, from its measured descriptor (expert/describe.py) and type estimate (expert/defect_type.py).
 
 The LM is conditioned on the verdict, position and size (wording.result_evidence); the aligned path adds each
