@@ -1,7 +1,8 @@
 """Questions the expert's evidence answers outright: what a golden-template comparison found missing or extra, and
 which defect type the shape of that change is; "How many defects are there?" (the regions the evidence counts); on
 a borderline result every detection and accept/reject question (held for a person); "Why?" on any result; and, on
-any part, what kind of defect a flagged region is and what it looks like, from its measured descriptor (expert/describe.py) and type estimate (expert/defect_type.py).
+any part, what kind of defect a flagged region is and what it looks like, from its measured descriptor
+(expert/describe.py) and type estimate (expert/defect_type.py).
 
 The LM is conditioned on the verdict, position and size (wording.result_evidence); the aligned path adds each
 region's polarity (`Box.change`) and shape (`Box.shape`), which the shipped adapter was not trained to read. So a
