@@ -183,6 +183,19 @@ def test_a_lot_lowers_a_threshold_the_references_set_too_high(tower, expert_cfg)
     assert expert.lot_decide(small) == small  # too few parts: the references decide
 
 
+def test_a_lot_of_parts_judged_on_two_paths_is_split_on_the_decision_statistic(tower, expert_cfg):  # noqa: F811
+    """Free-path parts score on a scale 4x the aligned ones': the lot's split is taken on score over its own
+    threshold, so an aligned defect at 0.8 (as far up its scale as the free defects) is flagged, an aligned good
+    part at 0.25 is not (one threshold for raw scores passed it), and each part keeps a threshold on its own scale."""
+    expert = AnomalyExpert(expert_cfg, tower.level_dims, tower.global_dim)
+    free = [result_with(s, threshold=4.0) for s in (0.9, 1.0, 1.05, 1.1, 0.95, 2.8, 3.2)]
+    aligned = [result_with(s, threshold=1.0) for s in (0.25, 0.8)]
+    lot = expert.lot_decide(free + aligned)
+    assert [r.pred_label for r in lot] == [False] * 5 + [True, True] + [False, True]
+    assert lot[-1].threshold == pytest.approx(lot[0].threshold / 4.0)  # the same factor on each path's scale
+    assert lot[0].lot_split == pytest.approx(4.0 * lot[-1].lot_split)
+
+
 def test_sensitivity_keeps_the_review_band_relative_to_the_moved_threshold():
     from assistant.expert import apply_sensitivity
 

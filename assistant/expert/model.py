@@ -342,30 +342,20 @@ class AnomalyExpert(nn.Module):
     def lot_decide(self, results: list[AnomalyResult]) -> list[AnomalyResult]:
         """Judge the parts of one lot (same kind, inspected together) with the lot's own score distribution as well
         as the references: most parts of a lot are good, so the lower of the two clusters of its log scores
-        (`batch_split`) shows how new good parts of this kind score, which one or a few references cannot. The lot
-        threshold is the geometric mean of the references' threshold and the split between the lot's clusters. Lots
-        smaller than LOT_MIN keep the references' verdicts."""
+        (`batch_split`) shows how new good parts of this kind score, which one or a few references cannot. Each part's
+        lot threshold is the geometric mean of its references' threshold and the split between the lot's clusters,
+        both taken on the decision statistic (score over its own threshold), so parts judged on the aligned and the
+        free path, whose scores lie on different scales, form one lot. Lots smaller than LOT_MIN keep the
+        references' verdicts."""
         if len(results) < LOT_MIN:
             return results
-        scores = np.array([r.pred_score for r in results])
-        t_ref = float(np.exp(np.mean(np.log([max(r.threshold, 1e-6) for r in results]))))
-        split = batch_split(scores)
-        t = math.sqrt(t_ref * split)
-        return [
-            relabel(
-                r,
-                t,
-                r.pixel_threshold * t / max(r.threshold, 1e-6),
-                self.cfg.review_confidence,
-                self.cfg.min_box_area,
-                lot_size=len(results),
-                reference_threshold=r.threshold,
-                lot_split=split,
-                calibration=f"lot of {len(results)}: geometric mean of the references' threshold "
-                "and the split between the lot's two score clusters",
-            )
-            for r in results
-        ]
+        ratio = batch_split(np.array([r.pred_score / max(r.threshold, 1e-6) for r in results]))  # in threshold units
+        return [relabel(r, r.threshold * math.sqrt(ratio), r.pixel_threshold * math.sqrt(ratio),
+                        self.cfg.review_confidence, self.cfg.min_box_area, lot_size=len(results),
+                        reference_threshold=r.threshold, lot_split=r.threshold * ratio,
+                        calibration=f"lot of {len(results)}: geometric mean of the references' threshold and the "
+                                    "split between the lot's two score clusters")
+                for r in results]
 
     # -------------------------------------------------------------- references + calibration
     def fit_references(self, tower, ref_images: list[Image.Image], ref_out: VisionOutput | None = None,
