@@ -23,6 +23,7 @@ DATA_ROOT = Path(resources.files("assistant"))  # the package folder, data inclu
 DATA_DIRS = ("configs", "checkpoints")  # its package-data folders: relative paths under them resolve there
 CONFIG_DIR = DATA_ROOT / "configs"  # YAML presets
 DEFAULT_CHECKPOINT = "checkpoints/offline-small"  # the embedded default (shipped weights + config.json)
+ALIGNMENTS = ("auto", "golden", "aligned", "free")  # expert.alignment's values (also per session: fit_references)
 
 
 class UsageError(ValueError):
@@ -99,8 +100,7 @@ class ExpertConfig:
         if self.coverage_limit < 0:
             raise ConfigError(f"config key 'expert.coverage_limit': expected a number >= 0 (0: off), got "
                               f"{self.coverage_limit!r}")
-        choices = (("alignment", ("auto", "golden", "aligned", "free")), ("material", ("auto", "dark", "bright")))
-        for key, allowed in choices:
+        for key, allowed in (("alignment", ALIGNMENTS), ("material", ("auto", "dark", "bright"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key 'expert.{key}': expected one of {', '.join(map(repr, allowed))}, got "
                                   f"{getattr(self, key)!r}")

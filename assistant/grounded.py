@@ -119,11 +119,6 @@ def speaks_of_boards(question: str, history: Sequence[tuple[str, str]], options:
     return any(" ".join(v.lower().replace("_", " ").split()) in names for v in options.values())
 
 
-def box_position(box: Box, result: AnomalyResult) -> str:
-    """Grid word of a region's centre."""
-    return region_position(box, result)
-
-
 def grounded_answer(result: AnomalyResult, question: str, history: Sequence[tuple[str, str]] = ()) -> str | None:
     """The answer the evidence gives to `question`, or None when the LM should answer it."""
     if not question:
@@ -165,7 +160,7 @@ def type_answer(result: AnomalyResult, options: dict[str, str], pcb: bool) -> st
     if not result.pred_label or not result.boxes:
         return None
     top = max(result.boxes, key=lambda b: b.score)
-    pos = box_position(top, result)
+    pos = region_position(top, result)
     if top.change not in ("missing", "extra") or not top.shape:
         return None if options else NOT_NAMED.format(where=position_phrase(pos))
     sentence = golden_sentence(top.change, top.shape, pos, pcb)
@@ -182,7 +177,7 @@ def polarity_answer(result: AnomalyResult, asked: str, pcb: bool) -> str:
     if not result.pred_label or not result.boxes:
         return polarity_lead(asked, False, False)
     boxes = sorted(result.boxes, key=lambda b: (b.change != asked, b.change == "altered", -b.score))[:3]
-    said = [golden_sentence(b.change, b.shape, box_position(b, result), pcb) for b in boxes]
+    said = [golden_sentence(b.change, b.shape, region_position(b, result), pcb) for b in boxes]
     return " ".join([polarity_lead(asked, boxes[0].change == asked, True), *said])
 
 
@@ -197,7 +192,7 @@ def golden_note(result: AnomalyResult, question: str, history: Sequence[tuple[st
     if top.change not in ("missing", "extra"):
         return None
     pcb = speaks_of_boards(question, history, {})
-    return golden_sentence(top.change, top.shape, box_position(top, result), pcb)
+    return golden_sentence(top.change, top.shape, region_position(top, result), pcb)
 
 
 def detection_choice(result: AnomalyResult, options: dict[str, str]) -> str | None:
@@ -224,7 +219,7 @@ def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> s
     box = focus(result)
     if box is None or box.descriptor is None:
         return None
-    where = position_phrase(box_position(box, result))
+    where = position_phrase(region_position(box, result))
     if options:
         return choice_answer(result, box, ask, options, where)
     if not result.pred_label:  # borderline under the threshold: the answers before described its strongest difference
@@ -248,7 +243,7 @@ def defect_answer(result: AnomalyResult, ask: str, options: dict[str, str]) -> s
 def compare_answer(result: AnomalyResult, box: Box) -> str:
     """'Compare it with the reference.' on a flagged part: where it differs (the mask's position, as the evidence
     says it), then the strongest difference in measured words, and the change of material when aligned."""
-    where = position_phrase(result.position or box_position(box, result))
+    where = position_phrase(result.position or region_position(box, result))
     said = f"Compared with the reference, this part differs {where}: {looks(box.descriptor)}"
     if box.change in CHANGE_WORDS:
         said += f" ({box.change}: {CHANGE_WORDS[box.change]})"
@@ -264,7 +259,7 @@ def describe_answer(result: AnomalyResult) -> str:
         boxes = [top]
     said = []
     for b in boxes[:3]:
-        d, where = b.descriptor, position_phrase(box_position(b, result))
+        d, where = b.descriptor, position_phrase(region_position(b, result))
         said.append(describe_sentence(d, where, kind_note(b)))  # aligned: the change of material, else the type
     more = max(0, len(result.boxes) - len(said))
     return " ".join(said + ([f"{more} smaller region{'s' if more > 1 else ''} not described."] if more > 0 else []))
@@ -283,10 +278,10 @@ def choice_answer(result: AnomalyResult, box: Box, ask: str, options: dict[str, 
         return type_choice_answer(letter, options[letter], said(type_sentence(box.descriptor, where))) \
             if letter else None
     if WHERE_QUESTION.search(ask):
-        letter = nearest_position(box_position(box, result), options)
+        letter = nearest_position(region_position(box, result), options)
         if letter is None:
             return None
-        exact = plain(options[letter]) == box_position(box, result)
+        exact = plain(options[letter]) == region_position(box, result)
         note = "" if exact else f" (closest offered: {options[letter]})"
         return type_choice_answer(letter, options[letter], said(f"It is {where}{note}."))
     if SIZE_QUESTION.search(ask):

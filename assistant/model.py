@@ -43,12 +43,6 @@ class Evidence:
         return [self.query, *self.references]
 
 
-def alignment_mode(golden: bool) -> str | None:
-    """The alignment a fit is asked for: "golden" when the user vouches for the references, else None (the
-    config's expert.alignment)."""
-    return "golden" if golden else None
-
-
 def _resolve(path: str | None) -> Path | None:
     """Relative checkpoint paths are tried against the working dir, then the package data (resolve_data_path)."""
     return resolve_data_path(path) if path else None
@@ -117,7 +111,7 @@ class Assistant:
         t0 = time.perf_counter()
         if state is None:
             state = self.expert.fit_references(self.tower, list(references), ref_out, seed=seed,
-                                               alignment=alignment_mode(golden))
+                                               alignment="golden" if golden else None)
         t1 = time.perf_counter()
         result = self.expert.predict(query_out, state, map_size or (query.size[1], query.size[0]),
                                      images=[query], tower=self.tower)[0]

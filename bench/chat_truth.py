@@ -119,12 +119,12 @@ def region_facts(box, result) -> dict | None:
     """The strongest flagged region's measured facts (expert/describe.py) as the answers word them."""
     if box is None or box.descriptor is None:
         return None
-    from assistant.grounded import box_position
     from assistant.wording.defects import FORM_NOUNS, length_words
+    from assistant.wording.review import region_position
 
     d = box.descriptor
     return {"type": d.defect_type, "form": FORM_NOUNS[d.form], "length": length_words(d).rsplit(" ", 1)[0],
-            "position": box_position(box, result)}
+            "position": region_position(box, result)}
 
 
 def says_region(kind: str, answer: str, region: dict | None) -> bool:

@@ -272,7 +272,7 @@ class AnomalyExpert(nn.Module):
         sigma = state.sigma
         verdict, confidence = judge(float(score), state.threshold, sigma, self.cfg.review_confidence)
         low, high = review_band(state.threshold, sigma, self.cfg.review_confidence)
-        reason = "threshold" if verdict == "borderline" else ""
+        reason = ""  # a borderline verdict without one: "threshold" (AnomalyResult.__post_init__)
         if path != "aligned" and coverage is not None and 0 < self.cfg.coverage_limit < coverage:
             verdict, reason = "borderline", "coverage"  # the references cannot speak for this part: a person decides
         return AnomalyResult(anomaly_map=amap, pred_score=float(score), pred_label=label, pred_mask=mask,

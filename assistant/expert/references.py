@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from assistant.config import ExpertConfig
+from assistant.config import ALIGNMENTS, ExpertConfig
 from assistant.expert.calibration import (
     CALIBRATION_BETA,
     UNFITTED_CATEGORY_SIGMA,
@@ -149,9 +149,6 @@ def fit_references(expert, tower, ref_images: list[Image.Image], ref_out: Vision
     if mode != "free":  # golden-template inspection: templates and the aligned path's threshold
         state.golden = fit_golden(expert, tower, refs, encoded, grids, grid, state.scales, seed)
     return state
-
-
-ALIGNMENTS = ("auto", "golden", "aligned", "free")
 
 
 def check_alignment(mode: str) -> str:
